@@ -1,0 +1,129 @@
+//! Secrets: bearer tokens, cart tokens and sign-in codes, and how codes reach merchants.
+//!
+//! Every secret is random, shown once, and stored only as a hash: tokens (32 random bytes) as
+//! SHA-256, sign-in codes (6 digits, so guessable offline) as HMAC-SHA256 under a server key.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use kirana_domain::{Phone, Timestamp};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+/// A new secret token, e.g. `kir_…` for merchants, `cart_…` for carts.
+pub fn new_token(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A six-digit sign-in code.
+pub fn new_code() -> String {
+    format!("{:06}", rand::rng().random_range(0..1_000_000u32))
+}
+
+/// The stored form of a code: keyed, so a copy of the database cannot be brute-forced offline.
+pub fn hash_code(key: &[u8; 32], phone: &Phone, code: &str) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(phone.as_str().as_bytes());
+    mac.update(b":");
+    mac.update(code.trim().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// Delivers sign-in codes. An SMS gateway at scale; the log and a file in the embedded default.
+pub trait Notifier: Send + Sync + 'static {
+    fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String>;
+}
+
+/// The embedded default: writes each code to the log and appends it as a JSON line to
+/// `<data-dir>/dev-outbox.jsonl`, so a developer can sign in without an SMS provider.
+pub struct DevOutbox {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl DevOutbox {
+    pub fn new(path: PathBuf) -> Self {
+        DevOutbox { path, lock: Mutex::new(()) }
+    }
+}
+
+impl Notifier for DevOutbox {
+    fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String> {
+        tracing::info!(phone = %phone.as_str(), %code, "sign-in code (dev outbox; configure an SMS provider for production)");
+        let line = serde_json::json!({
+            "kind": "otp",
+            "phone": phone.as_str(),
+            "code": code,
+            "expires_at": expires_at,
+        });
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        writeln!(f, "{line}").map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+/// Keeps codes in memory: for tests, which read the code a merchant would have received.
+#[derive(Default)]
+pub struct MemoryNotifier {
+    sent: Mutex<Vec<(String, String)>>,
+}
+
+impl MemoryNotifier {
+    /// The last code sent to `phone`.
+    pub fn last_code(&self, phone: &str) -> Option<String> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter().rev().find(|(p, _)| p == phone).map(|(_, c)| c.clone())
+    }
+}
+
+impl Notifier for MemoryNotifier {
+    fn send_code(&self, phone: &Phone, code: &str, _: Timestamp) -> Result<(), String> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((phone.as_str().to_string(), code.to_string()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_and_hash_stably() {
+        let a = new_token("kir");
+        let b = new_token("kir");
+        assert_ne!(a, b);
+        assert!(a.starts_with("kir_") && a.len() > 40);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+
+    #[test]
+    fn codes_are_six_digits_and_their_hash_depends_on_key_and_phone() {
+        let code = new_code();
+        assert_eq!(code.len(), 6);
+        assert!(code.bytes().all(|b| b.is_ascii_digit()));
+        let p1 = Phone::parse("+919876543210").unwrap();
+        let p2 = Phone::parse("+919876543211").unwrap();
+        let k1 = [1u8; 32];
+        let k2 = [2u8; 32];
+        assert_eq!(hash_code(&k1, &p1, "123456"), hash_code(&k1, &p1, " 123456 "));
+        assert_ne!(hash_code(&k1, &p1, "123456"), hash_code(&k2, &p1, "123456"));
+        assert_ne!(hash_code(&k1, &p1, "123456"), hash_code(&k1, &p2, "123456"));
+    }
+}

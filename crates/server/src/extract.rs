@@ -1,0 +1,296 @@
+//! Extractors: where raw HTTP becomes parsed, checked input, or a problem response.
+//!
+//! - [`Body`]: JSON bodies, bounded, with errors that name the offending field.
+//! - [`Merchant`]: a bearer credential resolved to its merchant.
+//! - [`StoreAccess`]: a merchant's own store, resolved through the directory; anyone else's is
+//!   404. Handlers under `/stores/{store_id}` can reach a shard only through it.
+//! - [`Shop`]: a store resolved by its public slug.
+//! - [`CartToken`], [`IdempotencyKey`], [`ClientIp`]: small headers, checked.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use kirana_domain::{MerchantId, StoreId, TokenId};
+use kirana_storage::StoreScope;
+use serde::de::DeserializeOwned;
+
+use crate::auth::hash_token;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON request body, parsed into `T` with field-level errors.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge,
+            other => ApiError::Malformed(other.body_text()),
+        })?;
+        parse_json(&bytes).map(Body)
+    }
+}
+
+/// Parses JSON, telling a syntax error (400) from a value of the wrong shape (422, naming the
+/// field by its path, e.g. `variants[2].price`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = inner.to_string();
+                // serde appends " at line L column C", which means nothing to a form.
+                let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+                let field = if path == "." || path.is_empty() { "body".to_string() } else { path };
+                ApiError::Invalid(kirana_domain::Invalid::field(field, message))
+            }
+            _ => ApiError::Malformed(format!("the body is not valid JSON: {inner}")),
+        }
+    })
+}
+
+/// Query-string parameters as raw strings; each handler parses the ones it takes.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        if q.len() > 4096 {
+            return Err(ApiError::Malformed("the query string is too long".into()));
+        }
+        let map: HashMap<String, String> = form_urlencoded(q);
+        Ok(Params(map))
+    }
+}
+
+fn form_urlencoded(q: &str) -> HashMap<String, String> {
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+impl Params {
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    /// The page a list asks for: `cursor` and `limit`.
+    pub fn page(&self) -> Result<kirana_domain::page::PageRequest, ApiError> {
+        let mut c = kirana_domain::validate::Checker::new();
+        let limit = c.check(
+            "limit",
+            match self.text("limit") {
+                None => kirana_domain::page::Limit::parse(None),
+                Some(raw) => raw
+                    .parse::<i64>()
+                    .map_err(|_| "must be a whole number".to_string())
+                    .and_then(|n| kirana_domain::page::Limit::parse(Some(n))),
+            },
+        );
+        let after = c.check_opt("cursor", self.text("cursor"), kirana_domain::page::Cursor::parse);
+        c.finish()?;
+        Ok(kirana_domain::page::PageRequest {
+            after: kirana_domain::validate::checked(after),
+            limit: kirana_domain::validate::checked(limit),
+        })
+    }
+}
+
+/// Path parameters by name.
+pub struct PathIds(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        Ok(PathIds(raw.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+    }
+}
+
+impl PathIds {
+    /// An id from the path; a malformed one is answered exactly like a missing one (404).
+    pub fn id<T>(&self, name: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ApiError> {
+        self.0.get(name).and_then(|s| parse(s)).ok_or(ApiError::NotFound)
+    }
+
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// The merchant behind the request's bearer credential.
+#[derive(Debug, Clone, Copy)]
+pub struct Merchant {
+    pub id: MerchantId,
+    pub token: TokenId,
+}
+
+impl FromRequestParts<AppState> for Merchant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(m) = parts.extensions.get::<Merchant>() {
+            return Ok(*m);
+        }
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("send a bearer token: Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 200)
+            .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'"))?;
+        let found = state
+            .storage
+            .directory()
+            .authenticate(hash_token(token), state.clock.now())
+            .await?;
+        let (id, token) = found.ok_or(ApiError::Unauthorized("the token is unknown, expired or revoked"))?;
+        let m = Merchant { id, token };
+        parts.extensions.insert(m);
+        Ok(m)
+    }
+}
+
+/// A store the authenticated merchant owns, resolved from `{store_id}` in the path.
+pub struct StoreAccess {
+    pub merchant: Merchant,
+    pub scope: StoreScope,
+    pub path: PathIds,
+}
+
+impl FromRequestParts<AppState> for StoreAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let merchant = Merchant::from_request_parts(parts, state).await?;
+        let path = PathIds::from_request_parts(parts, state).await?;
+        let store_id = path.id("store_id", StoreId::parse)?;
+        let scope = state.storage.scope_for_owner(merchant.id, store_id).await?;
+        Ok(StoreAccess { merchant, scope, path })
+    }
+}
+
+/// A store as shoppers reach it, from `{slug}` in the path.
+pub struct Shop {
+    pub scope: StoreScope,
+    pub path: PathIds,
+}
+
+impl FromRequestParts<AppState> for Shop {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let path = PathIds::from_request_parts(parts, state).await?;
+        let slug = path.raw("slug").filter(|s| s.len() <= 64).ok_or(ApiError::NotFound)?;
+        let (scope, _canonical) = state.storage.scope_for_slug(&slug.to_ascii_lowercase()).await?;
+        Ok(Shop { scope, path })
+    }
+}
+
+/// The `X-Cart-Token` header, hashed: what opens a cart.
+pub struct CartToken(pub [u8; 32]);
+
+pub const CART_TOKEN_HEADER: &str = "x-cart-token";
+
+impl<S: Send + Sync> FromRequestParts<S> for CartToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(CART_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 200)
+            .ok_or(ApiError::Unauthorized("send the cart's token in the X-Cart-Token header"))?;
+        Ok(CartToken(hash_token(token)))
+    }
+}
+
+/// The optional `Idempotency-Key` header of a checkout.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(v) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let key = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| ApiError::Invalid(kirana_domain::Invalid::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")))?;
+        Ok(IdempotencyKey(Some(key.to_string())))
+    }
+}
+
+/// The client's address: the peer, or with `trust_proxy` the first `X-Forwarded-For` hop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.config.trust_proxy {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|ip| ip.trim().parse().ok());
+            if let Some(ip) = forwarded {
+                return Ok(ClientIp(ip));
+            }
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientIp(peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let m = form_urlencoded("q=red+shoes&limit=5&cursor=a%2Db&bad=%zz");
+        assert_eq!(m["q"], "red shoes");
+        assert_eq!(m["cursor"], "a-b");
+        assert_eq!(m["bad"], "%zz");
+    }
+}

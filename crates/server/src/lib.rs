@@ -1,0 +1,49 @@
+//! Kirana's HTTP edge: the merchant API, the shopper API, probes and the OpenAPI description.
+//!
+//! - [`routes`]: one module per resource, each owning its routes and their OpenAPI entries.
+//! - [`extract`]: where raw requests become checked input (bodies, credentials, store scopes).
+//! - [`error`]: the single mapping from any error to `application/problem+json`.
+//! - [`auth`]: tokens, sign-in codes and how codes are delivered.
+//! - [`state`]: what handlers share.
+//!
+//! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use state::{AppState, ServerConfig};
+
+/// Largest request body accepted (a product with 100 variants fits with room to spare).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = routes::api().split_for_parts();
+    let _ = routes::health::OPENAPI.set(api.to_json().unwrap_or_else(|_| "{}".into()));
+    router
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::no_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            use axum::response::IntoResponse;
+            error::ApiError::Internal("a handler panicked".into()).into_response()
+        }))
+        .with_state(state)
+}
+
+/// The OpenAPI document as JSON (for `kirana openapi` and tests).
+pub fn openapi_json() -> String {
+    routes::api().into_openapi().to_pretty_json().unwrap_or_default()
+}

@@ -1,0 +1,78 @@
+//! What every handler can reach: storage, the clock, the code notifier, limits.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kirana_domain::Clock;
+use kirana_storage::{OtpPolicy, Storage};
+
+use crate::auth::Notifier;
+
+/// Settings of the HTTP layer, filled from the operator's configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Key for hashing sign-in codes.
+    pub otp_key: [u8; 32],
+    pub otp: OtpPolicy,
+    pub session_ttl_secs: i64,
+    /// Believe `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_proxy: bool,
+    /// Sign-in codes one IP may request per 10 minutes.
+    pub otp_per_ip: u32,
+    /// Longest a request may take before it is answered with 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            otp_key: [0; 32],
+            otp: OtpPolicy::default(),
+            session_ttl_secs: 30 * 24 * 3600,
+            trust_proxy: false,
+            otp_per_ip: 20,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Storage,
+    pub clock: Arc<dyn Clock>,
+    pub notifier: Arc<dyn Notifier>,
+    pub config: Arc<ServerConfig>,
+    /// Per-IP limits on sign-in traffic, in memory: each node limits what it sees. The per-phone
+    /// limit, which matters more, is enforced in the directory and holds across nodes.
+    pub otp_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    pub verify_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// False once shutdown began: `/readyz` turns 503 so balancers stop sending traffic.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(storage: Storage, clock: Arc<dyn Clock>, notifier: Arc<dyn Notifier>, config: ServerConfig) -> Self {
+        let per_ten_minutes = |n: u32| {
+            let n = std::num::NonZeroU32::new(n.max(1)).expect("max(1) is non-zero");
+            Quota::with_period(Duration::from_secs(600) / n.get())
+                .expect("period is non-zero")
+                .allow_burst(n)
+        };
+        AppState {
+            storage,
+            clock,
+            notifier,
+            otp_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip))),
+            verify_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip.saturating_mul(3)))),
+            config: Arc::new(config),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,135 @@
+//! The directory: what is global rather than owned by a store. Merchants, their credentials and
+//! sign-in codes, and the map from each store to its shard, slugs and custom domain.
+//!
+//! It is small and read on every request, so every lookup here is one primary-key read.
+
+use async_trait::async_trait;
+use kirana_domain::merchant::{ApiKey, Merchant, TokenKind};
+use kirana_domain::page::{Page, PageRequest};
+use kirana_domain::{MerchantId, Phone, Slug, StoreId, Timestamp, TokenId};
+
+use crate::Result;
+use crate::scope::{ShardId, StoreScope};
+
+/// Where a store lives and who owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub store_id: StoreId,
+    pub shard: ShardId,
+    pub owner: MerchantId,
+    pub slug: Slug,
+    pub custom_domain: Option<String>,
+    pub created_at: Timestamp,
+}
+
+impl DirEntry {
+    pub fn scope(&self) -> StoreScope {
+        StoreScope::new(self.store_id, self.shard, self.owner, self.slug.clone())
+    }
+}
+
+/// How sign-in codes are limited.
+#[derive(Debug, Clone, Copy)]
+pub struct OtpPolicy {
+    pub ttl_secs: i64,
+    /// Wrong guesses allowed per code before it is burned.
+    pub max_attempts: i64,
+    /// Codes that may be sent to one phone within `window_secs`.
+    pub max_sends: i64,
+    pub window_secs: i64,
+    /// Least time between two codes to one phone.
+    pub min_interval_secs: i64,
+}
+
+impl Default for OtpPolicy {
+    fn default() -> Self {
+        OtpPolicy {
+            ttl_secs: 300,
+            max_attempts: 5,
+            max_sends: 5,
+            window_secs: 3600,
+            min_interval_secs: 30,
+        }
+    }
+}
+
+/// A successful sign-in: the merchant (new or returning) and the session minted for them.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub merchant: Merchant,
+    pub session: ApiKey,
+    pub created: bool,
+}
+
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// Records a new sign-in code for `phone`, unless the phone has asked too often.
+    async fn otp_issue(&self, phone: &Phone, code_hash: [u8; 32], now: Timestamp, policy: OtpPolicy) -> Result<()>;
+
+    /// Checks a code; on success consumes it, creates the merchant if new and stores a session
+    /// credential with `session_hash`. A wrong code counts against the code's attempts.
+    async fn otp_sign_in(
+        &self,
+        phone: &Phone,
+        code_hash: [u8; 32],
+        session_hash: [u8; 32],
+        session_ttl_secs: i64,
+        now: Timestamp,
+        policy: OtpPolicy,
+    ) -> Result<SignIn>;
+
+    /// Finds or creates the merchant with this phone (operators minting tokens).
+    async fn merchant_for_phone(&self, phone: &Phone, now: Timestamp) -> Result<(Merchant, bool)>;
+
+    async fn merchant(&self, id: MerchantId) -> Result<Merchant>;
+
+    async fn insert_token(
+        &self,
+        merchant: MerchantId,
+        kind: TokenKind,
+        name: &str,
+        hash: [u8; 32],
+        now: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Result<ApiKey>;
+
+    /// The merchant a live credential belongs to; `None` for unknown, expired or revoked.
+    async fn authenticate(&self, hash: [u8; 32], now: Timestamp) -> Result<Option<(MerchantId, TokenId)>>;
+
+    async fn tokens(&self, merchant: MerchantId, page: PageRequest) -> Result<Page<ApiKey>>;
+
+    async fn revoke_token(&self, merchant: MerchantId, id: TokenId, now: Timestamp) -> Result<()>;
+
+    /// Records a store's placement and its first free slug among `candidates`, tried in order.
+    /// Fails with `SlugTaken` when none is free, `DomainTaken` for a claimed domain.
+    async fn register_store(
+        &self,
+        store_id: StoreId,
+        shard: ShardId,
+        owner: MerchantId,
+        candidates: Vec<Slug>,
+        custom_domain: Option<String>,
+        max_per_owner: i64,
+        now: Timestamp,
+    ) -> Result<DirEntry>;
+
+    async fn entry(&self, store_id: StoreId) -> Result<Option<DirEntry>>;
+
+    /// The store a slug names, and whether the slug is its current one (an old slug still
+    /// answers, so shared links keep working after a rename).
+    async fn resolve_slug(&self, slug: &str) -> Result<Option<(DirEntry, bool)>>;
+
+    async fn resolve_domain(&self, host: &str) -> Result<Option<DirEntry>>;
+
+    async fn owned(&self, owner: MerchantId, page: PageRequest) -> Result<Page<DirEntry>>;
+
+    /// Makes `slug` the store's current slug. The old one stays reserved to the store.
+    async fn change_slug(&self, store_id: StoreId, slug: &Slug, now: Timestamp) -> Result<()>;
+
+    async fn set_domain(&self, store_id: StoreId, domain: Option<&str>) -> Result<()>;
+
+    /// How many stores each shard holds (operators, placement).
+    async fn shard_counts(&self) -> Result<Vec<(ShardId, i64)>>;
+
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,31 @@
+//! Kirana's storage: where every byte a merchant or shopper gives us is kept.
+//!
+//! The store is the tenant and the shard key. A [`Directory`] maps each store to the shard that
+//! holds all of its rows; a [`Shard`] holds many stores and answers only questions scoped by a
+//! [`StoreScope`], which only the directory can hand out. Nothing here queries across stores.
+//!
+//! A tour:
+//! - [`error`]: the one error type of this layer.
+//! - [`scope`]: `StoreScope` and `ShardId`, the proof that a store was resolved.
+//! - [`directory`]: merchants, credentials, OTP codes, and the store → shard map with slugs.
+//! - [`shard`]: everything a store owns: settings, catalog, carts, checkout, orders, customers,
+//!   coupons, and the outbox of events written in the same transaction as each change.
+//! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
+//!   both (creating a store, renaming its slug).
+//! - [`sqlite`]: the embedded backend: one SQLite file for the directory and one per shard, each
+//!   with a single writer thread that group-commits and a pool of readers.
+
+pub mod directory;
+pub mod error;
+pub mod scope;
+pub mod shard;
+pub mod sqlite;
+pub mod storage;
+
+pub use directory::{DirEntry, Directory, OtpPolicy, SignIn};
+pub use error::{ConflictKind, Shortage, StorageError};
+pub use scope::{ShardId, StoreScope};
+pub use shard::{IdempotencyKey, ProductFilter, Shard, StoreRow};
+pub use storage::Storage;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

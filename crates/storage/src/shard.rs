@@ -1,0 +1,103 @@
+//! A shard: the rows of many stores, answered one store at a time.
+//!
+//! Every method takes a [`StoreScope`] and binds its store id in every statement; a row of
+//! another store is indistinguishable from a missing one (`NotFound`). Every method that changes
+//! state writes its outbox event in the same transaction.
+
+use async_trait::async_trait;
+use kirana_domain::cart::{Cart, Checkout, Quantity};
+use kirana_domain::catalog::{Category, CategoryChange, Product, ProductChange, ProductStatus};
+use kirana_domain::coupon::{Coupon, CouponChange};
+use kirana_domain::customer::Customer;
+use kirana_domain::event::Event;
+use kirana_domain::order::{Order, OrderStatus, TransitionRequest};
+use kirana_domain::page::{Page, PageRequest};
+use kirana_domain::store::{StoreChange, StoreSettings};
+use kirana_domain::{
+    CartId, CategoryId, CouponId, CustomerId, MerchantId, OrderId, ProductId, StoreId, Timestamp,
+    VariantId,
+};
+
+use crate::Result;
+use crate::scope::StoreScope;
+
+/// A store's own row: what the shard knows of it (the slug and domain live in the directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRow {
+    pub id: StoreId,
+    pub owner: MerchantId,
+    pub name: String,
+    pub settings: StoreSettings,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Which products a list returns.
+#[derive(Debug, Clone, Default)]
+pub struct ProductFilter {
+    pub status: Option<ProductStatus>,
+    pub category: Option<CategoryId>,
+    /// Words that must appear in the title (case-insensitive).
+    pub query: Option<String>,
+}
+
+/// A checkout's `Idempotency-Key` and a fingerprint of the request it came with: a repeat with
+/// the same key and fingerprint gets the first order back; a different request under the same
+/// key is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+#[async_trait]
+pub trait Shard: Send + Sync {
+    /// Creates a store's row. Called before the directory knows the store, so it takes an id
+    /// rather than a scope; nothing can reach the row until the directory entry exists.
+    async fn insert_store(&self, id: StoreId, owner: MerchantId, name: &str, settings: &StoreSettings, now: Timestamp) -> Result<StoreRow>;
+    /// Removes a store row whose directory registration failed.
+    async fn discard_store(&self, id: StoreId) -> Result<()>;
+    async fn store(&self, scope: &StoreScope) -> Result<StoreRow>;
+    async fn stores(&self, scopes: &[StoreScope]) -> Result<Vec<StoreRow>>;
+    async fn update_store(&self, scope: &StoreScope, change: &StoreChange, now: Timestamp) -> Result<StoreRow>;
+
+    async fn create_category(&self, scope: &StoreScope, change: CategoryChange, now: Timestamp) -> Result<Category>;
+    async fn categories(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Category>>;
+    async fn category(&self, scope: &StoreScope, id: CategoryId) -> Result<Category>;
+    async fn update_category(&self, scope: &StoreScope, id: CategoryId, change: CategoryChange, now: Timestamp) -> Result<Category>;
+    async fn delete_category(&self, scope: &StoreScope, id: CategoryId, now: Timestamp) -> Result<()>;
+
+    async fn create_product(&self, scope: &StoreScope, change: ProductChange, now: Timestamp) -> Result<Product>;
+    async fn products(&self, scope: &StoreScope, filter: ProductFilter, page: PageRequest) -> Result<Page<Product>>;
+    async fn product(&self, scope: &StoreScope, id: ProductId) -> Result<Product>;
+    async fn update_product(&self, scope: &StoreScope, id: ProductId, change: ProductChange, now: Timestamp) -> Result<Product>;
+    async fn delete_product(&self, scope: &StoreScope, id: ProductId, now: Timestamp) -> Result<()>;
+
+    async fn create_cart(&self, scope: &StoreScope, token_hash: [u8; 32], now: Timestamp) -> Result<Cart>;
+    /// The cart, if `token_hash` is its token's; `NotFound` otherwise, and once expired.
+    async fn cart(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], now: Timestamp) -> Result<Cart>;
+    async fn set_cart_item(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], variant: VariantId, quantity: Quantity, now: Timestamp) -> Result<Cart>;
+    /// Turns a cart into an order in one transaction: prices from the catalog, stock taken with
+    /// a guarded decrement, coupon redeemed with a guarded increment, customer recorded, event
+    /// written. Returns the order and whether it was a replay of an earlier identical request.
+    async fn checkout(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], checkout: Checkout, idempotency: Option<IdempotencyKey>, now: Timestamp) -> Result<(Order, bool)>;
+
+    async fn orders(&self, scope: &StoreScope, status: Option<OrderStatus>, page: PageRequest) -> Result<Page<Order>>;
+    async fn order(&self, scope: &StoreScope, id: OrderId) -> Result<Order>;
+    /// The order, if `token_hash` is the token of the cart that placed it.
+    async fn order_for_shopper(&self, scope: &StoreScope, id: OrderId, token_hash: [u8; 32]) -> Result<Order>;
+    async fn transition_order(&self, scope: &StoreScope, id: OrderId, request: TransitionRequest, actor: String, now: Timestamp) -> Result<Order>;
+
+    async fn customers(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Customer>>;
+    async fn customer(&self, scope: &StoreScope, id: CustomerId) -> Result<Customer>;
+
+    async fn create_coupon(&self, scope: &StoreScope, change: CouponChange, now: Timestamp) -> Result<Coupon>;
+    async fn coupons(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Coupon>>;
+    async fn coupon(&self, scope: &StoreScope, id: CouponId) -> Result<Coupon>;
+    async fn update_coupon(&self, scope: &StoreScope, id: CouponId, change: CouponChange, now: Timestamp) -> Result<Coupon>;
+
+    /// The store's outbox after position `after`, oldest first (for the relay, and tests).
+    async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>>;
+
+    async fn ping(&self) -> Result<()>;
+}

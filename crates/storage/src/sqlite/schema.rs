@@ -1,0 +1,298 @@
+//! Schemas of the directory and of a shard, as ordered migrations tracked by `user_version`.
+//!
+//! Rules every shard table follows: `store_id` is the first column of the primary key and of
+//! every index, so each query touches one store's rows only, and a store's rows can be copied to
+//! another shard with one `WHERE store_id = ?` per table. Ids are 16-byte UUIDv7 blobs; money is
+//! INTEGER minor units; times are INTEGER milliseconds since the epoch.
+
+use rusqlite::Connection;
+
+use crate::Result;
+
+pub(crate) type Migration = &'static str;
+
+pub(crate) const DIRECTORY: &[Migration] = &[r#"
+CREATE TABLE merchants (
+    merchant_id BLOB PRIMARY KEY,
+    phone       TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Bearer credentials, stored as SHA-256 of the secret: a leaked table grants nothing.
+CREATE TABLE tokens (
+    token_hash   BLOB PRIMARY KEY,
+    token_id     BLOB NOT NULL UNIQUE,
+    merchant_id  BLOB NOT NULL,
+    kind         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    last_used_at INTEGER,
+    revoked_at   INTEGER
+) WITHOUT ROWID;
+CREATE INDEX tokens_by_merchant ON tokens (merchant_id, token_id);
+
+-- Sign-in codes, stored as a keyed hash; only the newest unconsumed one per phone counts.
+CREATE TABLE otp_codes (
+    phone       TEXT NOT NULL,
+    code_id     BLOB NOT NULL,
+    code_hash   BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    consumed_at INTEGER,
+    PRIMARY KEY (phone, code_id)
+) WITHOUT ROWID;
+
+-- The store → shard map. The shard holds everything else about the store.
+CREATE TABLE stores (
+    store_id   BLOB PRIMARY KEY,
+    shard      INTEGER NOT NULL,
+    owner_id   BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX stores_by_owner ON stores (owner_id, store_id);
+CREATE INDEX stores_by_shard ON stores (shard, store_id);
+
+-- Every slug a store has had; exactly one per store is current. Old ones keep answering.
+CREATE TABLE slugs (
+    slug       TEXT PRIMARY KEY,
+    store_id   BLOB NOT NULL,
+    is_current INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX slugs_by_store ON slugs (store_id, is_current);
+
+CREATE TABLE domains (
+    domain   TEXT PRIMARY KEY,
+    store_id BLOB NOT NULL UNIQUE
+) WITHOUT ROWID;
+"#];
+
+pub(crate) const SHARD: &[Migration] = &[r#"
+CREATE TABLE stores (
+    store_id          BLOB PRIMARY KEY,
+    owner_id          BLOB NOT NULL,
+    name              TEXT NOT NULL,
+    settings          TEXT NOT NULL,       -- JSON: kirana_domain::store::StoreSettings
+    next_order_number INTEGER NOT NULL DEFAULT 1001,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE categories (
+    store_id    BLOB NOT NULL,
+    category_id BLOB NOT NULL,
+    name        TEXT NOT NULL,
+    name_key    TEXT NOT NULL,             -- lower-cased name: unique per store
+    description TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (store_id, category_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX categories_by_name ON categories (store_id, name_key);
+
+CREATE TABLE products (
+    store_id    BLOB NOT NULL,
+    product_id  BLOB NOT NULL,
+    title       TEXT NOT NULL,
+    title_key   TEXT NOT NULL,             -- lower-cased title, for search until a real index
+    description TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    category_id BLOB,
+    images      TEXT NOT NULL,             -- JSON array of URLs
+    options     TEXT NOT NULL,             -- JSON array of option names
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (store_id, product_id)
+) WITHOUT ROWID;
+CREATE INDEX products_by_status ON products (store_id, status, product_id);
+CREATE INDEX products_by_status_category ON products (store_id, status, category_id, product_id);
+CREATE INDEX products_by_category ON products (store_id, category_id, product_id);
+
+CREATE TABLE variants (
+    store_id         BLOB NOT NULL,
+    variant_id       BLOB NOT NULL,
+    product_id       BLOB NOT NULL,
+    position         INTEGER NOT NULL,
+    options          TEXT NOT NULL,        -- JSON array of values, one per product option
+    sku              TEXT,
+    price            INTEGER NOT NULL CHECK (price >= 0),
+    compare_at_price INTEGER,
+    -- NULL: not tracked. The CHECK is the last line of defence against overselling; the
+    -- guarded decrement at checkout is the first.
+    stock            INTEGER CHECK (stock IS NULL OR stock >= 0),
+    PRIMARY KEY (store_id, variant_id)
+) WITHOUT ROWID;
+CREATE INDEX variants_by_product ON variants (store_id, product_id, position);
+CREATE UNIQUE INDEX variants_by_sku ON variants (store_id, sku) WHERE sku IS NOT NULL;
+
+CREATE TABLE carts (
+    store_id   BLOB NOT NULL,
+    cart_id    BLOB NOT NULL,
+    token_hash BLOB NOT NULL,
+    status     TEXT NOT NULL,
+    order_id   BLOB,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, cart_id)
+) WITHOUT ROWID;
+
+CREATE TABLE cart_items (
+    store_id   BLOB NOT NULL,
+    cart_id    BLOB NOT NULL,
+    variant_id BLOB NOT NULL,
+    quantity   INTEGER NOT NULL CHECK (quantity > 0),
+    added_at   INTEGER NOT NULL,
+    PRIMARY KEY (store_id, cart_id, variant_id)
+) WITHOUT ROWID;
+
+CREATE TABLE customers (
+    store_id       BLOB NOT NULL,
+    customer_id    BLOB NOT NULL,
+    phone          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    email          TEXT,
+    orders_count   INTEGER NOT NULL,
+    total_spent    INTEGER NOT NULL,
+    first_order_at INTEGER NOT NULL,
+    last_order_at  INTEGER NOT NULL,
+    PRIMARY KEY (store_id, customer_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX customers_by_phone ON customers (store_id, phone);
+
+CREATE TABLE coupons (
+    store_id     BLOB NOT NULL,
+    coupon_id    BLOB NOT NULL,
+    code         TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    value        INTEGER NOT NULL,
+    max_discount INTEGER,
+    min_order    INTEGER NOT NULL,
+    usage_limit  INTEGER,
+    -- Redeemed with a guarded increment; the CHECK backs it up.
+    used_count   INTEGER NOT NULL DEFAULT 0 CHECK (usage_limit IS NULL OR used_count <= usage_limit),
+    starts_at    INTEGER,
+    expires_at   INTEGER,
+    active       INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (store_id, coupon_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX coupons_by_code ON coupons (store_id, code);
+
+CREATE TABLE orders (
+    store_id        BLOB NOT NULL,
+    order_id        BLOB NOT NULL,
+    number          INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    payment_method  TEXT NOT NULL,
+    payment_status  TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    customer_id     BLOB NOT NULL,
+    customer_name   TEXT NOT NULL,
+    customer_phone  TEXT NOT NULL,
+    customer_email  TEXT,
+    address         TEXT NOT NULL,         -- JSON: kirana_domain::order::Address
+    subtotal        INTEGER NOT NULL,
+    discount        INTEGER NOT NULL,
+    delivery_fee    INTEGER NOT NULL,
+    tax             INTEGER NOT NULL,
+    total           INTEGER NOT NULL,
+    coupon_id       BLOB,
+    coupon_code     TEXT,
+    note            TEXT,
+    tracking        TEXT,
+    cart_id         BLOB NOT NULL,
+    access_hash     BLOB NOT NULL,         -- hash of the cart token that placed it
+    idempotency_key TEXT,
+    request_hash    BLOB,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (store_id, order_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX orders_by_number ON orders (store_id, number);
+CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (store_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX orders_by_cart ON orders (store_id, cart_id);
+CREATE INDEX orders_by_status ON orders (store_id, status, order_id);
+CREATE INDEX orders_by_customer ON orders (store_id, customer_id, order_id);
+
+CREATE TABLE order_items (
+    store_id      BLOB NOT NULL,
+    order_id      BLOB NOT NULL,
+    line          INTEGER NOT NULL,
+    product_id    BLOB NOT NULL,
+    variant_id    BLOB NOT NULL,
+    title         TEXT NOT NULL,
+    variant_title TEXT NOT NULL,
+    sku           TEXT,
+    unit_price    INTEGER NOT NULL,
+    quantity      INTEGER NOT NULL,
+    line_total    INTEGER NOT NULL,
+    PRIMARY KEY (store_id, order_id, line)
+) WITHOUT ROWID;
+
+CREATE TABLE order_history (
+    store_id    BLOB NOT NULL,
+    order_id    BLOB NOT NULL,
+    seq         INTEGER NOT NULL,
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    note        TEXT,
+    tracking    TEXT,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (store_id, order_id, seq)
+) WITHOUT ROWID;
+
+-- The outbox: the shard's log of events, in commit order. Keyed by position (the relay reads it
+-- in order) rather than by store; each row still names its store, and the index below serves
+-- per-store reads. See docs/decisions/0004-outbox.md.
+CREATE TABLE outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    store_id    BLOB NOT NULL,
+    event_id    BLOB NOT NULL UNIQUE,
+    type        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    payload     TEXT NOT NULL
+);
+CREATE INDEX outbox_by_store ON outbox (store_id, seq);
+"#];
+
+/// Applies the migrations the file has not seen, in one transaction.
+pub(crate) fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = migrations.len() as i64;
+    if current > known {
+        return Err(crate::StorageError::Internal(format!(
+            "database schema version {current} is newer than this kirana knows ({known}); upgrade kirana"
+        )));
+    }
+    if current == known {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let applied = (|| -> rusqlite::Result<()> {
+        for sql in &migrations[current as usize..] {
+            conn.execute_batch(sql)?;
+        }
+        conn.pragma_update(None, "user_version", known)?;
+        Ok(())
+    })();
+    match applied {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    tracing::info!(from = current, to = known, "migrated database schema");
+    Ok(())
+}
+
+/// The schema version a file is at and the one this build expects.
+pub(crate) fn version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}

@@ -1,0 +1,237 @@
+//! A shard on SQLite. The [`Shard`] methods here only unwrap the scope and hop to the writer or
+//! a reader; the SQL lives in one module per concern, as free functions over a connection and a
+//! store id. Those functions are private to this backend: outside it, the only way in is a
+//! `StoreScope`.
+
+mod carts;
+mod catalog;
+mod checkout;
+mod coupons;
+mod orders;
+mod stores;
+
+use async_trait::async_trait;
+use kirana_domain::cart::{Cart, Checkout, Quantity};
+use kirana_domain::catalog::{Category, CategoryChange, Product, ProductChange};
+use kirana_domain::coupon::{Coupon, CouponChange};
+use kirana_domain::customer::Customer;
+use kirana_domain::event::Event;
+use kirana_domain::order::{Order, OrderStatus, TransitionRequest};
+use kirana_domain::page::{Page, PageRequest};
+use kirana_domain::store::{StoreChange, StoreSettings};
+use kirana_domain::{
+    CartId, CategoryId, CouponId, CustomerId, EventId, MerchantId, OrderId, ProductId, StoreId,
+    Timestamp, VariantId,
+};
+use rusqlite::{Connection, params};
+
+use super::db::Db;
+use crate::Result;
+use crate::scope::StoreScope;
+use crate::shard::{IdempotencyKey, ProductFilter, Shard, StoreRow};
+
+pub(crate) struct SqliteShard {
+    db: Db,
+}
+
+impl SqliteShard {
+    pub(crate) fn new(db: Db) -> Self {
+        SqliteShard { db }
+    }
+}
+
+/// Appends an event to the outbox, inside the caller's transaction.
+pub(super) fn emit(c: &Connection, store: StoreId, kind: &str, now: Timestamp, payload: serde_json::Value) -> Result<()> {
+    let event = Event::new(store, kind, now, payload);
+    c.prepare_cached(
+        "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        store.uuid(),
+        event.id.uuid(),
+        event.kind,
+        event.version,
+        now.millis(),
+        event.payload.to_string()
+    ])?;
+    Ok(())
+}
+
+/// `?2, ?3, …` for an `IN (…)` list of `n` values bound after `first - 1` other parameters.
+pub(super) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
+#[async_trait]
+impl Shard for SqliteShard {
+    async fn insert_store(&self, id: StoreId, owner: MerchantId, name: &str, settings: &StoreSettings, now: Timestamp) -> Result<StoreRow> {
+        let (name, settings) = (name.to_string(), settings.clone());
+        self.db.write(move |c| stores::insert(c, id, owner, &name, &settings, now)).await
+    }
+
+    async fn discard_store(&self, id: StoreId) -> Result<()> {
+        self.db.write(move |c| stores::discard(c, id)).await
+    }
+
+    async fn store(&self, scope: &StoreScope) -> Result<StoreRow> {
+        self.db.read(|c| stores::get(c, scope.store_id()))
+    }
+
+    async fn stores(&self, scopes: &[StoreScope]) -> Result<Vec<StoreRow>> {
+        let ids: Vec<StoreId> = scopes.iter().map(StoreScope::store_id).collect();
+        self.db.read(|c| stores::get_many(c, &ids))
+    }
+
+    async fn update_store(&self, scope: &StoreScope, change: &StoreChange, now: Timestamp) -> Result<StoreRow> {
+        let (s, change) = (scope.store_id(), change.clone());
+        self.db.write(move |c| stores::update(c, s, &change, now)).await
+    }
+
+    async fn create_category(&self, scope: &StoreScope, change: CategoryChange, now: Timestamp) -> Result<Category> {
+        let s = scope.store_id();
+        self.db.write(move |c| catalog::create_category(c, s, change, now)).await
+    }
+
+    async fn categories(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Category>> {
+        self.db.read(|c| catalog::categories(c, scope.store_id(), page))
+    }
+
+    async fn category(&self, scope: &StoreScope, id: CategoryId) -> Result<Category> {
+        self.db.read(|c| catalog::category(c, scope.store_id(), id))
+    }
+
+    async fn update_category(&self, scope: &StoreScope, id: CategoryId, change: CategoryChange, now: Timestamp) -> Result<Category> {
+        let s = scope.store_id();
+        self.db.write(move |c| catalog::update_category(c, s, id, change, now)).await
+    }
+
+    async fn delete_category(&self, scope: &StoreScope, id: CategoryId, now: Timestamp) -> Result<()> {
+        let s = scope.store_id();
+        self.db.write(move |c| catalog::delete_category(c, s, id, now)).await
+    }
+
+    async fn create_product(&self, scope: &StoreScope, change: ProductChange, now: Timestamp) -> Result<Product> {
+        let s = scope.store_id();
+        self.db.write(move |c| catalog::create_product(c, s, change, now)).await
+    }
+
+    async fn products(&self, scope: &StoreScope, filter: ProductFilter, page: PageRequest) -> Result<Page<Product>> {
+        self.db.read(|c| catalog::products(c, scope.store_id(), &filter, page))
+    }
+
+    async fn product(&self, scope: &StoreScope, id: ProductId) -> Result<Product> {
+        self.db.read(|c| catalog::product(c, scope.store_id(), id))
+    }
+
+    async fn update_product(&self, scope: &StoreScope, id: ProductId, change: ProductChange, now: Timestamp) -> Result<Product> {
+        let s = scope.store_id();
+        self.db.write(move |c| catalog::update_product(c, s, id, change, now)).await
+    }
+
+    async fn delete_product(&self, scope: &StoreScope, id: ProductId, now: Timestamp) -> Result<()> {
+        let s = scope.store_id();
+        self.db.write(move |c| catalog::delete_product(c, s, id, now)).await
+    }
+
+    async fn create_cart(&self, scope: &StoreScope, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
+        let s = scope.store_id();
+        self.db.write(move |c| carts::create(c, s, token_hash, now)).await
+    }
+
+    async fn cart(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
+        self.db.read(|c| carts::get(c, scope.store_id(), id, token_hash, now))
+    }
+
+    async fn set_cart_item(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], variant: VariantId, quantity: Quantity, now: Timestamp) -> Result<Cart> {
+        let s = scope.store_id();
+        self.db.write(move |c| carts::set_item(c, s, id, token_hash, variant, quantity, now)).await
+    }
+
+    async fn checkout(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], checkout: Checkout, idempotency: Option<IdempotencyKey>, now: Timestamp) -> Result<(Order, bool)> {
+        let s = scope.store_id();
+        self.db.write(move |c| checkout::checkout(c, s, id, token_hash, &checkout, idempotency.as_ref(), now)).await
+    }
+
+    async fn orders(&self, scope: &StoreScope, status: Option<OrderStatus>, page: PageRequest) -> Result<Page<Order>> {
+        self.db.read(|c| orders::list(c, scope.store_id(), status, page))
+    }
+
+    async fn order(&self, scope: &StoreScope, id: OrderId) -> Result<Order> {
+        self.db.read(|c| orders::get(c, scope.store_id(), id))
+    }
+
+    async fn order_for_shopper(&self, scope: &StoreScope, id: OrderId, token_hash: [u8; 32]) -> Result<Order> {
+        self.db.read(|c| orders::get_for_shopper(c, scope.store_id(), id, token_hash))
+    }
+
+    async fn transition_order(&self, scope: &StoreScope, id: OrderId, request: TransitionRequest, actor: String, now: Timestamp) -> Result<Order> {
+        let s = scope.store_id();
+        self.db.write(move |c| orders::transition(c, s, id, &request, &actor, now)).await
+    }
+
+    async fn customers(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Customer>> {
+        self.db.read(|c| orders::customers(c, scope.store_id(), page))
+    }
+
+    async fn customer(&self, scope: &StoreScope, id: CustomerId) -> Result<Customer> {
+        self.db.read(|c| orders::customer(c, scope.store_id(), id))
+    }
+
+    async fn create_coupon(&self, scope: &StoreScope, change: CouponChange, now: Timestamp) -> Result<Coupon> {
+        let s = scope.store_id();
+        self.db.write(move |c| coupons::create(c, s, change, now)).await
+    }
+
+    async fn coupons(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Coupon>> {
+        self.db.read(|c| coupons::list(c, scope.store_id(), page))
+    }
+
+    async fn coupon(&self, scope: &StoreScope, id: CouponId) -> Result<Coupon> {
+        self.db.read(|c| coupons::get(c, scope.store_id(), id))
+    }
+
+    async fn update_coupon(&self, scope: &StoreScope, id: CouponId, change: CouponChange, now: Timestamp) -> Result<Coupon> {
+        let s = scope.store_id();
+        self.db.write(move |c| coupons::update(c, s, id, change, now)).await
+    }
+
+    async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>> {
+        let store = scope.store_id();
+        self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, event_id, type, version, occurred_at, payload FROM outbox
+                 WHERE store_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![store.uuid(), after, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, uuid::Uuid>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, id, kind, version, at, payload) = row?;
+                out.push((
+                    seq,
+                    Event {
+                        id: EventId::from_uuid(id),
+                        store_id: store,
+                        kind,
+                        version,
+                        occurred_at: Timestamp::from_millis(at),
+                        payload: serde_json::from_str(&payload)?,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.db.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+}

@@ -1,0 +1,198 @@
+//! [`Storage`]: the directory and its shards together, and the flows that touch both.
+
+use std::sync::Arc;
+
+use kirana_domain::page::{Page, PageRequest};
+use kirana_domain::store::{NewStore, Store, StoreChange};
+use kirana_domain::{MerchantId, Slug, StoreId, Timestamp};
+
+use crate::directory::{DirEntry, Directory};
+use crate::error::StorageError;
+use crate::scope::{ShardId, StoreScope};
+use crate::shard::{Shard, StoreRow};
+use crate::Result;
+
+/// Most stores one merchant may own; a guard against scripted abuse, not a business limit.
+pub const MAX_STORES_PER_MERCHANT: i64 = 50;
+
+#[derive(Clone)]
+pub struct Storage {
+    directory: Arc<dyn Directory>,
+    shards: Arc<[Arc<dyn Shard>]>,
+}
+
+impl Storage {
+    pub fn new(directory: Arc<dyn Directory>, shards: Vec<Arc<dyn Shard>>) -> Self {
+        assert!(!shards.is_empty(), "storage needs at least one shard");
+        Storage {
+            directory,
+            shards: shards.into(),
+        }
+    }
+
+    pub fn directory(&self) -> &dyn Directory {
+        &*self.directory
+    }
+
+    /// The shard that holds a resolved store.
+    pub fn shard(&self, scope: &StoreScope) -> &dyn Shard {
+        &*self.shards[scope.shard().0 as usize]
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Where a new store goes. Placement is recorded in the directory, so changing this rule
+    /// (or adding shards) never moves an existing store.
+    fn place(&self, id: StoreId) -> ShardId {
+        let n = self.shards.len() as u128;
+        ShardId((id.uuid().as_u128() % n) as u32)
+    }
+
+    fn shard_at(&self, shard: ShardId) -> Result<&dyn Shard> {
+        self.shards
+            .get(shard.0 as usize)
+            .map(|s| &**s)
+            .ok_or_else(|| StorageError::Internal(format!("directory names shard {} but only {} are configured", shard.0, self.shards.len())))
+    }
+
+    /// The scope of a store its owner asked for; `NotFound` for anyone else's, exactly as for a
+    /// store that does not exist.
+    pub async fn scope_for_owner(&self, owner: MerchantId, store_id: StoreId) -> Result<StoreScope> {
+        match self.directory.entry(store_id).await? {
+            Some(e) if e.owner == owner => {
+                self.shard_at(e.shard)?;
+                Ok(e.scope())
+            }
+            _ => Err(StorageError::NotFound),
+        }
+    }
+
+    /// The scope of a store by any of its slugs, and whether the slug is its current one.
+    pub async fn scope_for_slug(&self, slug: &str) -> Result<(StoreScope, bool)> {
+        match self.directory.resolve_slug(slug).await? {
+            Some((e, canonical)) => {
+                self.shard_at(e.shard)?;
+                Ok((e.scope(), canonical))
+            }
+            None => Err(StorageError::NotFound),
+        }
+    }
+
+    /// Creates a store: its row on its shard first, then its directory entry. The directory
+    /// entry is the commit point: until it exists nothing can reach the row, and if registering
+    /// fails (slug taken) the row is removed. A crash in between leaves an unreachable row, never
+    /// a directory entry pointing at nothing.
+    pub async fn create_store(&self, owner: MerchantId, new: NewStore, now: Timestamp) -> Result<Store> {
+        let id = StoreId::generate();
+        let shard_id = self.place(id);
+        let shard = self.shard_at(shard_id)?;
+        let candidates = slug_candidates(&new, id);
+        let row = shard.insert_store(id, owner, &new.name, &new.settings, now).await?;
+        let entry = match self
+            .directory
+            .register_store(id, shard_id, owner, candidates, new.custom_domain.clone(), MAX_STORES_PER_MERCHANT, now)
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                if let Err(cleanup) = shard.discard_store(id).await {
+                    tracing::warn!(store_id = %id, error = %cleanup, "could not discard an unregistered store row");
+                }
+                return Err(e);
+            }
+        };
+        Ok(assemble(&entry, row))
+    }
+
+    pub async fn store(&self, scope: &StoreScope) -> Result<Store> {
+        let entry = self.directory.entry(scope.store_id()).await?.ok_or(StorageError::NotFound)?;
+        let row = self.shard(scope).store(scope).await?;
+        Ok(assemble(&entry, row))
+    }
+
+    /// Applies a change: slug and domain in the directory first (they can conflict with other
+    /// stores), then the store's own row.
+    pub async fn update_store(&self, scope: &StoreScope, change: StoreChange, now: Timestamp) -> Result<Store> {
+        // Check the settings before touching the directory, so a refused change changes nothing.
+        let current = self.shard(scope).store(scope).await?;
+        change.apply_settings(&current.settings)?;
+        if let Some(slug) = &change.slug {
+            if slug != scope.slug() {
+                self.directory.change_slug(scope.store_id(), slug, now).await?;
+            }
+        }
+        if let Some(domain) = &change.custom_domain {
+            self.directory.set_domain(scope.store_id(), domain.as_deref()).await?;
+        }
+        let row = self.shard(scope).update_store(scope, &change, now).await?;
+        let entry = self.directory.entry(scope.store_id()).await?.ok_or(StorageError::NotFound)?;
+        Ok(assemble(&entry, row))
+    }
+
+    /// The merchant's stores, newest first.
+    pub async fn stores_of(&self, owner: MerchantId, page: PageRequest) -> Result<Page<Store>> {
+        let entries = self.directory.owned(owner, page).await?;
+        let mut out = Vec::with_capacity(entries.items.len());
+        // One query per shard, not per store.
+        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<StoreScope>> = Default::default();
+        for e in &entries.items {
+            by_shard.entry(e.shard).or_default().push(e.scope());
+        }
+        let mut rows = std::collections::HashMap::new();
+        for (shard, scopes) in by_shard {
+            for row in self.shard_at(shard)?.stores(&scopes).await? {
+                rows.insert(row.id, row);
+            }
+        }
+        for e in &entries.items {
+            if let Some(row) = rows.remove(&e.store_id) {
+                out.push(assemble(e, row));
+            }
+        }
+        Ok(Page {
+            items: out,
+            next_cursor: entries.next_cursor,
+        })
+    }
+
+    /// Checks every database answers: the directory and each shard.
+    pub async fn ping(&self) -> Result<()> {
+        self.directory.ping().await?;
+        for s in self.shards.iter() {
+            s.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+fn slug_candidates(new: &NewStore, id: StoreId) -> Vec<Slug> {
+    if let Some(chosen) = &new.slug {
+        return vec![chosen.clone()];
+    }
+    // Short random suffix from the id's random bits, so two "Chai Shop"s race to different slugs.
+    let tail = format!("{:05x}", id.uuid().as_u128() & 0xf_ffff);
+    match Slug::derive(&new.name) {
+        Some(base) => {
+            let mut c = vec![base.clone()];
+            c.extend((2..=5).filter_map(|n| base.with_suffix(&n.to_string())));
+            c.extend(base.with_suffix(&tail));
+            c
+        }
+        None => Slug::parse(&format!("store-{tail}")).into_iter().collect(),
+    }
+}
+
+fn assemble(entry: &DirEntry, row: StoreRow) -> Store {
+    Store {
+        id: row.id,
+        path: format!("/{}", entry.slug),
+        slug: entry.slug.clone(),
+        name: row.name,
+        settings: row.settings,
+        custom_domain: entry.custom_domain.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
