@@ -1,1 +1,184 @@
-fn main() {}
+//! The `kirana` binary: parse the command line, build the application, run it.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kirana_domain::merchant::TokenKind;
+use kirana_domain::{Clock, Phone, SystemClock};
+use kirana_server::auth::{DevOutbox, hash_token, load_or_create_key, new_token, parse_key};
+use kirana_server::{AppState, ServerConfig};
+use kirana_storage::Storage;
+
+use crate::config::{Config, GlobalArgs, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "kirana", version, about = "Online stores for a million merchants")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform: merchant and shopper APIs on one listener.
+    Serve(ServeArgs),
+    /// Create or upgrade the databases' schemas, then report their versions.
+    Migrate,
+    /// Merchant administration.
+    Merchant {
+        #[command(subcommand)]
+        command: MerchantCommand,
+    },
+    /// Print the OpenAPI description.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum MerchantCommand {
+    /// Mint a bearer token for a merchant (created if new). Prints the token.
+    Token {
+        #[arg(long)]
+        phone: String,
+        /// A name for the token, shown in the merchant's key list.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let serve_args = match &cli.command {
+        Command::Serve(a) => Some(a),
+        _ => None,
+    };
+    let config = Config::resolve(&cli.global, serve_args)?;
+    init_logs(config.json_logs);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(_) => serve(config).await,
+            Command::Migrate => migrate(&config),
+            Command::Openapi => {
+                println!("{}", kirana_server::openapi_json());
+                Ok(())
+            }
+            Command::Merchant { command: MerchantCommand::Token { phone, name } } => mint_token(&config, &phone, &name).await,
+        }
+    })
+}
+
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    kirana_storage::sqlite::open(&config.data_dir, config.shards, &config.sqlite)
+        .with_context(|| format!("cannot open the databases in {}", config.data_dir.display()))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let storage = open_storage(&config)?;
+    let otp_key = match &config.secret_key {
+        Some(hex) => parse_key(hex).context("the secret key must be 64 hex digits")?,
+        None => load_or_create_key(&config.data_dir.join("secret.key")).context("cannot read or create the secret key")?,
+    };
+    let server_config = ServerConfig { otp_key, trust_proxy: config.trust_proxy, ..ServerConfig::default() };
+    let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
+    let state = AppState::new(storage, Arc::new(SystemClock), notifier, server_config);
+    let app = kirana_server::app(state.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), shards = config.shards, "kirana is serving");
+    println!("kirana listening on http://{addr}");
+    let drain = Duration::from_secs(config.drain_secs);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal(state, drain))
+        .await
+        .context("the server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C: readiness turns 503 at once, the listener closes after the
+/// drain period, and in-flight requests finish before the process exits.
+async fn shutdown_signal(state: AppState, drain: Duration) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!(drain_secs = drain.as_secs(), "shutting down: not ready, draining");
+    state.set_draining();
+    tokio::time::sleep(drain).await;
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    drop(open_storage(config)?);
+    for (file, version) in kirana_storage::sqlite::describe(&config.data_dir, config.shards)? {
+        println!("{file}: schema version {version}");
+    }
+    Ok(())
+}
+
+async fn mint_token(config: &Config, phone: &str, name: &str) -> anyhow::Result<()> {
+    let phone = Phone::parse(phone).map_err(|m| anyhow::anyhow!("--phone {m}"))?;
+    let name = kirana_domain::text::line(name, 1, 120).map_err(|m| anyhow::anyhow!("--name {m}"))?;
+    let storage = open_storage(config)?;
+    let now = SystemClock.now();
+    let (merchant, created) = storage.directory().merchant_for_phone(&phone, now).await?;
+    let token = new_token("kir");
+    storage
+        .directory()
+        .insert_token(merchant.id, TokenKind::ApiKey, &name, hash_token(&token), now, None)
+        .await?;
+    eprintln!(
+        "{} merchant {} ({}); token named '{name}':",
+        if created { "created" } else { "found" },
+        merchant.id,
+        phone.as_str()
+    );
+    println!("{token}");
+    Ok(())
+}

@@ -38,6 +38,41 @@ pub fn hash_code(key: &[u8; 32], phone: &Phone, code: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// Reads the server's secret key from `path`, creating it (32 random bytes, hex) on first use.
+/// Every node of one deployment must share it; set it in configuration at scale.
+pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_key(text.trim()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} must hold 64 hex digits", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::rng().random();
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(path)?;
+            writeln!(f, "{hex}")?;
+            f.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses 64 hex digits into a key.
+pub fn parse_key(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        key[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// Delivers sign-in codes. An SMS gateway at scale; the log and a file in the embedded default.
 pub trait Notifier: Send + Sync + 'static {
     fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String>;
@@ -102,6 +137,19 @@ impl Notifier for MemoryNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_is_created_once_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("kirana-key-{}", new_token("t")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret.key");
+        let a = load_or_create_key(&path).unwrap();
+        let b = load_or_create_key(&path).unwrap();
+        assert_eq!(a, b);
+        std::fs::write(&path, "nothex").unwrap();
+        assert!(load_or_create_key(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn tokens_are_unique_and_hash_stably() {

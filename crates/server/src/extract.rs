@@ -58,15 +58,49 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
-                let message = inner.to_string();
+                let raw = inner.to_string();
                 // serde appends " at line L column C", which means nothing to a form.
-                let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-                let field = if path == "." || path.is_empty() { "body".to_string() } else { path };
+                let raw = raw.split(" at line ").next().unwrap_or(&raw).to_string();
+                let (field, message) = humane(&path, &raw);
                 ApiError::Invalid(kirana_domain::Invalid::field(field, message))
             }
             _ => ApiError::Malformed(format!("the body is not valid JSON: {inner}")),
         }
     })
+}
+
+/// Turns serde's wording into a field name and a message a form can show.
+fn humane(path: &str, raw: &str) -> (String, String) {
+    let base = if path == "." || path.is_empty() { String::new() } else { path.to_string() };
+    let join = |name: &str| if base.is_empty() { name.to_string() } else { format!("{base}.{name}") };
+    let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
+    if let Some(name) = raw.strip_prefix("missing field ").and_then(quoted) {
+        return (join(&name), "is required".into());
+    }
+    if let Some(name) = raw.strip_prefix("unknown field ").and_then(quoted) {
+        // serde_path_to_error already ends the path with the unknown key.
+        let field = if base.ends_with(&name) { base.clone() } else { join(&name) };
+        return (field, "is not a field of this request".into());
+    }
+    let field = if base.is_empty() { "body".to_string() } else { base };
+    let message = if raw.contains("expected i64") || raw.contains("expected u32") || raw.contains("expected u64") {
+        if raw.starts_with("invalid value: integer") || raw.contains("out of range") {
+            "is out of range".to_string()
+        } else {
+            "must be a whole number".to_string()
+        }
+    } else if raw.contains("expected a boolean") {
+        "must be true or false".to_string()
+    } else if raw.contains("expected a string") {
+        "must be a string".to_string()
+    } else if raw.contains("expected a sequence") {
+        "must be a list".to_string()
+    } else if raw.contains("expected struct") || raw.contains("expected a map") {
+        "must be an object".to_string()
+    } else {
+        raw.to_string()
+    };
+    (field, message)
 }
 
 /// Query-string parameters as raw strings; each handler parses the ones it takes.
@@ -285,6 +319,44 @@ impl FromRequestParts<AppState> for ClientIp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        qty: i64,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        lines: Vec<Inner>,
+    }
+
+    fn field_of(body: &str) -> (String, String) {
+        match parse_json::<Outer>(body.as_bytes()) {
+            Err(ApiError::Invalid(inv)) => (inv.0[0].field.clone(), inv.0[0].message.clone()),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":"many"}]}"#), ("lines[0].qty".into(), "must be a whole number".into()));
+        assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":1e99}]}"#).0, "lines[0].qty");
+        assert_eq!(field_of(r#"{"lines":[]}"#), ("name".into(), "is required".into()));
+        assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":1,"price":5}]}"#), ("lines[0].price".into(), "is not a field of this request".into()));
+        assert_eq!(field_of(r#"{"name":7,"lines":[]}"#), ("name".into(), "must be a string".into()));
+        assert_eq!(field_of(r#""hello""#), ("body".into(), "must be an object".into()));
+    }
+
+    #[test]
+    fn broken_json_is_a_malformed_request() {
+        assert!(matches!(parse_json::<Outer>(b"{\"name\": "), Err(ApiError::Malformed(_))));
+        assert!(matches!(parse_json::<Outer>(b"not json"), Err(ApiError::Malformed(_))));
+    }
 
     #[test]
     fn query_strings_decode() {
