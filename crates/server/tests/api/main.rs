@@ -3,4 +3,6 @@
 
 mod common;
 
+mod checkout;
 mod isolation;
+mod orders;
