@@ -51,11 +51,7 @@ impl CartStatus {
     }
 
     pub fn from_stored(s: &str) -> Self {
-        if s == "checked_out" {
-            CartStatus::CheckedOut
-        } else {
-            CartStatus::Open
-        }
+        if s == "checked_out" { CartStatus::CheckedOut } else { CartStatus::Open }
     }
 }
 
@@ -175,17 +171,12 @@ impl CheckoutInput {
                 Ok(p.to_ascii_uppercase())
             }
         });
-        let coupon_code = c.check_opt("coupon", self.coupon.filter(|s| !s.trim().is_empty()), |s| {
-            crate::coupon::parse_code(&s)
-        });
+        let coupon_code =
+            c.check_opt("coupon", self.coupon.filter(|s| !s.trim().is_empty()), |s| crate::coupon::parse_code(&s));
         let note = c.check_opt("note", self.note, |n| text::multiline(&n, limits::NOTE));
         c.finish()?;
         Ok(Checkout {
-            customer: CheckoutCustomer {
-                name: checked(name),
-                phone: checked(phone),
-                email: checked(email),
-            },
+            customer: CheckoutCustomer { name: checked(name), phone: checked(phone), email: checked(email) },
             address: Address {
                 line1: checked(line1),
                 line2: checked(line2).filter(|s| !s.is_empty()),

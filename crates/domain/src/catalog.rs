@@ -75,14 +75,9 @@ impl CategoryInput {
             c.fail("name", "is required");
         }
         let name = c.check_opt("name", self.name, |n| text::line(&n, 1, limits::NAME));
-        let description = c.check_opt("description", self.description, |d| {
-            text::multiline(&d, 5_000)
-        });
+        let description = c.check_opt("description", self.description, |d| text::multiline(&d, 5_000));
         c.finish()?;
-        Ok(CategoryChange {
-            name: checked(name),
-            description: checked(description),
-        })
+        Ok(CategoryChange { name: checked(name), description: checked(description) })
     }
 }
 
@@ -106,11 +101,7 @@ impl Variant {
 }
 
 pub fn variant_title(options: &[String]) -> String {
-    if options.is_empty() {
-        "Default".into()
-    } else {
-        options.join(" / ")
-    }
+    if options.is_empty() { "Default".into() } else { options.join(" / ") }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -155,12 +146,7 @@ pub struct PublicProduct {
 
 impl From<Product> for PublicProduct {
     fn from(p: Product) -> Self {
-        let price_from = p
-            .variants
-            .iter()
-            .map(|v| v.price)
-            .min()
-            .unwrap_or(Amount::ZERO);
+        let price_from = p.variants.iter().map(|v| v.price).min().unwrap_or(Amount::ZERO);
         let available = p.variants.iter().any(Variant::available);
         PublicProduct {
             id: p.id,
@@ -246,6 +232,15 @@ pub struct NewVariant {
     pub stock: Option<i64>,
 }
 
+/// A change to the one variant of a simple product, given as top-level `price`, `stock`…
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VariantPatch {
+    pub price: Option<Amount>,
+    pub compare_at_price: Option<Option<Amount>>,
+    pub sku: Option<Option<String>>,
+    pub stock: Option<Option<i64>>,
+}
+
 /// A validated product change. On create every field is set; on PATCH only those given.
 #[derive(Debug, Clone, Default)]
 pub struct ProductChange {
@@ -256,6 +251,8 @@ pub struct ProductChange {
     pub images: Option<Vec<String>>,
     pub options: Option<Vec<String>>,
     pub variants: Option<Vec<NewVariant>>,
+    /// PATCH of a single-variant product through top-level fields: that variant keeps its id.
+    pub single_variant: Option<VariantPatch>,
 }
 
 fn parse_variant(c: &mut Checker, prefix: &str, v: VariantInput, creating: bool) -> Option<NewVariant> {
@@ -313,15 +310,11 @@ impl ProductInput {
             c.fail("title", "is required");
         }
         let title = c.check_opt("title", self.title, |t| text::line(&t, 1, limits::TITLE));
-        let description = c.check_opt("description", self.description, |d| {
-            text::multiline(&d, limits::DESCRIPTION)
-        });
+        let description = c.check_opt("description", self.description, |d| text::multiline(&d, limits::DESCRIPTION));
         let status = c.check_opt("status", self.status, |s| ProductStatus::parse(&s));
         let category_id = c.check_opt("category_id", self.category_id, |v| match v {
             None => Ok(None),
-            Some(raw) => CategoryId::parse(&raw)
-                .map(Some)
-                .ok_or_else(|| "is not a category of this store".to_string()),
+            Some(raw) => CategoryId::parse(&raw).map(Some).ok_or_else(|| "is not a category of this store".to_string()),
         });
         let images = c.check_opt("images", self.images, |imgs| {
             if imgs.len() > limits::IMAGES {
@@ -352,10 +345,9 @@ impl ProductInput {
             Ok(out)
         });
 
-        let simple_given = self.price.is_some()
-            || self.compare_at_price.is_some()
-            || self.sku.is_some()
-            || self.stock.is_some();
+        let mut single = None;
+        let simple_given =
+            self.price.is_some() || self.compare_at_price.is_some() || self.sku.is_some() || self.stock.is_some();
         let variants = match (self.variants, simple_given) {
             (Some(_), true) => {
                 c.fail("price", "give either variants or price/sku/stock, not both");
@@ -373,6 +365,19 @@ impl ProductInput {
                         .collect();
                     parsed.into_iter().collect::<Option<Vec<_>>>().map(Some)
                 }
+            }
+            (None, true) if !creating => {
+                single = Some(VariantPatch {
+                    price: c.check_opt("price", self.price, Amount::parse).flatten(),
+                    compare_at_price: c
+                        .check_opt("compare_at_price", self.compare_at_price, |v| v.map(Amount::parse).transpose())
+                        .flatten(),
+                    sku: c
+                        .check_opt("sku", self.sku, |v| v.map(|s| text::line(&s, 1, limits::SKU)).transpose())
+                        .flatten(),
+                    stock: c.check_opt("stock", self.stock, |v| v.map(parse_stock).transpose()).flatten(),
+                });
+                Some(None)
             }
             (None, true) => {
                 let v = VariantInput {
@@ -404,6 +409,7 @@ impl ProductInput {
             images: checked(images),
             options: checked(options),
             variants: checked(variants),
+            single_variant: single,
         };
         if creating {
             check_variants(change.options.as_deref().unwrap_or(&[]), change.variants.as_deref().unwrap_or(&[]))?;
@@ -491,13 +497,33 @@ mod tests {
 
     #[test]
     fn patching_options_requires_variants() {
-        let e = serde_json::from_str::<ProductInput>(r#"{"options":["Size"]}"#).unwrap().into_change(false).unwrap_err();
+        let e =
+            serde_json::from_str::<ProductInput>(r#"{"options":["Size"]}"#).unwrap().into_change(false).unwrap_err();
         assert_eq!(e.0[0].field, "variants");
     }
 
     #[test]
+    fn patching_a_simple_products_price_changes_its_one_variant() {
+        let ch =
+            serde_json::from_str::<ProductInput>(r#"{"price":3000,"stock":null}"#).unwrap().into_change(false).unwrap();
+        assert!(ch.variants.is_none());
+        let patch = ch.single_variant.unwrap();
+        assert_eq!(patch.price.map(Amount::minor), Some(3000));
+        assert_eq!(patch.stock, Some(None));
+        assert_eq!(patch.sku, None);
+    }
+
+    #[test]
     fn untracked_variants_are_always_available() {
-        let v = Variant { id: VariantId::generate(), title: "Default".into(), options: vec![], sku: None, price: Amount::ZERO, compare_at_price: None, stock: None };
+        let v = Variant {
+            id: VariantId::generate(),
+            title: "Default".into(),
+            options: vec![],
+            sku: None,
+            price: Amount::ZERO,
+            compare_at_price: None,
+            stock: None,
+        };
         assert!(v.available());
         assert!(!Variant { stock: Some(0), ..v.clone() }.available());
     }

@@ -43,9 +43,7 @@ impl Timestamp {
         let t = OffsetDateTime::parse(s, &Rfc3339)
             .map_err(|_| "must be an RFC 3339 date-time, e.g. 2026-12-31T23:59:59Z".to_string())?;
         let ms = t.unix_timestamp_nanos() / 1_000_000;
-        i64::try_from(ms)
-            .map(Self)
-            .map_err(|_| "is out of range".to_string())
+        i64::try_from(ms).map(Self).map_err(|_| "is out of range".to_string())
     }
 }
 

@@ -26,11 +26,7 @@ impl CouponKind {
     }
 
     pub fn from_stored(s: &str) -> Self {
-        if s == "flat" {
-            CouponKind::Flat
-        } else {
-            CouponKind::Percent
-        }
+        if s == "flat" { CouponKind::Flat } else { CouponKind::Percent }
     }
 }
 
@@ -102,9 +98,7 @@ impl Coupon {
 
 pub fn parse_code(raw: &str) -> Result<String, String> {
     let s = raw.trim().to_ascii_uppercase();
-    if !(3..=32).contains(&s.len())
-        || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !(3..=32).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err("must be 3 to 32 letters, digits, '-' or '_'".into());
     }
     Ok(s)
@@ -150,7 +144,9 @@ impl CouponInput {
     pub fn into_change(self, creating: bool) -> Result<CouponChange, Invalid> {
         let mut c = Checker::new();
         if creating {
-            for (present, f) in [(self.code.is_some(), "code"), (self.kind.is_some(), "kind"), (self.value.is_some(), "value")] {
+            for (present, f) in
+                [(self.code.is_some(), "code"), (self.kind.is_some(), "kind"), (self.value.is_some(), "value")]
+            {
                 if !present {
                     c.fail(f, "is required");
                 }
@@ -159,8 +155,19 @@ impl CouponInput {
         let code = c.check_opt("code", self.code, |s| parse_code(&s));
         let value = match (self.kind, self.value) {
             (_, None) => Some(None),
-            (Some(CouponKind::Percent), Some(v)) => c.check("value", if (1..=100).contains(&v) { Ok(Some(v)) } else { Err("a percent coupon's value must be 1 to 100".into()) }),
-            (Some(CouponKind::Flat), Some(v)) => c.check("value", Amount::parse(v).and_then(|a| if a.minor() == 0 { Err("must be more than 0".into()) } else { Ok(Some(a.minor())) })),
+            (Some(CouponKind::Percent), Some(v)) => c.check(
+                "value",
+                if (1..=100).contains(&v) {
+                    Ok(Some(v))
+                } else {
+                    Err("a percent coupon's value must be 1 to 100".into())
+                },
+            ),
+            (Some(CouponKind::Flat), Some(v)) => c.check(
+                "value",
+                Amount::parse(v)
+                    .and_then(|a| if a.minor() == 0 { Err("must be more than 0".into()) } else { Ok(Some(a.minor())) }),
+            ),
             (None, Some(_)) => {
                 c.fail("kind", "must be given with value");
                 None
@@ -172,8 +179,10 @@ impl CouponInput {
             Some(n) if !(1..=1_000_000_000).contains(&n) => Err("must be between 1 and 1000000000, or null".into()),
             other => Ok(other),
         });
-        let starts_at = c.check_opt("starts_at", self.starts_at, |v| v.map(|s| Timestamp::parse_rfc3339(&s)).transpose());
-        let expires_at = c.check_opt("expires_at", self.expires_at, |v| v.map(|s| Timestamp::parse_rfc3339(&s)).transpose());
+        let starts_at =
+            c.check_opt("starts_at", self.starts_at, |v| v.map(|s| Timestamp::parse_rfc3339(&s)).transpose());
+        let expires_at =
+            c.check_opt("expires_at", self.expires_at, |v| v.map(|s| Timestamp::parse_rfc3339(&s)).transpose());
         if let (Some(Some(Some(s))), Some(Some(Some(e)))) = (starts_at, expires_at) {
             if e <= s {
                 c.fail("expires_at", "must be after starts_at");
@@ -234,18 +243,28 @@ mod tests {
         let now = Timestamp::from_millis(10_000);
         let c = coupon(CouponKind::Flat, 100);
         assert_eq!(Coupon { active: false, ..c.clone() }.discount(500, now), Err(CouponRejection::Inactive));
-        assert_eq!(Coupon { starts_at: Some(now.plus_secs(1)), ..c.clone() }.discount(500, now), Err(CouponRejection::NotStarted));
+        assert_eq!(
+            Coupon { starts_at: Some(now.plus_secs(1)), ..c.clone() }.discount(500, now),
+            Err(CouponRejection::NotStarted)
+        );
         assert_eq!(Coupon { expires_at: Some(now), ..c.clone() }.discount(500, now), Err(CouponRejection::Expired));
-        assert_eq!(Coupon { usage_limit: Some(2), used_count: 2, ..c.clone() }.discount(500, now), Err(CouponRejection::UsedUp));
-        assert_eq!(Coupon { min_order: Amount::parse(1_000).unwrap(), ..c }.discount(500, now), Err(CouponRejection::MinimumNotMet(1_000)));
+        assert_eq!(
+            Coupon { usage_limit: Some(2), used_count: 2, ..c.clone() }.discount(500, now),
+            Err(CouponRejection::UsedUp)
+        );
+        assert_eq!(
+            Coupon { min_order: Amount::parse(1_000).unwrap(), ..c }.discount(500, now),
+            Err(CouponRejection::MinimumNotMet(1_000))
+        );
     }
 
     #[test]
     fn coupon_input_is_checked_whole() {
-        let e: Invalid = serde_json::from_str::<CouponInput>(r#"{"code":"x","kind":"percent","value":150,"usage_limit":0}"#)
-            .unwrap()
-            .into_change(true)
-            .unwrap_err();
+        let e: Invalid =
+            serde_json::from_str::<CouponInput>(r#"{"code":"x","kind":"percent","value":150,"usage_limit":0}"#)
+                .unwrap()
+                .into_change(true)
+                .unwrap_err();
         let fields: Vec<_> = e.0.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["code", "value", "usage_limit"]);
     }

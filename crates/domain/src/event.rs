@@ -40,19 +40,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(
-        store_id: StoreId,
-        kind: &str,
-        occurred_at: Timestamp,
-        payload: serde_json::Value,
-    ) -> Self {
-        Event {
-            id: EventId::generate(),
-            store_id,
-            kind: kind.to_string(),
-            version: 1,
-            occurred_at,
-            payload,
-        }
+    pub fn new(store_id: StoreId, kind: &str, occurred_at: Timestamp, payload: serde_json::Value) -> Self {
+        Event { id: EventId::generate(), store_id, kind: kind.to_string(), version: 1, occurred_at, payload }
     }
 }

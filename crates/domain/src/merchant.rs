@@ -29,11 +29,7 @@ impl TokenKind {
     }
 
     pub fn from_stored(s: &str) -> Self {
-        if s == "api_key" {
-            TokenKind::ApiKey
-        } else {
-            TokenKind::Session
-        }
+        if s == "api_key" { TokenKind::ApiKey } else { TokenKind::Session }
     }
 }
 

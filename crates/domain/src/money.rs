@@ -8,8 +8,7 @@ pub const MAX_AMOUNT: i64 = 100_000_000_000;
 
 /// A non-negative amount of minor units, at most [`MAX_AMOUNT`].
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
 )]
 #[serde(transparent)]
 #[schema(value_type = i64, minimum = 0, maximum = 100_000_000_000_f64)]
@@ -83,10 +82,7 @@ const CURRENCIES: &[(&str, u8)] = &[
 ];
 
 impl Currency {
-    pub const INR: Currency = Currency {
-        code: "INR",
-        exponent: 2,
-    };
+    pub const INR: Currency = Currency { code: "INR", exponent: 2 };
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         let upper = raw.trim().to_ascii_uppercase();
@@ -114,13 +110,7 @@ impl Currency {
             return format!("{sign}{m} {}", self.code);
         }
         let div = 10u64.pow(u32::from(self.exponent));
-        format!(
-            "{sign}{}.{:0width$} {}",
-            m / div,
-            m % div,
-            self.code,
-            width = usize::from(self.exponent)
-        )
+        format!("{sign}{}.{:0width$} {}", m / div, m % div, self.code, width = usize::from(self.exponent))
     }
 }
 
@@ -157,11 +147,7 @@ pub fn div_round_half_up(numerator: i128, denominator: i128) -> i128 {
     debug_assert!(denominator > 0);
     let q = numerator / denominator;
     let r = numerator % denominator;
-    if r.abs() * 2 >= denominator {
-        q + numerator.signum()
-    } else {
-        q
-    }
+    if r.abs() * 2 >= denominator { q + numerator.signum() } else { q }
 }
 
 #[cfg(test)]

@@ -53,13 +53,10 @@ impl OrderStatus {
     }
 
     pub fn parse(s: &str) -> Result<Self, String> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
-                format!("must be one of: {}", all.join(", "))
-            })
+        OrderStatus::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            let all: Vec<_> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+            format!("must be one of: {}", all.join(", "))
+        })
     }
 
     /// The whole state machine.
@@ -108,11 +105,7 @@ impl PaymentMethod {
     }
 
     pub fn from_stored(s: &str) -> Self {
-        if s == "online" {
-            PaymentMethod::Online
-        } else {
-            PaymentMethod::Cod
-        }
+        if s == "online" { PaymentMethod::Online } else { PaymentMethod::Cod }
     }
 }
 
@@ -270,11 +263,7 @@ impl From<Order> for PublicOrder {
             history: o
                 .history
                 .into_iter()
-                .map(|t| PublicTransition {
-                    to: t.to,
-                    tracking: t.tracking,
-                    at: t.at,
-                })
+                .map(|t| PublicTransition { to: t.to, tracking: t.tracking, at: t.at })
                 .collect(),
             created_at: o.created_at,
         }
@@ -325,7 +314,9 @@ mod tests {
 
     #[test]
     fn the_happy_path_is_allowed() {
-        for (a, b) in [(Placed, Accepted), (Accepted, Packed), (Packed, Shipped), (Shipped, Delivered), (Delivered, Returned)] {
+        for (a, b) in
+            [(Placed, Accepted), (Accepted, Packed), (Packed, Shipped), (Shipped, Delivered), (Delivered, Returned)]
+        {
             assert!(a.can_become(b), "{a:?} → {b:?}");
         }
     }

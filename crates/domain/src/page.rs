@@ -48,12 +48,8 @@ impl Cursor {
     }
 
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(raw.trim())
-            .map_err(|_| "is not a cursor this API returned".to_string())?;
-        let arr: [u8; 16] = bytes
-            .try_into()
-            .map_err(|_| "is not a cursor this API returned".to_string())?;
+        let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| "is not a cursor this API returned".to_string())?;
+        let arr: [u8; 16] = bytes.try_into().map_err(|_| "is not a cursor this API returned".to_string())?;
         Ok(Cursor(Uuid::from_bytes(arr)))
     }
 
@@ -86,22 +82,12 @@ impl<T> Page<T> {
     pub fn from_probe(mut rows: Vec<T>, limit: Limit, key: impl Fn(&T) -> Uuid) -> Self {
         let more = rows.len() > limit.get() as usize;
         rows.truncate(limit.get() as usize);
-        let next_cursor = if more {
-            rows.last().map(|r| Cursor::after(key(r)).encode())
-        } else {
-            None
-        };
-        Page {
-            items: rows,
-            next_cursor,
-        }
+        let next_cursor = if more { rows.last().map(|r| Cursor::after(key(r)).encode()) } else { None };
+        Page { items: rows, next_cursor }
     }
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            items: self.items.into_iter().map(f).collect(),
-            next_cursor: self.next_cursor,
-        }
+        Page { items: self.items.into_iter().map(f).collect(), next_cursor: self.next_cursor }
     }
 }
 

@@ -30,10 +30,7 @@ impl Phone {
             digits
         } else if digits.len() == 10 && matches!(digits.as_bytes()[0], b'6'..=b'9') {
             format!("91{digits}")
-        } else if digits.len() == 11
-            && digits.starts_with('0')
-            && matches!(digits.as_bytes()[1], b'6'..=b'9')
-        {
+        } else if digits.len() == 11 && digits.starts_with('0') && matches!(digits.as_bytes()[1], b'6'..=b'9') {
             format!("91{}", &digits[1..])
         } else {
             return Err(msg.into());
@@ -92,7 +89,9 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for raw in ["", "abc", "+", "+0123456789", "12345", "+91123", "+915876543210", "+1234567890123456", "98765 43210x"] {
+        for raw in
+            ["", "abc", "+", "+0123456789", "12345", "+91123", "+915876543210", "+1234567890123456", "98765 43210x"]
+        {
             assert!(Phone::parse(raw).is_err(), "{raw}");
         }
     }

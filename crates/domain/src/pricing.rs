@@ -31,9 +31,9 @@ pub struct Totals {
 /// Sums lines of (unit price, quantity). Inputs are bounded, so this cannot overflow; it is
 /// still checked, because a silent wrap here would be a wrong bill.
 pub fn subtotal(lines: impl IntoIterator<Item = (Amount, u32)>) -> Option<i64> {
-    lines.into_iter().try_fold(0i64, |acc, (price, qty)| {
-        price.minor().checked_mul(i64::from(qty)).and_then(|l| acc.checked_add(l))
-    })
+    lines
+        .into_iter()
+        .try_fold(0i64, |acc, (price, qty)| price.minor().checked_mul(i64::from(qty)).and_then(|l| acc.checked_add(l)))
 }
 
 /// Totals for a subtotal and a discount already computed (see `coupon::Coupon::discount`).
@@ -53,13 +53,7 @@ pub fn totals(subtotal: i64, discount: i64, terms: &Terms) -> Totals {
         let tax = div_round_half_up(i128::from(goods) * bps, 10_000) as i64;
         (tax, goods + delivery_fee + tax)
     };
-    Totals {
-        subtotal,
-        discount,
-        delivery_fee,
-        tax,
-        total,
-    }
+    Totals { subtotal, discount, delivery_fee, tax, total }
 }
 
 #[cfg(test)]

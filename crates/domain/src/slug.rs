@@ -8,12 +8,59 @@ pub const MAX_LEN: usize = 48;
 
 /// Words that are paths of the platform itself, or that would mislead shoppers.
 const RESERVED: &[&str] = &[
-    "about", "account", "accounts", "admin", "api", "app", "apps", "assets", "auth", "billing",
-    "blog", "cart", "checkout", "cdn", "dashboard", "docs", "favicon.ico", "healthz", "help",
-    "home", "images", "img", "kirana", "legal", "login", "logout", "media", "metrics",
-    "new", "null", "openapi", "openapi.json", "orders", "pricing", "privacy", "readyz", "robots.txt",
-    "root", "search", "settings", "signin", "signup", "sitemap.xml", "static", "status",
-    "store", "stores", "support", "system", "terms", "undefined", "uploads", "www",
+    "about",
+    "account",
+    "accounts",
+    "admin",
+    "api",
+    "app",
+    "apps",
+    "assets",
+    "auth",
+    "billing",
+    "blog",
+    "cart",
+    "checkout",
+    "cdn",
+    "dashboard",
+    "docs",
+    "favicon.ico",
+    "healthz",
+    "help",
+    "home",
+    "images",
+    "img",
+    "kirana",
+    "legal",
+    "login",
+    "logout",
+    "media",
+    "metrics",
+    "new",
+    "null",
+    "openapi",
+    "openapi.json",
+    "orders",
+    "pricing",
+    "privacy",
+    "readyz",
+    "robots.txt",
+    "root",
+    "search",
+    "settings",
+    "signin",
+    "signup",
+    "sitemap.xml",
+    "static",
+    "status",
+    "store",
+    "stores",
+    "support",
+    "system",
+    "terms",
+    "undefined",
+    "uploads",
+    "www",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
@@ -27,10 +74,7 @@ impl Slug {
         if s.len() < MIN_LEN || s.len() > MAX_LEN {
             return Err(format!("must be {MIN_LEN} to {MAX_LEN} characters"));
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return Err("may contain only lowercase letters, digits and hyphens".into());
         }
         if s.starts_with('-') || s.ends_with('-') || s.contains("--") {

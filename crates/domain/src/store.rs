@@ -221,15 +221,11 @@ impl StoreInput {
         let mut c = Checker::new();
         let name = c.check_opt("name", self.name, |n| text::line(&n, 1, limits::NAME));
         let slug = c.check_opt("slug", self.slug, |s| Slug::parse(&s));
-        let description = c.check_opt("description", self.description, |d| {
-            text::multiline(&d, 5_000)
-        });
+        let description = c.check_opt("description", self.description, |d| text::multiline(&d, 5_000));
         let currency = c.check_opt("currency", self.currency, |s| Currency::parse(&s));
         let delivery_fee = c.check_opt("delivery_fee", self.delivery_fee, Amount::parse);
         let free_delivery_threshold =
-            c.check_opt("free_delivery_threshold", self.free_delivery_threshold, |v| {
-                v.map(Amount::parse).transpose()
-            });
+            c.check_opt("free_delivery_threshold", self.free_delivery_threshold, |v| v.map(Amount::parse).transpose());
         let tax_rate_bps = c.check_opt("tax_rate_bps", self.tax_rate_bps, |v| {
             if (0..=MAX_TAX_RATE_BPS).contains(&v) {
                 Ok(v as u32)
@@ -243,35 +239,21 @@ impl StoreInput {
                 let phone = c.check_opt("contact.phone", ci.phone, |p| Phone::parse(&p));
                 let whatsapp = c.check_opt("contact.whatsapp", ci.whatsapp, |p| Phone::parse(&p));
                 let email = c.check_opt("contact.email", ci.email, |e| text::email(&e));
-                let address = c.check_opt("contact.address", ci.address, |a| {
-                    text::multiline(&a, 500)
-                });
+                let address = c.check_opt("contact.address", ci.address, |a| text::multiline(&a, 500));
                 match (phone, whatsapp, email, address) {
                     (Some(phone), Some(whatsapp), Some(email), Some(address)) => {
-                        Some(Some(Contact {
-                            phone,
-                            whatsapp,
-                            email,
-                            address,
-                        }))
+                        Some(Some(Contact { phone, whatsapp, email, address }))
                     }
                     _ => None,
                 }
             }
         };
-        let logo_url = c.check_opt("logo_url", self.logo_url, |v| {
-            v.map(|u| text::url(&u)).transpose()
-        });
+        let logo_url = c.check_opt("logo_url", self.logo_url, |v| v.map(|u| text::url(&u)).transpose());
         let theme = c.check_opt("theme", self.theme, |t| {
-            if THEMES.contains(&t.as_str()) {
-                Ok(t)
-            } else {
-                Err(format!("must be one of: {}", THEMES.join(", ")))
-            }
+            if THEMES.contains(&t.as_str()) { Ok(t) } else { Err(format!("must be one of: {}", THEMES.join(", "))) }
         });
-        let custom_domain = c.check_opt("custom_domain", self.custom_domain, |v| {
-            v.map(|d| text::domain(&d)).transpose()
-        });
+        let custom_domain =
+            c.check_opt("custom_domain", self.custom_domain, |v| v.map(|d| text::domain(&d)).transpose());
         c.finish()?;
         Ok(StoreChange {
             name: checked(name),
@@ -333,10 +315,7 @@ impl StoreChange {
             s.theme = v.clone();
         }
         if !s.cod_enabled && !s.online_payment_enabled {
-            return Err(Invalid::field(
-                "cod_enabled",
-                "a store must accept cash on delivery or online payment",
-            ));
+            return Err(Invalid::field("cod_enabled", "a store must accept cash on delivery or online payment"));
         }
         Ok(s)
     }

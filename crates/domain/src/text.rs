@@ -30,18 +30,12 @@ fn check(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String, S
     let s = raw.trim();
     let n = s.chars().count();
     if n < min {
-        return Err(if min == 1 {
-            "must not be empty".into()
-        } else {
-            format!("must be at least {min} characters")
-        });
+        return Err(if min == 1 { "must not be empty".into() } else { format!("must be at least {min} characters") });
     }
     if n > max {
         return Err(format!("must be at most {max} characters"));
     }
-    let bad = s
-        .chars()
-        .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t' || c == '\r')));
+    let bad = s.chars().any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t' || c == '\r')));
     if bad {
         return Err("must not contain control characters".into());
     }
@@ -51,10 +45,8 @@ fn check(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String, S
 /// An absolute http(s) URL (images, logos). Checked loosely: scheme, a host, bounded length.
 pub fn url(raw: &str) -> Result<String, String> {
     let s = line(raw, 1, limits::URL)?;
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .ok_or("must be an http:// or https:// URL")?;
+    let rest =
+        s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).ok_or("must be an http:// or https:// URL")?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || s.chars().any(char::is_whitespace) {
         return Err("must be an http:// or https:// URL".into());
@@ -89,9 +81,7 @@ pub fn domain(raw: &str) -> Result<String, String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !ok {
             return Err(msg.into());
         }

@@ -18,10 +18,7 @@ pub struct Invalid(pub Vec<FieldError>);
 
 impl Invalid {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self(vec![FieldError {
-            field: field.into(),
-            message: message.into(),
-        }])
+        Self(vec![FieldError { field: field.into(), message: message.into() }])
     }
 }
 
@@ -41,10 +38,7 @@ impl Checker {
         match r {
             Ok(v) => Some(v),
             Err(message) => {
-                self.errors.push(FieldError {
-                    field: field.into(),
-                    message,
-                });
+                self.errors.push(FieldError { field: field.into(), message });
                 None
             }
         }
@@ -64,18 +58,12 @@ impl Checker {
     }
 
     pub fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.errors.push(FieldError { field: field.into(), message: message.into() });
     }
 
     pub fn merge(&mut self, prefix: &str, inner: Invalid) {
         for e in inner.0 {
-            self.errors.push(FieldError {
-                field: format!("{prefix}{}", e.field),
-                message: e.message,
-            });
+            self.errors.push(FieldError { field: format!("{prefix}{}", e.field), message: e.message });
         }
     }
 
@@ -84,11 +72,7 @@ impl Checker {
     }
 
     pub fn finish(self) -> Result<(), Invalid> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Invalid(self.errors))
-        }
+        if self.errors.is_empty() { Ok(()) } else { Err(Invalid(self.errors)) }
     }
 }
 

@@ -34,8 +34,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KIRANA_LISTEN")]
     pub listen: Option<String>,
-    /// Believe X-Forwarded-For (only behind a proxy that sets it).
-    #[arg(long, env = "KIRANA_TRUST_PROXY")]
+    /// Believe X-Forwarded-For (only behind a proxy that sets it). `--trust-proxy` alone means true.
+    #[arg(long, env = "KIRANA_TRUST_PROXY", num_args = 0..=1, default_missing_value = "true")]
     pub trust_proxy: Option<bool>,
     /// 64 hex digits keying sign-in code hashes; defaults to `<data-dir>/secret.key`.
     #[arg(long, env = "KIRANA_SECRET_KEY", hide_env_values = true)]
@@ -67,7 +67,8 @@ pub struct Config {
     pub shards: u32,
     pub sqlite: SqliteOptions,
     pub json_logs: bool,
-    pub listen: SocketAddr,
+    /// Only `serve` listens, so only `serve` requires a valid address.
+    pub listen: Option<SocketAddr>,
     pub trust_proxy: bool,
     pub secret_key: Option<String>,
     pub drain_secs: u64,
@@ -94,10 +95,22 @@ impl Config {
             "json" => true,
             other => bail!("log format must be 'text' or 'json', not '{other}'"),
         };
-        let listen_raw = serve.and_then(|s| s.listen.clone()).or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_raw
-            .parse()
-            .with_context(|| format!("listen address '{listen_raw}' is not host:port, e.g. 127.0.0.1:8080"))?;
+        let listen = match serve {
+            None => None,
+            Some(s) => {
+                let raw = s.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+                Some(
+                    raw.parse()
+                        .with_context(|| format!("listen address '{raw}' is not host:port, e.g. 127.0.0.1:8080"))?,
+                )
+            }
+        };
+        let secret_key = serve.and_then(|s| s.secret_key.clone()).or(file.secret_key);
+        if let Some(hex) = &secret_key {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("the secret key must be 64 hex digits");
+            }
+        }
         Ok(Config {
             data_dir,
             shards,
@@ -105,7 +118,7 @@ impl Config {
             json_logs,
             listen,
             trust_proxy: serve.and_then(|s| s.trust_proxy).or(file.trust_proxy).unwrap_or(false),
-            secret_key: serve.and_then(|s| s.secret_key.clone()).or(file.secret_key),
+            secret_key,
             drain_secs: serve.and_then(|s| s.drain_secs).or(file.drain_secs).unwrap_or(0),
         })
     }
@@ -126,9 +139,10 @@ mod tests {
 
     #[test]
     fn defaults_are_the_embedded_laptop_setup() {
-        let c = Config::resolve(&globals(), None).unwrap();
+        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None };
+        let c = Config::resolve(&globals(), Some(&serve)).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./kirana-data"));
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:8080");
         assert_eq!(c.shards, 1);
         assert_eq!(c.sqlite.synchronous, Synchronous::Full);
     }
@@ -141,9 +155,10 @@ mod tests {
         let mut g = globals();
         g.config = Some(path);
         g.shards = Some(2);
-        let c = Config::resolve(&g, None).unwrap();
+        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None };
+        let c = Config::resolve(&g, Some(&serve)).unwrap();
         assert_eq!(c.shards, 2, "flag wins over file");
-        assert_eq!(c.listen.to_string(), "0.0.0.0:9000", "file wins over default");
+        assert_eq!(c.listen.unwrap().to_string(), "0.0.0.0:9000", "file wins over default");
         assert_eq!(c.sqlite.synchronous, Synchronous::Normal);
     }
 

@@ -80,7 +80,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", kirana_server::openapi_json());
                 Ok(())
             }
-            Command::Merchant { command: MerchantCommand::Token { phone, name } } => mint_token(&config, &phone, &name).await,
+            Command::Merchant { command: MerchantCommand::Token { phone, name } } => {
+                mint_token(&config, &phone, &name).await
+            }
         }
     })
 }
@@ -104,18 +106,19 @@ fn open_storage(config: &Config) -> anyhow::Result<Storage> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen.context("serve needs a listen address")?;
     let storage = open_storage(&config)?;
     let otp_key = match &config.secret_key {
         Some(hex) => parse_key(hex).context("the secret key must be 64 hex digits")?,
-        None => load_or_create_key(&config.data_dir.join("secret.key")).context("cannot read or create the secret key")?,
+        None => {
+            load_or_create_key(&config.data_dir.join("secret.key")).context("cannot read or create the secret key")?
+        }
     };
     let server_config = ServerConfig { otp_key, trust_proxy: config.trust_proxy, ..ServerConfig::default() };
     let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
     let state = AppState::new(storage, Arc::new(SystemClock), notifier, server_config);
     let app = kirana_server::app(state.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), shards = config.shards, "kirana is serving");
     println!("kirana listening on http://{addr}");
@@ -169,10 +172,7 @@ async fn mint_token(config: &Config, phone: &str, name: &str) -> anyhow::Result<
     let now = SystemClock.now();
     let (merchant, created) = storage.directory().merchant_for_phone(&phone, now).await?;
     let token = new_token("kir");
-    storage
-        .directory()
-        .insert_token(merchant.id, TokenKind::ApiKey, &name, hash_token(&token), now, None)
-        .await?;
+    storage.directory().insert_token(merchant.id, TokenKind::ApiKey, &name, hash_token(&token), now, None).await?;
     eprintln!(
         "{} merchant {} ({}); token named '{name}':",
         if created { "created" } else { "found" },

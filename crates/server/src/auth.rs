@@ -126,10 +126,7 @@ impl MemoryNotifier {
 
 impl Notifier for MemoryNotifier {
     fn send_code(&self, phone: &Phone, code: &str, _: Timestamp) -> Result<(), String> {
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((phone.as_str().to_string(), code.to_string()));
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).push((phone.as_str().to_string(), code.to_string()));
         Ok(())
     }
 }

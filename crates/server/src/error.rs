@@ -92,17 +92,24 @@ fn from_storage(e: StorageError) -> (Problem, Option<i64>) {
                 ConflictKind::DomainTaken => ("domain-taken", "Domain taken"),
                 ConflictKind::CartClosed => ("cart-closed", "Cart already checked out"),
                 ConflictKind::IdempotencyKeyReused => {
-                    let p = Problem::new(S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused", message.clone());
-                    return (p.fields(vec![FieldError { field: field.unwrap_or("Idempotency-Key").into(), message }]), None);
+                    let p = Problem::new(
+                        S::UNPROCESSABLE_ENTITY,
+                        "idempotency-key-reused",
+                        "Idempotency key reused",
+                        message.clone(),
+                    );
+                    return (
+                        p.fields(vec![FieldError { field: field.unwrap_or("Idempotency-Key").into(), message }]),
+                        None,
+                    );
                 }
                 ConflictKind::CodeTaken => ("code-taken", "Code taken"),
                 ConflictKind::NameTaken => ("name-taken", "Name taken"),
                 ConflictKind::SkuTaken => ("sku-taken", "SKU taken"),
                 ConflictKind::TooMany => ("limit-reached", "Limit reached"),
             };
-            let errors = field
-                .map(|f| vec![FieldError { field: f.into(), message: message.clone() }])
-                .unwrap_or_default();
+            let errors =
+                field.map(|f| vec![FieldError { field: f.into(), message: message.clone() }]).unwrap_or_default();
             Problem::new(S::CONFLICT, slug, title, message).fields(errors)
         }
         StorageError::InsufficientStock(shortages) => {
@@ -110,7 +117,12 @@ fn from_storage(e: StorageError) -> (Problem, Option<i64>) {
                 .iter()
                 .map(|s| format!("'{}' ({} requested, {} available)", s.title, s.requested, s.available.max(0)))
                 .collect();
-            let mut p = Problem::new(S::CONFLICT, "insufficient-stock", "Insufficient stock", format!("not enough stock for {}", names.join(", ")));
+            let mut p = Problem::new(
+                S::CONFLICT,
+                "insufficient-stock",
+                "Insufficient stock",
+                format!("not enough stock for {}", names.join(", ")),
+            );
             p.shortages = shortages;
             p
         }
@@ -132,17 +144,35 @@ fn from_storage(e: StorageError) -> (Problem, Option<i64>) {
         }
         StorageError::RateLimited { retry_after_secs } => {
             return (
-                Problem::new(S::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", format!("try again in {retry_after_secs} seconds")),
+                Problem::new(
+                    S::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                    format!("try again in {retry_after_secs} seconds"),
+                ),
                 Some(retry_after_secs),
             );
         }
         StorageError::Unavailable(detail) => {
             tracing::error!(%detail, "storage unavailable");
-            return (Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", "storage is unavailable; retry shortly"), Some(1));
+            return (
+                Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "storage is unavailable; retry shortly",
+                ),
+                Some(1),
+            );
         }
         StorageError::Internal(detail) => {
             tracing::error!(%detail, "storage failure");
-            Problem::new(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "something went wrong on our side; it has been logged")
+            Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "something went wrong on our side; it has been logged",
+            )
         }
     };
     (p, None)
@@ -164,25 +194,54 @@ impl IntoResponse for ApiError {
         let (problem, retry_after) = match self {
             ApiError::Storage(e) => from_storage(e),
             ApiError::Invalid(inv) => (invalid(inv.0), None),
-            ApiError::Malformed(detail) => (Problem::new(S::BAD_REQUEST, "malformed", "Malformed request", detail), None),
-            ApiError::Unauthorized(detail) => (Problem::new(S::UNAUTHORIZED, "unauthorized", "Unauthorized", detail), None),
+            ApiError::Malformed(detail) => {
+                (Problem::new(S::BAD_REQUEST, "malformed", "Malformed request", detail), None)
+            }
+            ApiError::Unauthorized(detail) => {
+                (Problem::new(S::UNAUTHORIZED, "unauthorized", "Unauthorized", detail), None)
+            }
             ApiError::NotFound => (Problem::new(S::NOT_FOUND, "not-found", "Not found", "no such resource"), None),
             ApiError::PayloadTooLarge => (
-                Problem::new(S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES)),
+                Problem::new(
+                    S::PAYLOAD_TOO_LARGE,
+                    "payload-too-large",
+                    "Payload too large",
+                    format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES),
+                ),
                 None,
             ),
             ApiError::UnsupportedMediaType => (
-                Problem::new(S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", "send the body as application/json"),
+                Problem::new(
+                    S::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported-media-type",
+                    "Unsupported media type",
+                    "send the body as application/json",
+                ),
                 None,
             ),
             ApiError::RateLimited { retry_after_secs } => (
-                Problem::new(S::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", format!("try again in {retry_after_secs} seconds")),
+                Problem::new(
+                    S::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                    format!("try again in {retry_after_secs} seconds"),
+                ),
                 Some(retry_after_secs),
             ),
-            ApiError::Unavailable(detail) => (Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail), Some(1)),
+            ApiError::Unavailable(detail) => {
+                (Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail), Some(1))
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                (Problem::new(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "something went wrong on our side; it has been logged"), None)
+                (
+                    Problem::new(
+                        S::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "Internal error",
+                        "something went wrong on our side; it has been logged",
+                    ),
+                    None,
+                )
             }
         };
         problem_response(problem, retry_after)
@@ -212,5 +271,25 @@ pub async fn no_route() -> Response {
 }
 
 pub async fn no_method() -> Response {
-    problem_response(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "this path does not accept that method"), None)
+    problem_response(
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this path does not accept that method",
+        ),
+        None,
+    )
+}
+
+pub fn uri_too_long() -> Response {
+    problem_response(
+        Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "URI too long",
+            format!("request targets are limited to {} bytes", crate::MAX_URI_BYTES),
+        ),
+        None,
+    )
 }

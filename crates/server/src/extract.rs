@@ -30,14 +30,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
+        let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -49,23 +45,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     }
 }
 
-/// Parses JSON, telling a syntax error (400) from a value of the wrong shape (422, naming the
-/// field by its path, e.g. `variants[2].price`).
+/// Parses a JSON object body. Not JSON at all (or trailing bytes after it) is 400; JSON of the
+/// wrong shape is 422 naming the field by its path (e.g. `variants[2].price`). Parsing into a
+/// `Value` first keeps the two apart: serde reports some shape errors (a number where an enum
+/// is expected) as syntax errors when deserializing straight from bytes.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::Invalid(kirana_domain::Invalid::field("body", "must be a JSON object")));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let raw = inner.to_string();
-                // serde appends " at line L column C", which means nothing to a form.
-                let raw = raw.split(" at line ").next().unwrap_or(&raw).to_string();
-                let (field, message) = humane(&path, &raw);
-                ApiError::Invalid(kirana_domain::Invalid::field(field, message))
-            }
-            _ => ApiError::Malformed(format!("the body is not valid JSON: {inner}")),
-        }
+        let raw = e.into_inner().to_string();
+        let (field, message) = humane(&path, &raw);
+        ApiError::Invalid(kirana_domain::Invalid::field(field, message))
     })
 }
 
@@ -77,9 +71,9 @@ fn humane(path: &str, raw: &str) -> (String, String) {
     if let Some(name) = raw.strip_prefix("missing field ").and_then(quoted) {
         return (join(&name), "is required".into());
     }
-    if let Some(name) = raw.strip_prefix("unknown field ").and_then(quoted) {
-        // serde_path_to_error already ends the path with the unknown key.
-        let field = if base.ends_with(&name) { base.clone() } else { join(&name) };
+    if raw.starts_with("unknown field ") {
+        // serde_path_to_error already ends the path with the unknown key, whatever its name.
+        let field = if base.is_empty() || base.ends_with('.') { format!("{base}\"\"") } else { base };
         return (field, "is not a field of this request".into());
     }
     let field = if base.is_empty() { "body".to_string() } else { base };
@@ -157,9 +151,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathIds {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound)?;
+        let raw = RawPathParams::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound)?;
         Ok(PathIds(raw.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
     }
 }
@@ -174,6 +166,9 @@ impl PathIds {
         self.0.get(name).map(String::as_str)
     }
 }
+
+/// How stale a credential's "last used" may get before a request refreshes it.
+const TOUCH_EVERY_SECS: i64 = 600;
 
 /// The merchant behind the request's bearer credential.
 #[derive(Debug, Clone, Copy)]
@@ -193,20 +188,26 @@ impl FromRequestParts<AppState> for Merchant {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or(ApiError::Unauthorized("send a bearer token: Authorization: Bearer <token>"))?;
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty() && t.len() <= 200)
             .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-        let found = state
-            .storage
-            .directory()
-            .authenticate(hash_token(token), state.clock.now())
-            .await?;
-        let (id, token) = found.ok_or(ApiError::Unauthorized("the token is unknown, expired or revoked"))?;
-        let m = Merchant { id, token };
+        let now = state.clock.now();
+        let found = state.storage.directory().authenticate(hash_token(token), now).await?;
+        let cred = found.ok_or(ApiError::Unauthorized("the token is unknown, expired or revoked"))?;
+        // "Last used" is worth a write only when it would change what a merchant sees: at most
+        // one per credential per ten minutes. Its failure must not fail the request.
+        if cred.last_used_at.is_none_or(|t| now.millis() - t.millis() >= TOUCH_EVERY_SECS * 1000) {
+            if let Err(e) = state.storage.directory().touch_token(cred.token, now).await {
+                tracing::warn!(error = %e, "could not record a credential's use");
+            }
+        }
+        let m = Merchant { id: cred.merchant, token: cred.token };
         parts.extensions.insert(m);
         Ok(m)
     }
@@ -283,7 +284,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .ok()
             .map(str::trim)
             .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| ApiError::Invalid(kirana_domain::Invalid::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")))?;
+            .ok_or_else(|| {
+                ApiError::Invalid(kirana_domain::Invalid::field(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters",
+                ))
+            })?;
         Ok(IdempotencyKey(Some(key.to_string())))
     }
 }
@@ -335,6 +341,25 @@ mod tests {
         lines: Vec<Inner>,
     }
 
+    #[test]
+    fn trailing_bytes_and_enum_types_are_classified_right() {
+        assert!(matches!(parse_json::<Outer>(br#"{"name":"x","lines":[]} junk"#), Err(ApiError::Malformed(_))));
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Kind {
+            A,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct WithEnum {
+            kind: Kind,
+        }
+        match parse_json::<WithEnum>(br#"{"kind": 1}"#) {
+            Err(ApiError::Invalid(inv)) => assert_eq!(inv.0[0].field, "kind"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn field_of(body: &str) -> (String, String) {
         match parse_json::<Outer>(body.as_bytes()) {
             Err(ApiError::Invalid(inv)) => (inv.0[0].field.clone(), inv.0[0].message.clone()),
@@ -344,12 +369,19 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":"many"}]}"#), ("lines[0].qty".into(), "must be a whole number".into()));
+        assert_eq!(
+            field_of(r#"{"name":"x","lines":[{"qty":"many"}]}"#),
+            ("lines[0].qty".into(), "must be a whole number".into())
+        );
         assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":1e99}]}"#).0, "lines[0].qty");
         assert_eq!(field_of(r#"{"lines":[]}"#), ("name".into(), "is required".into()));
-        assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":1,"price":5}]}"#), ("lines[0].price".into(), "is not a field of this request".into()));
+        assert_eq!(
+            field_of(r#"{"name":"x","lines":[{"qty":1,"price":5}]}"#),
+            ("lines[0].price".into(), "is not a field of this request".into())
+        );
         assert_eq!(field_of(r#"{"name":7,"lines":[]}"#), ("name".into(), "must be a string".into()));
-        assert_eq!(field_of(r#""hello""#), ("body".into(), "must be an object".into()));
+        assert_eq!(field_of(r#""hello""#), ("body".into(), "must be a JSON object".into()));
+        assert_eq!(field_of(r#"{"name":"x","lines":[{"qty":1,"a`b":2}]}"#).0, "lines[0].a`b");
     }
 
     #[test]

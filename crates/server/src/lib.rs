@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(limit_uri))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
@@ -41,6 +42,16 @@ pub fn app(state: AppState) -> Router {
             error::ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .with_state(state)
+}
+
+/// Longest request target accepted; longer ones are refused before routing.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+async fn limit_uri(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return error::uri_too_long();
+    }
+    next.run(req).await
 }
 
 /// The OpenAPI document as JSON (for `kirana openapi` and tests).

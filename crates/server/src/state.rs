@@ -57,9 +57,7 @@ impl AppState {
     pub fn new(storage: Storage, clock: Arc<dyn Clock>, notifier: Arc<dyn Notifier>, config: ServerConfig) -> Self {
         let per_ten_minutes = |n: u32| {
             let n = std::num::NonZeroU32::new(n.max(1)).expect("max(1) is non-zero");
-            Quota::with_period(Duration::from_secs(600) / n.get())
-                .expect("period is non-zero")
-                .allow_burst(n)
+            Quota::with_period(Duration::from_secs(600) / n.get()).expect("period is non-zero").allow_burst(n)
         };
         AppState {
             storage,

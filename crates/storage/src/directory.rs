@@ -43,14 +43,16 @@ pub struct OtpPolicy {
 
 impl Default for OtpPolicy {
     fn default() -> Self {
-        OtpPolicy {
-            ttl_secs: 300,
-            max_attempts: 5,
-            max_sends: 5,
-            window_secs: 3600,
-            min_interval_secs: 30,
-        }
+        OtpPolicy { ttl_secs: 300, max_attempts: 5, max_sends: 5, window_secs: 3600, min_interval_secs: 30 }
     }
+}
+
+/// A live credential, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential {
+    pub merchant: MerchantId,
+    pub token: TokenId,
+    pub last_used_at: Option<Timestamp>,
 }
 
 /// A successful sign-in: the merchant (new or returning) and the session minted for them.
@@ -93,10 +95,15 @@ pub trait Directory: Send + Sync {
         expires_at: Option<Timestamp>,
     ) -> Result<ApiKey>;
 
-    /// The merchant a live credential belongs to; `None` for unknown, expired or revoked.
-    async fn authenticate(&self, hash: [u8; 32], now: Timestamp) -> Result<Option<(MerchantId, TokenId)>>;
+    /// The merchant a live credential belongs to, and when it was last marked used; `None` for
+    /// unknown, expired or revoked.
+    async fn authenticate(&self, hash: [u8; 32], now: Timestamp) -> Result<Option<Credential>>;
 
-    async fn tokens(&self, merchant: MerchantId, page: PageRequest) -> Result<Page<ApiKey>>;
+    /// Records that a credential was used (callers throttle this; it is a write).
+    async fn touch_token(&self, id: TokenId, now: Timestamp) -> Result<()>;
+
+    /// The merchant's live credentials (not revoked, not expired), newest first.
+    async fn tokens(&self, merchant: MerchantId, page: PageRequest, now: Timestamp) -> Result<Page<ApiKey>>;
 
     async fn revoke_token(&self, merchant: MerchantId, id: TokenId, now: Timestamp) -> Result<()>;
 
@@ -123,10 +130,16 @@ pub trait Directory: Send + Sync {
 
     async fn owned(&self, owner: MerchantId, page: PageRequest) -> Result<Page<DirEntry>>;
 
-    /// Makes `slug` the store's current slug. The old one stays reserved to the store.
-    async fn change_slug(&self, store_id: StoreId, slug: &Slug, now: Timestamp) -> Result<()>;
-
-    async fn set_domain(&self, store_id: StoreId, domain: Option<&str>) -> Result<()>;
+    /// Changes a store's public names in one transaction: `slug` becomes its current slug (the
+    /// old one stays reserved to the store); `domain` (when given) replaces its custom domain.
+    /// Either both apply or, on a conflict, neither.
+    async fn rename(
+        &self,
+        store_id: StoreId,
+        slug: Option<&Slug>,
+        domain: Option<Option<&str>>,
+        now: Timestamp,
+    ) -> Result<()>;
 
     /// How many stores each shard holds (operators, placement).
     async fn shard_counts(&self) -> Result<Vec<(ShardId, i64)>>;

@@ -1,8 +1,8 @@
 //! The storage layer's one error type. The HTTP edge maps it to problem+json exactly once.
 
+use kirana_domain::Invalid;
 use kirana_domain::coupon::CouponRejection;
 use kirana_domain::order::OrderStatus;
-use kirana_domain::Invalid;
 
 pub use kirana_domain::cart::Shortage;
 
@@ -27,11 +27,7 @@ pub enum StorageError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("conflict: {message}")]
-    Conflict {
-        kind: ConflictKind,
-        field: Option<&'static str>,
-        message: String,
-    },
+    Conflict { kind: ConflictKind, field: Option<&'static str>, message: String },
     #[error("insufficient stock for {} item(s)", .0.len())]
     InsufficientStock(Vec<Shortage>),
     #[error("an order cannot move from {} to {}", .from.as_str(), .to.as_str())]
@@ -50,11 +46,7 @@ pub enum StorageError {
 
 impl StorageError {
     pub fn conflict(kind: ConflictKind, field: Option<&'static str>, message: impl Into<String>) -> Self {
-        StorageError::Conflict {
-            kind,
-            field,
-            message: message.into(),
-        }
+        StorageError::Conflict { kind, field, message: message.into() }
     }
 
     pub fn invalid(field: &str, message: &str) -> Self {
@@ -66,9 +58,7 @@ impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ffi::ErrorCode;
         match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-                StorageError::Unavailable(e.to_string())
-            }
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StorageError::Unavailable(e.to_string()),
             Some(ErrorCode::DiskFull | ErrorCode::CannotOpen | ErrorCode::ReadOnly) => {
                 StorageError::Unavailable(e.to_string())
             }

@@ -22,7 +22,7 @@ pub mod shard;
 pub mod sqlite;
 pub mod storage;
 
-pub use directory::{DirEntry, Directory, OtpPolicy, SignIn};
+pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 pub use error::{ConflictKind, Shortage, StorageError};
 pub use scope::{ShardId, StoreScope};
 pub use shard::{IdempotencyKey, ProductFilter, Shard, StoreRow};

@@ -20,12 +20,7 @@ pub struct StoreScope {
 
 impl StoreScope {
     pub(crate) fn new(store_id: StoreId, shard: ShardId, owner: MerchantId, slug: Slug) -> Self {
-        StoreScope {
-            store_id,
-            shard,
-            owner,
-            slug,
-        }
+        StoreScope { store_id, shard, owner, slug }
     }
 
     pub fn store_id(&self) -> StoreId {

@@ -14,8 +14,7 @@ use kirana_domain::order::{Order, OrderStatus, TransitionRequest};
 use kirana_domain::page::{Page, PageRequest};
 use kirana_domain::store::{StoreChange, StoreSettings};
 use kirana_domain::{
-    CartId, CategoryId, CouponId, CustomerId, MerchantId, OrderId, ProductId, StoreId, Timestamp,
-    VariantId,
+    CartId, CategoryId, CouponId, CustomerId, MerchantId, OrderId, ProductId, StoreId, Timestamp, VariantId,
 };
 
 use crate::Result;
@@ -54,7 +53,14 @@ pub struct IdempotencyKey {
 pub trait Shard: Send + Sync {
     /// Creates a store's row. Called before the directory knows the store, so it takes an id
     /// rather than a scope; nothing can reach the row until the directory entry exists.
-    async fn insert_store(&self, id: StoreId, owner: MerchantId, name: &str, settings: &StoreSettings, now: Timestamp) -> Result<StoreRow>;
+    async fn insert_store(
+        &self,
+        id: StoreId,
+        owner: MerchantId,
+        name: &str,
+        settings: &StoreSettings,
+        now: Timestamp,
+    ) -> Result<StoreRow>;
     /// Removes a store row whose directory registration failed.
     async fn discard_store(&self, id: StoreId) -> Result<()>;
     async fn store(&self, scope: &StoreScope) -> Result<StoreRow>;
@@ -64,29 +70,64 @@ pub trait Shard: Send + Sync {
     async fn create_category(&self, scope: &StoreScope, change: CategoryChange, now: Timestamp) -> Result<Category>;
     async fn categories(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Category>>;
     async fn category(&self, scope: &StoreScope, id: CategoryId) -> Result<Category>;
-    async fn update_category(&self, scope: &StoreScope, id: CategoryId, change: CategoryChange, now: Timestamp) -> Result<Category>;
+    async fn update_category(
+        &self,
+        scope: &StoreScope,
+        id: CategoryId,
+        change: CategoryChange,
+        now: Timestamp,
+    ) -> Result<Category>;
     async fn delete_category(&self, scope: &StoreScope, id: CategoryId, now: Timestamp) -> Result<()>;
 
     async fn create_product(&self, scope: &StoreScope, change: ProductChange, now: Timestamp) -> Result<Product>;
     async fn products(&self, scope: &StoreScope, filter: ProductFilter, page: PageRequest) -> Result<Page<Product>>;
     async fn product(&self, scope: &StoreScope, id: ProductId) -> Result<Product>;
-    async fn update_product(&self, scope: &StoreScope, id: ProductId, change: ProductChange, now: Timestamp) -> Result<Product>;
+    async fn update_product(
+        &self,
+        scope: &StoreScope,
+        id: ProductId,
+        change: ProductChange,
+        now: Timestamp,
+    ) -> Result<Product>;
     async fn delete_product(&self, scope: &StoreScope, id: ProductId, now: Timestamp) -> Result<()>;
 
     async fn create_cart(&self, scope: &StoreScope, token_hash: [u8; 32], now: Timestamp) -> Result<Cart>;
     /// The cart, if `token_hash` is its token's; `NotFound` otherwise, and once expired.
     async fn cart(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], now: Timestamp) -> Result<Cart>;
-    async fn set_cart_item(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], variant: VariantId, quantity: Quantity, now: Timestamp) -> Result<Cart>;
+    async fn set_cart_item(
+        &self,
+        scope: &StoreScope,
+        id: CartId,
+        token_hash: [u8; 32],
+        variant: VariantId,
+        quantity: Quantity,
+        now: Timestamp,
+    ) -> Result<Cart>;
     /// Turns a cart into an order in one transaction: prices from the catalog, stock taken with
     /// a guarded decrement, coupon redeemed with a guarded increment, customer recorded, event
     /// written. Returns the order and whether it was a replay of an earlier identical request.
-    async fn checkout(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], checkout: Checkout, idempotency: Option<IdempotencyKey>, now: Timestamp) -> Result<(Order, bool)>;
+    async fn checkout(
+        &self,
+        scope: &StoreScope,
+        id: CartId,
+        token_hash: [u8; 32],
+        checkout: Checkout,
+        idempotency: Option<IdempotencyKey>,
+        now: Timestamp,
+    ) -> Result<(Order, bool)>;
 
     async fn orders(&self, scope: &StoreScope, status: Option<OrderStatus>, page: PageRequest) -> Result<Page<Order>>;
     async fn order(&self, scope: &StoreScope, id: OrderId) -> Result<Order>;
     /// The order, if `token_hash` is the token of the cart that placed it.
     async fn order_for_shopper(&self, scope: &StoreScope, id: OrderId, token_hash: [u8; 32]) -> Result<Order>;
-    async fn transition_order(&self, scope: &StoreScope, id: OrderId, request: TransitionRequest, actor: String, now: Timestamp) -> Result<Order>;
+    async fn transition_order(
+        &self,
+        scope: &StoreScope,
+        id: OrderId,
+        request: TransitionRequest,
+        actor: String,
+        now: Timestamp,
+    ) -> Result<Order>;
 
     async fn customers(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Customer>>;
     async fn customer(&self, scope: &StoreScope, id: CustomerId) -> Result<Customer>;
@@ -94,7 +135,13 @@ pub trait Shard: Send + Sync {
     async fn create_coupon(&self, scope: &StoreScope, change: CouponChange, now: Timestamp) -> Result<Coupon>;
     async fn coupons(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Coupon>>;
     async fn coupon(&self, scope: &StoreScope, id: CouponId) -> Result<Coupon>;
-    async fn update_coupon(&self, scope: &StoreScope, id: CouponId, change: CouponChange, now: Timestamp) -> Result<Coupon>;
+    async fn update_coupon(
+        &self,
+        scope: &StoreScope,
+        id: CouponId,
+        change: CouponChange,
+        now: Timestamp,
+    ) -> Result<Coupon>;
 
     /// The store's outbox after position `after`, oldest first (for the relay, and tests).
     async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>>;

@@ -6,11 +6,11 @@ use kirana_domain::page::{Page, PageRequest};
 use kirana_domain::store::{NewStore, Store, StoreChange};
 use kirana_domain::{MerchantId, Slug, StoreId, Timestamp};
 
+use crate::Result;
 use crate::directory::{DirEntry, Directory};
 use crate::error::StorageError;
 use crate::scope::{ShardId, StoreScope};
 use crate::shard::{Shard, StoreRow};
-use crate::Result;
 
 /// Most stores one merchant may own; a guard against scripted abuse, not a business limit.
 pub const MAX_STORES_PER_MERCHANT: i64 = 50;
@@ -24,10 +24,7 @@ pub struct Storage {
 impl Storage {
     pub fn new(directory: Arc<dyn Directory>, shards: Vec<Arc<dyn Shard>>) -> Self {
         assert!(!shards.is_empty(), "storage needs at least one shard");
-        Storage {
-            directory,
-            shards: shards.into(),
-        }
+        Storage { directory, shards: shards.into() }
     }
 
     pub fn directory(&self) -> &dyn Directory {
@@ -51,10 +48,13 @@ impl Storage {
     }
 
     fn shard_at(&self, shard: ShardId) -> Result<&dyn Shard> {
-        self.shards
-            .get(shard.0 as usize)
-            .map(|s| &**s)
-            .ok_or_else(|| StorageError::Internal(format!("directory names shard {} but only {} are configured", shard.0, self.shards.len())))
+        self.shards.get(shard.0 as usize).map(|s| &**s).ok_or_else(|| {
+            StorageError::Internal(format!(
+                "directory names shard {} but only {} are configured",
+                shard.0,
+                self.shards.len()
+            ))
+        })
     }
 
     /// The scope of a store its owner asked for; `NotFound` for anyone else's, exactly as for a
@@ -118,13 +118,10 @@ impl Storage {
         // Check the settings before touching the directory, so a refused change changes nothing.
         let current = self.shard(scope).store(scope).await?;
         change.apply_settings(&current.settings)?;
-        if let Some(slug) = &change.slug {
-            if slug != scope.slug() {
-                self.directory.change_slug(scope.store_id(), slug, now).await?;
-            }
-        }
-        if let Some(domain) = &change.custom_domain {
-            self.directory.set_domain(scope.store_id(), domain.as_deref()).await?;
+        let slug = change.slug.as_ref().filter(|s| *s != scope.slug());
+        let domain = change.custom_domain.as_ref().map(|d| d.as_deref());
+        if slug.is_some() || domain.is_some() {
+            self.directory.rename(scope.store_id(), slug, domain, now).await?;
         }
         let row = self.shard(scope).update_store(scope, &change, now).await?;
         let entry = self.directory.entry(scope.store_id()).await?.ok_or(StorageError::NotFound)?;
@@ -151,10 +148,7 @@ impl Storage {
                 out.push(assemble(e, row));
             }
         }
-        Ok(Page {
-            items: out,
-            next_cursor: entries.next_cursor,
-        })
+        Ok(Page { items: out, next_cursor: entries.next_cursor })
     }
 
     /// Checks every database answers: the directory and each shard.

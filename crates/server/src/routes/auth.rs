@@ -42,7 +42,11 @@ pub struct CodeSent {
 /// Sends a six-digit sign-in code to a phone. Limited per phone and per client address.
 #[utoipa::path(post, path = "/api/v1/auth/otp", tag = "auth", request_body = CodeRequest,
     responses((status = 202, body = CodeSent), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn request_code(State(s): State<AppState>, ip: ClientIp, Body(req): Body<CodeRequest>) -> ApiResult<(StatusCode, Json<CodeSent>)> {
+async fn request_code(
+    State(s): State<AppState>,
+    ip: ClientIp,
+    Body(req): Body<CodeRequest>,
+) -> ApiResult<(StatusCode, Json<CodeSent>)> {
     let phone = Phone::parse(&req.phone).map_err(|m| Invalid::field("phone", m))?;
     if s.otp_limiter.check_key(&ip.0).is_err() {
         return Err(ApiError::RateLimited { retry_after_secs: 60 });
@@ -50,10 +54,7 @@ async fn request_code(State(s): State<AppState>, ip: ClientIp, Body(req): Body<C
     let code = new_code();
     let now = s.clock.now();
     let policy = s.config.otp;
-    s.storage
-        .directory()
-        .otp_issue(&phone, hash_code(&s.config.otp_key, &phone, &code), now, policy)
-        .await?;
+    s.storage.directory().otp_issue(&phone, hash_code(&s.config.otp_key, &phone, &code), now, policy).await?;
     s.notifier
         .send_code(&phone, &code, now.plus_secs(policy.ttl_secs))
         .map_err(|e| ApiError::Unavailable(format!("the code could not be sent: {e}")))?;
@@ -81,7 +82,11 @@ pub struct SignedIn {
 /// Exchanges a sign-in code for a session token, creating the merchant on first sign-in.
 #[utoipa::path(post, path = "/api/v1/auth/verify", tag = "auth", request_body = VerifyRequest,
     responses((status = 200, body = SignedIn), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn verify_code(State(s): State<AppState>, ip: ClientIp, Body(req): Body<VerifyRequest>) -> ApiResult<Json<SignedIn>> {
+async fn verify_code(
+    State(s): State<AppState>,
+    ip: ClientIp,
+    Body(req): Body<VerifyRequest>,
+) -> ApiResult<Json<SignedIn>> {
     let mut c = kirana_domain::validate::Checker::new();
     let phone = c.check("phone", Phone::parse(&req.phone));
     let code = req.code.trim().to_string();
@@ -138,7 +143,11 @@ pub struct CreatedKey {
 /// Creates a long-lived API key.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "auth", security(("merchant" = [])), request_body = NewKey,
     responses((status = 201, body = CreatedKey), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn create_key(State(s): State<AppState>, m: Merchant, Body(req): Body<NewKey>) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+async fn create_key(
+    State(s): State<AppState>,
+    m: Merchant,
+    Body(req): Body<NewKey>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     let name = text::line(&req.name, 1, text::limits::NAME).map_err(|e| Invalid::field("name", e))?;
     let token = new_token("kir");
     let key = s
@@ -154,7 +163,7 @@ async fn create_key(State(s): State<AppState>, m: Merchant, Body(req): Body<NewK
     params(("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query, maximum = 100)),
     responses((status = 200, body = Page<ApiKey>), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn list_keys(State(s): State<AppState>, m: Merchant, p: Params) -> ApiResult<Json<Page<ApiKey>>> {
-    Ok(Json(s.storage.directory().tokens(m.id, p.page()?).await?))
+    Ok(Json(s.storage.directory().tokens(m.id, p.page()?, s.clock.now()).await?))
 }
 
 /// Revokes a credential at once.

@@ -26,7 +26,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(post, path = "/api/v1/stores/{store_id}/categories", tag = "catalog", security(("merchant" = [])),
     params(("store_id" = String, Path)), request_body = CategoryInput,
     responses((status = 201, body = Category), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn create_category(State(s): State<AppState>, a: StoreAccess, Body(input): Body<CategoryInput>) -> ApiResult<(StatusCode, Json<Category>)> {
+async fn create_category(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<CategoryInput>,
+) -> ApiResult<(StatusCode, Json<Category>)> {
     let change = input.into_change(true)?;
     let c = s.storage.shard(&a.scope).create_category(&a.scope, change, s.clock.now()).await?;
     Ok((StatusCode::CREATED, Json(c)))
@@ -51,7 +55,11 @@ async fn get_category(State(s): State<AppState>, a: StoreAccess) -> ApiResult<Js
 #[utoipa::path(patch, path = "/api/v1/stores/{store_id}/categories/{category_id}", tag = "catalog", security(("merchant" = [])),
     params(("store_id" = String, Path), ("category_id" = String, Path)), request_body = CategoryInput,
     responses((status = 200, body = Category), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn update_category(State(s): State<AppState>, a: StoreAccess, Body(input): Body<CategoryInput>) -> ApiResult<Json<Category>> {
+async fn update_category(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<CategoryInput>,
+) -> ApiResult<Json<Category>> {
     let id = a.path.id("category_id", CategoryId::parse)?;
     let change = input.into_change(false)?;
     Ok(Json(s.storage.shard(&a.scope).update_category(&a.scope, id, change, s.clock.now()).await?))
@@ -72,7 +80,11 @@ async fn delete_category(State(s): State<AppState>, a: StoreAccess) -> ApiResult
 #[utoipa::path(post, path = "/api/v1/stores/{store_id}/products", tag = "catalog", security(("merchant" = [])),
     params(("store_id" = String, Path)), request_body = ProductInput,
     responses((status = 201, body = Product), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn create_product(State(s): State<AppState>, a: StoreAccess, Body(input): Body<ProductInput>) -> ApiResult<(StatusCode, Json<Product>)> {
+async fn create_product(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<ProductInput>,
+) -> ApiResult<(StatusCode, Json<Product>)> {
     let change = input.into_change(true)?;
     let p = s.storage.shard(&a.scope).create_product(&a.scope, change, s.clock.now()).await?;
     Ok((StatusCode::CREATED, Json(p)))
@@ -81,11 +93,7 @@ async fn create_product(State(s): State<AppState>, a: StoreAccess, Body(input): 
 /// Parses the product-list filters shared by the merchant and storefront lists.
 pub(crate) fn product_filter(p: &Params, with_status: bool) -> ApiResult<ProductFilter> {
     let mut c = Checker::new();
-    let status = if with_status {
-        c.check_opt("status", p.text("status"), ProductStatus::parse)
-    } else {
-        Some(None)
-    };
+    let status = if with_status { c.check_opt("status", p.text("status"), ProductStatus::parse) } else { Some(None) };
     let category = c.check_opt("category", p.text("category"), |raw| {
         CategoryId::parse(raw).ok_or_else(|| "is not a category id".to_string())
     });
@@ -124,7 +132,11 @@ async fn get_product(State(s): State<AppState>, a: StoreAccess) -> ApiResult<Jso
 #[utoipa::path(patch, path = "/api/v1/stores/{store_id}/products/{product_id}", tag = "catalog", security(("merchant" = [])),
     params(("store_id" = String, Path), ("product_id" = String, Path)), request_body = ProductInput,
     responses((status = 200, body = Product), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn update_product(State(s): State<AppState>, a: StoreAccess, Body(input): Body<ProductInput>) -> ApiResult<Json<Product>> {
+async fn update_product(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<ProductInput>,
+) -> ApiResult<Json<Product>> {
     let id = a.path.id("product_id", ProductId::parse)?;
     let change = input.into_change(false)?;
     Ok(Json(s.storage.shard(&a.scope).update_product(&a.scope, id, change, s.clock.now()).await?))

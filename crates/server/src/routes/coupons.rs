@@ -14,9 +14,7 @@ use crate::extract::{Body, Params, StoreAccess};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(create_coupon, list_coupons))
-        .routes(routes!(get_coupon, update_coupon))
+    OpenApiRouter::new().routes(routes!(create_coupon, list_coupons)).routes(routes!(get_coupon, update_coupon))
 }
 
 /// Creates a coupon: `percent` (value 1–100, optional `max_discount`) or `flat` (value in
@@ -24,7 +22,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(post, path = "/api/v1/stores/{store_id}/coupons", tag = "coupons", security(("merchant" = [])),
     params(("store_id" = String, Path)), request_body = CouponInput,
     responses((status = 201, body = Coupon), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn create_coupon(State(s): State<AppState>, a: StoreAccess, Body(input): Body<CouponInput>) -> ApiResult<(StatusCode, Json<Coupon>)> {
+async fn create_coupon(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<CouponInput>,
+) -> ApiResult<(StatusCode, Json<Coupon>)> {
     let change = input.into_change(true)?;
     let c = s.storage.shard(&a.scope).create_coupon(&a.scope, change, s.clock.now()).await?;
     Ok((StatusCode::CREATED, Json(c)))
@@ -49,7 +51,11 @@ async fn get_coupon(State(s): State<AppState>, a: StoreAccess) -> ApiResult<Json
 #[utoipa::path(patch, path = "/api/v1/stores/{store_id}/coupons/{coupon_id}", tag = "coupons", security(("merchant" = [])),
     params(("store_id" = String, Path), ("coupon_id" = String, Path)), request_body = CouponInput,
     responses((status = 200, body = Coupon), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn update_coupon(State(s): State<AppState>, a: StoreAccess, Body(input): Body<CouponInput>) -> ApiResult<Json<Coupon>> {
+async fn update_coupon(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<CouponInput>,
+) -> ApiResult<Json<Coupon>> {
     let id = a.path.id("coupon_id", CouponId::parse)?;
     let change = input.into_change(false)?;
     Ok(Json(s.storage.shard(&a.scope).update_coupon(&a.scope, id, change, s.clock.now()).await?))

@@ -18,10 +18,7 @@ use crate::state::AppState;
 pub(crate) static OPENAPI: OnceLock<String> = OnceLock::new();
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(openapi))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(openapi))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,11 +39,16 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     if !s.ready.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "draining", reason: Some("shutting down".into()) }));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health { status: "draining", reason: Some("shutting down".into()) }),
+        );
     }
     match s.storage.ping().await {
         Ok(()) => (StatusCode::OK, Json(Health { status: "ready", reason: None })),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(e.to_string()) })),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(e.to_string()) }))
+        }
     }
 }
 

@@ -7,8 +7,8 @@ pub mod catalog;
 pub mod coupons;
 pub mod health;
 pub mod orders;
-pub mod stores;
 pub mod storefront;
+pub mod stores;
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -46,9 +46,17 @@ impl Modify for Security {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "merchant",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("A session token from /api/v1/auth/verify or an API key")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A session token from /api/v1/auth/verify or an API key"))
+                    .build(),
+            ),
         );
-        components.add_security_scheme("cart_token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Cart-Token"))));
+        components.add_security_scheme(
+            "cart_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Cart-Token"))),
+        );
     }
 }
 

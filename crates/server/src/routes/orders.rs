@@ -48,7 +48,11 @@ async fn get_order(State(s): State<AppState>, a: StoreAccess) -> ApiResult<Json<
 #[utoipa::path(post, path = "/api/v1/stores/{store_id}/orders/{order_id}/transitions", tag = "orders", security(("merchant" = [])),
     params(("store_id" = String, Path), ("order_id" = String, Path)), request_body = TransitionInput,
     responses((status = 200, body = Order), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn transition_order(State(s): State<AppState>, a: StoreAccess, Body(input): Body<TransitionInput>) -> ApiResult<Json<Order>> {
+async fn transition_order(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<TransitionInput>,
+) -> ApiResult<Json<Order>> {
     let id = a.path.id("order_id", OrderId::parse)?;
     let req = input.parse()?;
     let actor = format!("merchant:{}", a.merchant.id);

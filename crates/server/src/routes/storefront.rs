@@ -104,10 +104,18 @@ async fn get_cart(State(s): State<AppState>, shop: Shop, token: CartToken) -> Ap
 #[utoipa::path(put, path = "/api/v1/storefront/{slug}/carts/{cart_id}/items", tag = "storefront", security(("cart_token" = [])),
     params(("slug" = String, Path), ("cart_id" = String, Path)), request_body = CartItemInput,
     responses((status = 200, body = Cart), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn set_item(State(s): State<AppState>, shop: Shop, token: CartToken, Body(input): Body<CartItemInput>) -> ApiResult<Json<Cart>> {
+async fn set_item(
+    State(s): State<AppState>,
+    shop: Shop,
+    token: CartToken,
+    Body(input): Body<CartItemInput>,
+) -> ApiResult<Json<Cart>> {
     let id = shop.path.id("cart_id", CartId::parse)?;
     let mut c = Checker::new();
-    let variant = c.check("variant_id", VariantId::parse(&input.variant_id).ok_or_else(|| "is not a product variant of this store".to_string()));
+    let variant = c.check(
+        "variant_id",
+        VariantId::parse(&input.variant_id).ok_or_else(|| "is not a product variant of this store".to_string()),
+    );
     let quantity = c.check("quantity", Quantity::parse(input.quantity));
     c.finish()?;
     let cart = s
@@ -141,11 +149,8 @@ async fn checkout(
         kirana_storage::IdempotencyKey { key: k, fingerprint: h.finalize().into() }
     });
     let req = input.parse()?;
-    let (order, replayed) = s
-        .storage
-        .shard(&shop.scope)
-        .checkout(&shop.scope, id, token.0, req, idempotency, s.clock.now())
-        .await?;
+    let (order, replayed) =
+        s.storage.shard(&shop.scope).checkout(&shop.scope, id, token.0, req, idempotency, s.clock.now()).await?;
     if !replayed {
         tracing::info!(store_id = %shop.scope.store_id(), order = order.number, total = order.totals.total, "order placed");
     }
@@ -164,13 +169,20 @@ async fn checkout(
 #[utoipa::path(get, path = "/api/v1/storefront/{slug}/orders/{order_id}", tag = "storefront",
     params(("slug" = String, Path), ("order_id" = String, Path), ("token" = Option<String>, Query)),
     responses((status = 200, body = PublicOrder), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn order_status(State(s): State<AppState>, shop: Shop, p: Params, headers: HeaderMap) -> ApiResult<Json<PublicOrder>> {
+async fn order_status(
+    State(s): State<AppState>,
+    shop: Shop,
+    p: Params,
+    headers: HeaderMap,
+) -> ApiResult<Json<PublicOrder>> {
     let id = shop.path.id("order_id", OrderId::parse)?;
     let token = p
         .text("token")
         .or_else(|| headers.get(crate::extract::CART_TOKEN_HEADER).and_then(|v| v.to_str().ok()))
         .filter(|t| t.len() <= 200)
-        .ok_or_else(|| ApiError::Invalid(Invalid::field("token", "is required: the token of the cart that placed the order")))?;
+        .ok_or_else(|| {
+            ApiError::Invalid(Invalid::field("token", "is required: the token of the cart that placed the order"))
+        })?;
     let order = s.storage.shard(&shop.scope).order_for_shopper(&shop.scope, id, hash_token(token)).await?;
     Ok(Json(PublicOrder::from(order)))
 }

@@ -13,16 +13,18 @@ use crate::extract::{Body, Merchant, Params, StoreAccess};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(create_store, list_stores))
-        .routes(routes!(get_store, update_store))
+    OpenApiRouter::new().routes(routes!(create_store, list_stores)).routes(routes!(get_store, update_store))
 }
 
 /// Creates a store. Only `name` is needed; the slug is derived from it unless chosen, and the
 /// store is live at `/{slug}` the moment this returns.
 #[utoipa::path(post, path = "/api/v1/stores", tag = "stores", security(("merchant" = [])), request_body = StoreInput,
     responses((status = 201, body = Store), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn create_store(State(s): State<AppState>, m: Merchant, Body(input): Body<StoreInput>) -> ApiResult<(StatusCode, HeaderMap, Json<Store>)> {
+async fn create_store(
+    State(s): State<AppState>,
+    m: Merchant,
+    Body(input): Body<StoreInput>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<Store>)> {
     let new = input.into_new()?;
     let store = s.storage.create_store(m.id, new, s.clock.now()).await?;
     tracing::info!(store_id = %store.id, slug = %store.slug, "store created");
@@ -53,7 +55,11 @@ async fn get_store(State(s): State<AppState>, a: StoreAccess) -> ApiResult<Json<
 #[utoipa::path(patch, path = "/api/v1/stores/{store_id}", tag = "stores", security(("merchant" = [])),
     params(("store_id" = String, Path)), request_body = StoreInput,
     responses((status = 200, body = Store), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-async fn update_store(State(s): State<AppState>, a: StoreAccess, Body(input): Body<StoreInput>) -> ApiResult<Json<Store>> {
+async fn update_store(
+    State(s): State<AppState>,
+    a: StoreAccess,
+    Body(input): Body<StoreInput>,
+) -> ApiResult<Json<Store>> {
     let change = input.into_change()?;
     Ok(Json(s.storage.update_store(&a.scope, change, s.clock.now()).await?))
 }

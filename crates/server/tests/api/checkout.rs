@@ -9,7 +9,8 @@ use crate::common::*;
 
 async fn store_with_product(app: &TestApp, stock: Option<i64>, price: i64) -> (String, Value, String) {
     let (token, store) = app.merchant_with_store("+919811111111", "Racing Store").await;
-    let product = app.create_product(&token, &store, json!({ "title": "Limited Tee", "price": price, "stock": stock })).await;
+    let product =
+        app.create_product(&token, &store, json!({ "title": "Limited Tee", "price": price, "stock": stock })).await;
     let variant = product["variants"][0]["id"].as_str().unwrap().to_string();
     (token, store, variant)
 }
@@ -85,7 +86,11 @@ async fn a_coupon_with_a_usage_limit_is_never_over_used() {
     let app = Arc::new(TestApp::new().await);
     let (token, store, variant) = store_with_product(&app, None, 10_000).await;
     let coupon = app
-        .post(&format!("/api/v1/stores/{}/coupons", id(&store)), Some(&token), json!({ "code": "first10", "kind": "flat", "value": 1_000, "usage_limit": 10 }))
+        .post(
+            &format!("/api/v1/stores/{}/coupons", id(&store)),
+            Some(&token),
+            json!({ "code": "first10", "kind": "flat", "value": 1_000, "usage_limit": 10 }),
+        )
         .await
         .expect(201);
     assert_eq!(coupon["code"], "FIRST10");
@@ -192,7 +197,10 @@ async fn a_checked_out_cart_is_closed() {
     assert_eq!(again.body["type"], "https://kirana.dev/problems/cart-closed");
     assert!(again.body["detail"].as_str().unwrap().contains(&format!("#{}", order["number"])));
     assert_eq!(app.set_item(&s, &cart, &ct, &variant, 2).await.status, 409);
-    let view = app.call(Method::GET, &format!("/api/v1/storefront/{s}/carts/{cart}"), None, &[("x-cart-token", &ct)], None).await.expect(200);
+    let view = app
+        .call(Method::GET, &format!("/api/v1/storefront/{s}/carts/{cart}"), None, &[("x-cart-token", &ct)], None)
+        .await
+        .expect(200);
     assert_eq!(view["status"], "checked_out");
 }
 
@@ -205,16 +213,23 @@ async fn totals_are_computed_by_the_server() {
         .await;
     let tee = app.create_product(&token, &store, json!({ "title": "Tee", "price": 19_999, "stock": 100 })).await;
     let cap = app.create_product(&token, &store, json!({ "title": "Cap", "price": 12_345 })).await;
-    app.post(&format!("/api/v1/stores/{}/coupons", id(&store)), Some(&token), json!({ "code": "TENOFF", "kind": "percent", "value": 10, "max_discount": 5_000 }))
-        .await
-        .expect(201);
+    app.post(
+        &format!("/api/v1/stores/{}/coupons", id(&store)),
+        Some(&token),
+        json!({ "code": "TENOFF", "kind": "percent", "value": 10, "max_discount": 5_000 }),
+    )
+    .await
+    .expect(201);
     let s = slug(&store);
     let (cart, ct) = app.open_cart(&s).await;
     app.set_item(&s, &cart, &ct, tee["variants"][0]["id"].as_str().unwrap(), 2).await.expect(200);
     let view = app.set_item(&s, &cart, &ct, cap["variants"][0]["id"].as_str().unwrap(), 1).await.expect(200);
     // Cart preview: subtotal 2×199.99 + 123.45 = 523.43; no coupon; delivery 40 (goods < 1000);
     // tax 18 % of 523.43 = 94.2174 → 94.22.
-    assert_eq!(view["totals"], json!({ "subtotal": 52_343, "discount": 0, "delivery_fee": 4_000, "tax": 9_422, "total": 65_765 }));
+    assert_eq!(
+        view["totals"],
+        json!({ "subtotal": 52_343, "discount": 0, "delivery_fee": 4_000, "tax": 9_422, "total": 65_765 })
+    );
     let mut body = shopper();
     body["coupon"] = json!("tenoff");
     // A client-sent price is not even a field: prices come from the catalog only.
@@ -224,7 +239,10 @@ async fn totals_are_computed_by_the_server() {
     let order = app.checkout(&s, &cart, &ct, None, body).await.expect(201);
     // 10 % of 523.43 = 52.343 → 52.34 (under the 50.00 cap? no: capped at 50.00).
     // goods 473.43; delivery 40; tax 18 % of 473.43 = 85.2174 → 85.22; total 598.65.
-    assert_eq!(order["totals"], json!({ "subtotal": 52_343, "discount": 5_000, "delivery_fee": 4_000, "tax": 8_522, "total": 59_865 }));
+    assert_eq!(
+        order["totals"],
+        json!({ "subtotal": 52_343, "discount": 5_000, "delivery_fee": 4_000, "tax": 8_522, "total": 59_865 })
+    );
     assert_eq!(order["currency"], "INR");
     assert_eq!(order["items"][0]["unit_price"], 19_999);
     assert_eq!(order["items"][0]["line_total"], 39_998);
@@ -305,11 +323,16 @@ async fn orders_keep_the_price_they_were_sold_at() {
     let app = TestApp::new().await;
     let (token, store, variant) = store_with_product(&app, Some(10), 5_000).await;
     let order = app.place_order(&slug(&store), &variant, 2).await;
-    let product = app.get(&format!("/api/v1/stores/{}/products?limit=1", id(&store)), Some(&token)).await.expect(200)["items"][0].clone();
+    let product =
+        app.get(&format!("/api/v1/stores/{}/products?limit=1", id(&store)), Some(&token)).await.expect(200)["items"][0]
+            .clone();
     let mut patch = json!({ "title": "Renamed", "variants": [{ "id": variant, "price": 9_999, "stock": 10 }] });
     patch["variants"][0]["options"] = json!([]);
-    app.patch(&format!("/api/v1/stores/{}/products/{}", id(&store), id(&product)), Some(&token), patch).await.expect(200);
-    let again = app.get(&format!("/api/v1/stores/{}/orders/{}", id(&store), id(&order)), Some(&token)).await.expect(200);
+    app.patch(&format!("/api/v1/stores/{}/products/{}", id(&store), id(&product)), Some(&token), patch)
+        .await
+        .expect(200);
+    let again =
+        app.get(&format!("/api/v1/stores/{}/orders/{}", id(&store), id(&order)), Some(&token)).await.expect(200);
     assert_eq!(again["items"][0]["unit_price"], 5_000);
     assert_eq!(again["items"][0]["title"], "Limited Tee");
     assert_eq!(again["totals"]["subtotal"], 10_000);
@@ -349,7 +372,8 @@ async fn customers_are_recorded_once_per_phone() {
     assert_eq!(items[0]["phone"], "+919812345678");
     assert_eq!(items[0]["orders_count"], 2);
     assert_eq!(items[0]["total_spent"], 3_000);
-    let one = app.get(&format!("/api/v1/stores/{}/customers/{}", id(&store), id(&items[0])), Some(&token)).await.expect(200);
+    let one =
+        app.get(&format!("/api/v1/stores/{}/customers/{}", id(&store), id(&items[0])), Some(&token)).await.expect(200);
     assert_eq!(one["name"], "Asha Rao");
 }
 
@@ -364,9 +388,13 @@ async fn an_idle_cart_expires() {
     // Touching the cart keeps it alive another 30 days.
     app.set_item(&s, &cart, &ct, &variant, 2).await.expect(200);
     app.clock.advance_secs(29 * 24 * 3600);
-    app.call(Method::GET, &format!("/api/v1/storefront/{s}/carts/{cart}"), None, &[("x-cart-token", &ct)], None).await.expect(200);
+    app.call(Method::GET, &format!("/api/v1/storefront/{s}/carts/{cart}"), None, &[("x-cart-token", &ct)], None)
+        .await
+        .expect(200);
     app.clock.advance_secs(2 * 24 * 3600);
-    let r = app.call(Method::GET, &format!("/api/v1/storefront/{s}/carts/{cart}"), None, &[("x-cart-token", &ct)], None).await;
+    let r = app
+        .call(Method::GET, &format!("/api/v1/storefront/{s}/carts/{cart}"), None, &[("x-cart-token", &ct)], None)
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(app.checkout(&s, &cart, &ct, None, shopper()).await.status, 404);
 }

@@ -79,13 +79,21 @@ impl TestApp {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         Resp { status, headers, body }
     }
 
     /// A request with an optional bearer token, extra headers and JSON body.
-    pub async fn call(&self, method: Method, uri: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<Value>) -> Resp {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Resp {
         let mut b = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
@@ -117,10 +125,7 @@ impl TestApp {
         self.post("/api/v1/auth/otp", None, json!({ "phone": phone })).await.expect(202);
         let normalized = kirana_domain::Phone::parse(phone).unwrap();
         let code = self.notifier.last_code(normalized.as_str()).expect("a code was sent");
-        let body = self
-            .post("/api/v1/auth/verify", None, json!({ "phone": phone, "code": code }))
-            .await
-            .expect(200);
+        let body = self.post("/api/v1/auth/verify", None, json!({ "phone": phone, "code": code })).await.expect(200);
         body["token"].as_str().unwrap().to_string()
     }
 

@@ -44,13 +44,22 @@ impl Tenant {
 async fn tenant(app: &TestApp, phone: &str, name: &str) -> Tenant {
     let (token, store) = app.merchant_with_store(phone, name).await;
     let sid = id(&store);
-    let cat = app.post(&format!("/api/v1/stores/{sid}/categories"), Some(&token), json!({ "name": "Tea" })).await.expect(201);
+    let cat =
+        app.post(&format!("/api/v1/stores/{sid}/categories"), Some(&token), json!({ "name": "Tea" })).await.expect(201);
     let product = app
-        .create_product(&token, &store, json!({ "title": format!("{name} chai"), "price": 2500, "stock": 50, "category_id": id(&cat) }))
+        .create_product(
+            &token,
+            &store,
+            json!({ "title": format!("{name} chai"), "price": 2500, "stock": 50, "category_id": id(&cat) }),
+        )
         .await;
     let variant = product["variants"][0]["id"].as_str().unwrap().to_string();
     let coupon = app
-        .post(&format!("/api/v1/stores/{sid}/coupons"), Some(&token), json!({ "code": "WELCOME", "kind": "percent", "value": 10 }))
+        .post(
+            &format!("/api/v1/stores/{sid}/coupons"),
+            Some(&token),
+            json!({ "code": "WELCOME", "kind": "percent", "value": 10 }),
+        )
         .await
         .expect(201);
     let s = slug(&store);
@@ -91,7 +100,9 @@ fn body_for(method: &Method, template: &str, victim: &Tenant) -> Option<Value> {
         ("POST", "/api/v1/stores/{store_id}/coupons") => json!({ "code": "HACKED", "kind": "flat", "value": 100 }),
         ("PATCH", "/api/v1/stores/{store_id}/coupons/{coupon_id}") => json!({ "active": false }),
         ("POST", "/api/v1/stores/{store_id}/orders/{order_id}/transitions") => json!({ "to": "cancelled" }),
-        ("PUT", "/api/v1/storefront/{slug}/carts/{cart_id}/items") => json!({ "variant_id": victim.id("variant_id"), "quantity": 3 }),
+        ("PUT", "/api/v1/storefront/{slug}/carts/{cart_id}/items") => {
+            json!({ "variant_id": victim.id("variant_id"), "quantity": 3 })
+        }
         ("POST", "/api/v1/storefront/{slug}/carts/{cart_id}/checkout") => shopper(),
         _ => return None,
     };
@@ -153,25 +164,37 @@ async fn walk_every_route(shards: u32) {
         for (method_name, op) in item.as_object().unwrap() {
             let method = Method::from_bytes(method_name.to_uppercase().as_bytes()).unwrap();
             let takes_body = op.get("requestBody").is_some();
-            if let Some((_, _, _why)) = NOT_STORE_SCOPED.iter().find(|(m, p, _)| *m == method.as_str() && p == template) {
+            if let Some((_, _, _why)) = NOT_STORE_SCOPED.iter().find(|(m, p, _)| *m == method.as_str() && p == template)
+            {
                 continue;
             }
             let body = |victim: &Tenant| {
                 let b = body_for(&method, template, victim);
-                assert!(!takes_body || b.is_some(), "the isolation test has no body fixture for {method} {template}; add one");
+                assert!(
+                    !takes_body || b.is_some(),
+                    "the isolation test has no body fixture for {method} {template}; add one"
+                );
                 b
             };
             if template.contains("{store_id}") {
                 // A's credentials, B's store and B's ids.
                 let uri = fill(template, |p| b.id(p));
                 let r = app.call(method.clone(), &uri, Some(&a.token), &[], body(&b)).await;
-                assert_eq!(r.status, 404, "{method} {uri} with another merchant's store answered {}: {}", r.status, r.body);
+                assert_eq!(
+                    r.status, 404,
+                    "{method} {uri} with another merchant's store answered {}: {}",
+                    r.status, r.body
+                );
                 assert!(r.is_problem());
                 // A's credentials and A's store, but B's ids inside it.
                 if template.matches('{').count() > 1 {
                     let uri = fill(template, |p| if p == "store_id" { a.id(p) } else { b.id(p) });
                     let r = app.call(method.clone(), &uri, Some(&a.token), &[], body(&b)).await;
-                    assert_eq!(r.status, 404, "{method} {uri} with another store's ids answered {}: {}", r.status, r.body);
+                    assert_eq!(
+                        r.status, 404,
+                        "{method} {uri} with another store's ids answered {}: {}",
+                        r.status, r.body
+                    );
                 }
                 checked += 1;
             } else if template.contains("{slug}") {
@@ -193,15 +216,22 @@ async fn walk_every_route(shards: u32) {
                 if template.contains("{cart_id}") || template.contains("{order_id}") {
                     let uri = fill(template, |p| b.id(p));
                     let r = if template.contains("{order_id}") {
-                        app.call(method.clone(), &format!("{uri}?token={}", a.order_cart_token), None, &[], body(&b)).await
+                        app.call(method.clone(), &format!("{uri}?token={}", a.order_cart_token), None, &[], body(&b))
+                            .await
                     } else {
                         app.call(method.clone(), &uri, None, &[("x-cart-token", a.cart.1.as_str())], body(&b)).await
                     };
-                    assert_eq!(r.status, 404, "{method} {uri} opened with another cart's token: {} {}", r.status, r.body);
+                    assert_eq!(
+                        r.status, 404,
+                        "{method} {uri} opened with another cart's token: {} {}",
+                        r.status, r.body
+                    );
                 }
                 checked += 1;
             } else {
-                panic!("{method} {template} is neither store-scoped nor listed in NOT_STORE_SCOPED; scope it or list it with a reason");
+                panic!(
+                    "{method} {template} is neither store-scoped nor listed in NOT_STORE_SCOPED; scope it or list it with a reason"
+                );
             }
         }
     }
@@ -211,17 +241,25 @@ async fn walk_every_route(shards: u32) {
     let sid = id(&b.store);
     let store = app.get(&format!("/api/v1/stores/{sid}"), Some(&b.token)).await.expect(200);
     assert_eq!(store["name"], "Beta Mart");
-    let product = app.get(&format!("/api/v1/stores/{sid}/products/{}", b.id("product_id")), Some(&b.token)).await.expect(200);
+    let product =
+        app.get(&format!("/api/v1/stores/{sid}/products/{}", b.id("product_id")), Some(&b.token)).await.expect(200);
     assert_eq!(product["title"], "Beta Mart chai");
     assert_eq!(product["variants"][0]["stock"], 49, "only B's own checkout took stock");
     let order = app.get(&format!("/api/v1/stores/{sid}/orders/{}", b.id("order_id")), Some(&b.token)).await.expect(200);
     assert_eq!(order["status"], "placed");
-    let coupon = app.get(&format!("/api/v1/stores/{sid}/coupons/{}", b.id("coupon_id")), Some(&b.token)).await.expect(200);
+    let coupon =
+        app.get(&format!("/api/v1/stores/{sid}/coupons/{}", b.id("coupon_id")), Some(&b.token)).await.expect(200);
     assert_eq!(coupon["active"], true);
     let cats = app.get(&format!("/api/v1/stores/{sid}/categories"), Some(&b.token)).await.expect(200);
     assert_eq!(cats["items"].as_array().unwrap().len(), 1);
     let cart = app
-        .call(Method::GET, &format!("/api/v1/storefront/{}/carts/{}", slug(&b.store), b.cart.0), None, &[("x-cart-token", &b.cart.1)], None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/storefront/{}/carts/{}", slug(&b.store), b.cart.0),
+            None,
+            &[("x-cart-token", &b.cart.1)],
+            None,
+        )
         .await
         .expect(200);
     assert_eq!(cart["items"][0]["quantity"], 1);
@@ -237,7 +275,10 @@ async fn walk_every_route(shards: u32) {
     assert_eq!(r.status, 404);
     let listed = app.get(&format!("/api/v1/storefront/{}/products", slug(&a.store)), None).await.expect(200);
     assert!(listed["items"].as_array().unwrap().iter().all(|p| p["title"] == "Alpha Stores chai"));
-    let listed = app.get(&format!("/api/v1/storefront/{}/products?category={}", slug(&a.store), b.id("category_id")), None).await.expect(200);
+    let listed = app
+        .get(&format!("/api/v1/storefront/{}/products?category={}", slug(&a.store), b.id("category_id")), None)
+        .await
+        .expect(200);
     assert!(listed["items"].as_array().unwrap().is_empty(), "another store's category id filters to nothing");
 }
 
@@ -247,7 +288,10 @@ async fn a_merchant_without_a_credential_reaches_nothing() {
     let a = tenant(&app, "+919800000003", "Gamma").await;
     let spec = app.get("/openapi.json", None).await.expect(200);
     for (template, item) in spec["paths"].as_object().unwrap() {
-        if !template.starts_with("/api/v1/stores") && !template.starts_with("/api/v1/api-keys") && template != "/api/v1/me" {
+        if !template.starts_with("/api/v1/stores")
+            && !template.starts_with("/api/v1/api-keys")
+            && template != "/api/v1/me"
+        {
             continue;
         }
         for method_name in item.as_object().unwrap().keys() {

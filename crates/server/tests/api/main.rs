@@ -3,6 +3,10 @@
 
 mod common;
 
+mod auth;
+mod bad_input;
+mod catalog;
 mod checkout;
 mod isolation;
 mod orders;
+mod stores;

@@ -51,11 +51,19 @@ async fn shop(app: &TestApp) -> Shop {
 
 impl Shop {
     async fn step(&self, app: &TestApp, order: &str, to: &str) -> Resp {
-        app.post(&format!("/api/v1/stores/{}/orders/{order}/transitions", id(&self.store)), Some(&self.token), json!({ "to": to })).await
+        app.post(
+            &format!("/api/v1/stores/{}/orders/{order}/transitions", id(&self.store)),
+            Some(&self.token),
+            json!({ "to": to }),
+        )
+        .await
     }
 
     async fn stock(&self, app: &TestApp) -> i64 {
-        let p = app.get(&format!("/api/v1/stores/{}/products/{}", id(&self.store), self.product), Some(&self.token)).await.expect(200);
+        let p = app
+            .get(&format!("/api/v1/stores/{}/products/{}", id(&self.store), self.product), Some(&self.token))
+            .await
+            .expect(200);
         p["variants"][0]["stock"].as_i64().unwrap()
     }
 
@@ -82,7 +90,10 @@ async fn every_invalid_transition_is_refused_with_409_and_changes_nothing() {
             let r = shop.step(&app, &order, to).await;
             assert_eq!(r.status, 409, "{from} → {to} should be refused: {}", r.body);
             assert_eq!(r.body["type"], "https://kirana.dev/problems/invalid-transition");
-            let now = app.get(&format!("/api/v1/stores/{}/orders/{order}", id(&shop.store)), Some(&shop.token)).await.expect(200);
+            let now = app
+                .get(&format!("/api/v1/stores/{}/orders/{order}", id(&shop.store)), Some(&shop.token))
+                .await
+                .expect(200);
             assert_eq!(now["status"], from, "a refused step leaves the order as it was");
             assert_eq!(shop.stock(&app).await, before, "a refused step moves no stock");
         }
@@ -108,7 +119,13 @@ async fn every_allowed_transition_is_taken_and_recorded() {
 async fn rejecting_cancelling_and_returning_put_the_stock_back() {
     let app = TestApp::new().await;
     let shop = shop(&app).await;
-    for (from, to) in [("placed", "rejected"), ("placed", "cancelled"), ("accepted", "cancelled"), ("packed", "cancelled"), ("delivered", "returned")] {
+    for (from, to) in [
+        ("placed", "rejected"),
+        ("placed", "cancelled"),
+        ("accepted", "cancelled"),
+        ("packed", "cancelled"),
+        ("delivered", "returned"),
+    ] {
         let order = shop.order_in(&app, from, 3).await;
         let before = shop.stock(&app).await;
         shop.step(&app, &order, to).await.expect(200);
@@ -133,9 +150,13 @@ async fn restocked_units_can_be_sold_again() {
     let order = app.place_order(&s, variant, 1).await;
     let (cart, ct) = app.open_cart(&s).await;
     assert_eq!(app.set_item(&s, &cart, &ct, variant, 1).await.status, 409, "sold out");
-    app.post(&format!("/api/v1/stores/{}/orders/{}/transitions", id(&store), id(&order)), Some(&token), json!({ "to": "cancelled" }))
-        .await
-        .expect(200);
+    app.post(
+        &format!("/api/v1/stores/{}/orders/{}/transitions", id(&store), id(&order)),
+        Some(&token),
+        json!({ "to": "cancelled" }),
+    )
+    .await
+    .expect(200);
     app.set_item(&s, &cart, &ct, variant, 1).await.expect(200);
     app.checkout(&s, &cart, &ct, None, shopper()).await.expect(201);
 }
@@ -147,7 +168,10 @@ async fn history_records_who_when_what_and_the_tracking_number() {
     let order = shop.order_in(&app, "packed", 1).await;
     let uri = format!("/api/v1/stores/{}/orders/{order}/transitions", id(&shop.store));
     app.clock.advance_secs(3600);
-    let shipped = app.post(&uri, Some(&shop.token), json!({ "to": "shipped", "note": "Handed to courier", "tracking": "AWB123456" })).await.expect(200);
+    let shipped = app
+        .post(&uri, Some(&shop.token), json!({ "to": "shipped", "note": "Handed to courier", "tracking": "AWB123456" }))
+        .await
+        .expect(200);
     assert_eq!(shipped["tracking"], "AWB123456");
     let history = shipped["history"].as_array().unwrap();
     let steps: Vec<&str> = history.iter().map(|h| h["to"].as_str().unwrap()).collect();
@@ -171,12 +195,14 @@ async fn cash_is_marked_paid_on_delivery_and_voided_on_cancel() {
     let app = TestApp::new().await;
     let shop = shop(&app).await;
     let delivered = shop.order_in(&app, "delivered", 1).await;
-    let o = app.get(&format!("/api/v1/stores/{}/orders/{delivered}", id(&shop.store)), Some(&shop.token)).await.expect(200);
+    let o =
+        app.get(&format!("/api/v1/stores/{}/orders/{delivered}", id(&shop.store)), Some(&shop.token)).await.expect(200);
     assert_eq!(o["payment_status"], "paid");
     let returned = shop.step(&app, &delivered, "returned").await.expect(200);
     assert_eq!(returned["payment_status"], "refund_due");
     let cancelled = shop.order_in(&app, "cancelled", 1).await;
-    let o = app.get(&format!("/api/v1/stores/{}/orders/{cancelled}", id(&shop.store)), Some(&shop.token)).await.expect(200);
+    let o =
+        app.get(&format!("/api/v1/stores/{}/orders/{cancelled}", id(&shop.store)), Some(&shop.token)).await.expect(200);
     assert_eq!(o["payment_status"], "voided");
     assert_eq!(o["next_statuses"], json!([]));
 }

@@ -34,12 +34,7 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions {
-            synchronous: Synchronous::Full,
-            readers: 4,
-            max_batch: 256,
-            queue: 4096,
-        }
+        SqliteOptions { synchronous: Synchronous::Full, readers: 4, max_batch: 256, queue: 4096 }
     }
 }
 
@@ -57,17 +52,14 @@ impl Db {
         super::schema::migrate(&writer, migrations)?;
         let mut readers = Vec::with_capacity(opts.readers.max(1));
         for _ in 0..opts.readers.max(1) {
-            let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            let c =
+                Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
             configure(&c, opts, true)?;
             readers.push(Mutex::new(c));
         }
         let writer = Writer::spawn(writer, format!("kirana-writer-{name}"), opts.max_batch, opts.queue)
             .map_err(|e| StorageError::Internal(format!("could not start the writer thread: {e}")))?;
-        Ok(Db {
-            writer,
-            readers,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Db { writer, readers, next: AtomicUsize::new(0) })
     }
 
     /// Runs `work` in the next write transaction; answers after it is committed.

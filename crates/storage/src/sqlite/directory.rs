@@ -9,10 +9,10 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::db::Db;
-use crate::directory::{DirEntry, Directory, OtpPolicy, SignIn};
+use crate::Result;
+use crate::directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 use crate::error::{ConflictKind, StorageError};
 use crate::scope::ShardId;
-use crate::Result;
 
 pub(crate) struct SqliteDirectory {
     db: Db,
@@ -67,11 +67,7 @@ fn find_or_create_merchant(c: &Connection, phone: &str, now: Timestamp) -> Resul
     if let Some(m) = existing {
         return Ok((m, false));
     }
-    let m = Merchant {
-        id: MerchantId::generate(),
-        phone: Phone::from_stored(phone.to_string()),
-        created_at: now,
-    };
+    let m = Merchant { id: MerchantId::generate(), phone: Phone::from_stored(phone.to_string()), created_at: now };
     c.prepare_cached("INSERT INTO merchants (merchant_id, phone, created_at) VALUES (?1, ?2, ?3)")?
         .execute(params![m.id.uuid(), phone, now.millis()])?;
     Ok((m, true))
@@ -126,9 +122,9 @@ impl Directory for SqliteDirectory {
         self.db
             .write(move |c| {
                 let since = now.minus_secs(policy.window_secs).millis();
-                let (sent, last): (i64, Option<i64>) = c
-                    .prepare_cached("SELECT count(*), max(created_at) FROM otp_codes WHERE phone = ?1 AND created_at > ?2")?
-                    .query_row(params![phone, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let (sent, first, last): (i64, Option<i64>, Option<i64>) = c
+                    .prepare_cached("SELECT count(*), min(created_at), max(created_at) FROM otp_codes WHERE phone = ?1 AND created_at > ?2")?
+                    .query_row(params![phone, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 if let Some(last) = last {
                     let wait = policy.min_interval_secs - (now.millis() - last) / 1000;
                     if wait > 0 {
@@ -136,7 +132,10 @@ impl Directory for SqliteDirectory {
                     }
                 }
                 if sent >= policy.max_sends {
-                    return Err(StorageError::RateLimited { retry_after_secs: policy.window_secs });
+                    // Until the oldest send in the window leaves it.
+                    let oldest = first.unwrap_or(now.millis());
+                    let wait = policy.window_secs - (now.millis() - oldest) / 1000;
+                    return Err(StorageError::RateLimited { retry_after_secs: wait.max(1) });
                 }
                 // Older codes stop counting the moment a new one is sent.
                 c.prepare_cached("UPDATE otp_codes SET consumed_at = ?2 WHERE phone = ?1 AND consumed_at IS NULL")?
@@ -203,7 +202,9 @@ impl Directory for SqliteDirectory {
             .await?;
         match outcome {
             CodeCheck::Accepted(s) => Ok(s),
-            CodeCheck::Wrong | CodeCheck::Missing => Err(StorageError::invalid("code", "is wrong or has expired; request a new code if needed")),
+            CodeCheck::Wrong | CodeCheck::Missing => {
+                Err(StorageError::invalid("code", "is wrong or has expired; request a new code if needed"))
+            }
             CodeCheck::Burned => Err(StorageError::RateLimited { retry_after_secs: policy.min_interval_secs }),
         }
     }
@@ -245,28 +246,43 @@ impl Directory for SqliteDirectory {
             .await
     }
 
-    async fn authenticate(&self, hash: [u8; 32], now: Timestamp) -> Result<Option<(MerchantId, TokenId)>> {
+    async fn authenticate(&self, hash: [u8; 32], now: Timestamp) -> Result<Option<Credential>> {
         self.db.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT merchant_id, token_id FROM tokens
+                "SELECT merchant_id, token_id, last_used_at FROM tokens
                  WHERE token_hash = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
             )?
             .query_row(params![&hash[..], now.millis()], |r| {
-                Ok((MerchantId::from_uuid(r.get(0)?), TokenId::from_uuid(r.get(1)?)))
+                Ok(Credential {
+                    merchant: MerchantId::from_uuid(r.get(0)?),
+                    token: TokenId::from_uuid(r.get(1)?),
+                    last_used_at: r.get::<_, Option<i64>>(2)?.map(Timestamp::from_millis),
+                })
             })
             .optional()?)
         })
     }
 
-    async fn tokens(&self, merchant: MerchantId, page: PageRequest) -> Result<Page<ApiKey>> {
+    async fn touch_token(&self, id: TokenId, now: Timestamp) -> Result<()> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE token_id = ?1")?
+                    .execute(params![id.uuid(), now.millis()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn tokens(&self, merchant: MerchantId, page: PageRequest, now: Timestamp) -> Result<Page<ApiKey>> {
         let after = page.after.map(|c| c.uuid());
         let rows = self.db.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT token_id, name, kind, created_at, expires_at, last_used_at FROM tokens
-                 WHERE merchant_id = ?1 AND revoked_at IS NULL AND (?2 IS NULL OR token_id < ?2)
+                 WHERE merchant_id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?4)
+                   AND (?2 IS NULL OR token_id < ?2)
                  ORDER BY token_id DESC LIMIT ?3",
             )?;
-            let rows = st.query_map(params![merchant.uuid(), after, page.limit.probe()], token_row)?;
+            let rows = st.query_map(params![merchant.uuid(), after, page.limit.probe(), now.millis()], token_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })?;
         Ok(Page::from_probe(rows, page.limit, |k| k.id.uuid()))
@@ -299,7 +315,11 @@ impl Directory for SqliteDirectory {
                     .prepare_cached("SELECT count(*) FROM stores WHERE owner_id = ?1")?
                     .query_row([owner.uuid()], |r| r.get(0))?;
                 if owned >= max_per_owner {
-                    return Err(StorageError::conflict(ConflictKind::TooMany, None, format!("a merchant may own at most {max_per_owner} stores")));
+                    return Err(StorageError::conflict(
+                        ConflictKind::TooMany,
+                        None,
+                        format!("a merchant may own at most {max_per_owner} stores"),
+                    ));
                 }
                 let mut chosen = None;
                 for slug in &candidates {
@@ -312,7 +332,11 @@ impl Directory for SqliteDirectory {
                     }
                 }
                 let Some(slug) = chosen else {
-                    return Err(StorageError::conflict(ConflictKind::SlugTaken, Some("slug"), "this slug is taken; choose another"));
+                    return Err(StorageError::conflict(
+                        ConflictKind::SlugTaken,
+                        Some("slug"),
+                        "this slug is taken; choose another",
+                    ));
                 };
                 if let Some(d) = &custom_domain {
                     claim_domain(c, store_id, d)?;
@@ -370,47 +394,25 @@ impl Directory for SqliteDirectory {
         Ok(Page::from_probe(rows, page.limit, |e| e.store_id.uuid()))
     }
 
-    async fn change_slug(&self, store_id: StoreId, slug: &Slug, now: Timestamp) -> Result<()> {
-        let slug = slug.clone();
+    async fn rename(
+        &self,
+        store_id: StoreId,
+        slug: Option<&Slug>,
+        domain: Option<Option<&str>>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let slug = slug.cloned();
+        let domain = domain.map(|d| d.map(str::to_string));
         self.db
             .write(move |c| {
-                let holder: Option<Uuid> = c
-                    .prepare_cached("SELECT store_id FROM slugs WHERE slug = ?1")?
-                    .query_row([slug.as_str()], |r| r.get(0))
-                    .optional()?;
-                match holder {
-                    Some(h) if h != store_id.uuid() => {
-                        return Err(StorageError::conflict(ConflictKind::SlugTaken, Some("slug"), "this slug is taken; choose another"));
-                    }
-                    Some(_) => {
-                        // One of the store's own old slugs: make it current again.
-                        c.prepare_cached("UPDATE slugs SET is_current = 0 WHERE store_id = ?1")?.execute([store_id.uuid()])?;
-                        c.prepare_cached("UPDATE slugs SET is_current = 1 WHERE slug = ?1")?.execute([slug.as_str()])?;
-                    }
-                    None => {
-                        let kept: i64 = c
-                            .prepare_cached("SELECT count(*) FROM slugs WHERE store_id = ?1")?
-                            .query_row([store_id.uuid()], |r| r.get(0))?;
-                        if kept >= 10 {
-                            return Err(StorageError::conflict(ConflictKind::TooMany, Some("slug"), "a store may change its slug at most 9 times"));
-                        }
-                        c.prepare_cached("UPDATE slugs SET is_current = 0 WHERE store_id = ?1")?.execute([store_id.uuid()])?;
-                        c.prepare_cached("INSERT INTO slugs (slug, store_id, is_current, created_at) VALUES (?1, ?2, 1, ?3)")?
-                            .execute(params![slug.as_str(), store_id.uuid(), now.millis()])?;
-                    }
+                if let Some(slug) = &slug {
+                    change_slug(c, store_id, slug, now)?;
                 }
-                Ok(())
-            })
-            .await
-    }
-
-    async fn set_domain(&self, store_id: StoreId, domain: Option<&str>) -> Result<()> {
-        let domain = domain.map(str::to_string);
-        self.db
-            .write(move |c| {
-                c.prepare_cached("DELETE FROM domains WHERE store_id = ?1")?.execute([store_id.uuid()])?;
-                if let Some(d) = &domain {
-                    claim_domain(c, store_id, d)?;
+                if let Some(domain) = &domain {
+                    c.prepare_cached("DELETE FROM domains WHERE store_id = ?1")?.execute([store_id.uuid()])?;
+                    if let Some(d) = domain {
+                        claim_domain(c, store_id, d)?;
+                    }
                 }
                 Ok(())
             })
@@ -430,13 +432,51 @@ impl Directory for SqliteDirectory {
     }
 }
 
+fn change_slug(c: &Connection, store_id: StoreId, slug: &Slug, now: Timestamp) -> Result<()> {
+    let holder: Option<Uuid> = c
+        .prepare_cached("SELECT store_id FROM slugs WHERE slug = ?1")?
+        .query_row([slug.as_str()], |r| r.get(0))
+        .optional()?;
+    match holder {
+        Some(h) if h != store_id.uuid() => {
+            Err(StorageError::conflict(ConflictKind::SlugTaken, Some("slug"), "this slug is taken; choose another"))
+        }
+        Some(_) => {
+            // One of the store's own old slugs: make it current again.
+            c.prepare_cached("UPDATE slugs SET is_current = 0 WHERE store_id = ?1")?.execute([store_id.uuid()])?;
+            c.prepare_cached("UPDATE slugs SET is_current = 1 WHERE slug = ?1")?.execute([slug.as_str()])?;
+            Ok(())
+        }
+        None => {
+            let kept: i64 = c
+                .prepare_cached("SELECT count(*) FROM slugs WHERE store_id = ?1")?
+                .query_row([store_id.uuid()], |r| r.get(0))?;
+            if kept >= 10 {
+                return Err(StorageError::conflict(
+                    ConflictKind::TooMany,
+                    Some("slug"),
+                    "a store may change its slug at most 9 times",
+                ));
+            }
+            c.prepare_cached("UPDATE slugs SET is_current = 0 WHERE store_id = ?1")?.execute([store_id.uuid()])?;
+            c.prepare_cached("INSERT INTO slugs (slug, store_id, is_current, created_at) VALUES (?1, ?2, 1, ?3)")?
+                .execute(params![slug.as_str(), store_id.uuid(), now.millis()])?;
+            Ok(())
+        }
+    }
+}
+
 fn claim_domain(c: &Connection, store_id: StoreId, domain: &str) -> Result<()> {
     let holder: Option<Uuid> = c
         .prepare_cached("SELECT store_id FROM domains WHERE domain = ?1")?
         .query_row([domain], |r| r.get(0))
         .optional()?;
     if holder.is_some_and(|h| h != store_id.uuid()) {
-        return Err(StorageError::conflict(ConflictKind::DomainTaken, Some("custom_domain"), "another store already uses this domain"));
+        return Err(StorageError::conflict(
+            ConflictKind::DomainTaken,
+            Some("custom_domain"),
+            "another store already uses this domain",
+        ));
     }
     c.prepare_cached("INSERT OR REPLACE INTO domains (domain, store_id) VALUES (?1, ?2)")?
         .execute(params![domain, store_id.uuid()])?;

@@ -28,9 +28,8 @@ pub fn open(data_dir: &Path, shards: u32, opts: &SqliteOptions) -> Result<Storag
         return Err(StorageError::Internal("at least one shard is needed".into()));
     }
     let shard_dir = data_dir.join("shards");
-    std::fs::create_dir_all(&shard_dir).map_err(|e| {
-        StorageError::Unavailable(format!("cannot create {}: {e}", shard_dir.display()))
-    })?;
+    std::fs::create_dir_all(&shard_dir)
+        .map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", shard_dir.display())))?;
     let dir_db = db::Db::open(&data_dir.join("directory.db"), "dir", opts, schema::DIRECTORY)?;
     let directory = Arc::new(directory::SqliteDirectory::new(dir_db));
     let mut list: Vec<Arc<dyn Shard>> = Vec::with_capacity(shards as usize);

@@ -68,7 +68,13 @@ pub(super) fn terms(s: &StoreSettings) -> Terms {
 
 /// The cart if the token opens it and it has not expired; `NotFound` otherwise, so a wrong
 /// token and a missing cart look the same.
-pub(super) fn open(c: &Connection, store: StoreId, id: CartId, token_hash: [u8; 32], now: Timestamp) -> Result<CartRow> {
+pub(super) fn open(
+    c: &Connection,
+    store: StoreId,
+    id: CartId,
+    token_hash: [u8; 32],
+    now: Timestamp,
+) -> Result<CartRow> {
     let row = c
         .prepare_cached(
             "SELECT token_hash, status, order_id, created_at, updated_at, expires_at FROM carts WHERE store_id = ?1 AND cart_id = ?2",
@@ -213,7 +219,11 @@ pub(super) fn set_item(
 ) -> Result<Cart> {
     let mut cart = open(c, store, id, token_hash, now)?;
     if cart.status != CartStatus::Open {
-        return Err(StorageError::conflict(ConflictKind::CartClosed, None, "this cart has been checked out; start a new cart"));
+        return Err(StorageError::conflict(
+            ConflictKind::CartClosed,
+            None,
+            "this cart has been checked out; start a new cart",
+        ));
     }
     let q = quantity.get();
     if q == 0 {
@@ -227,7 +237,12 @@ pub(super) fn set_item(
                  WHERE v.store_id = ?1 AND v.variant_id = ?2",
             )?
             .query_row(params![store.uuid(), variant.uuid()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })
             .optional()?;
         let Some((title, options, stock, status)) = found else {
@@ -241,21 +256,33 @@ pub(super) fn set_item(
                 let options: Vec<String> = serde_json::from_str(&options)?;
                 let vt = variant_title(&options);
                 let title = if vt == "Default" { title } else { format!("{title} / {vt}") };
-                return Err(StorageError::InsufficientStock(vec![Shortage { variant_id: variant, title, requested: q, available: s }]));
+                return Err(StorageError::InsufficientStock(vec![Shortage {
+                    variant_id: variant,
+                    title,
+                    requested: q,
+                    available: s,
+                }]));
             }
         }
         let exists: bool = c
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM cart_items WHERE store_id = ?1 AND cart_id = ?2 AND variant_id = ?3)")?
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM cart_items WHERE store_id = ?1 AND cart_id = ?2 AND variant_id = ?3)",
+            )?
             .query_row(params![store.uuid(), id.uuid(), variant.uuid()], |r| r.get(0))?;
         if exists {
-            c.prepare_cached("UPDATE cart_items SET quantity = ?4 WHERE store_id = ?1 AND cart_id = ?2 AND variant_id = ?3")?
-                .execute(params![store.uuid(), id.uuid(), variant.uuid(), q])?;
+            c.prepare_cached(
+                "UPDATE cart_items SET quantity = ?4 WHERE store_id = ?1 AND cart_id = ?2 AND variant_id = ?3",
+            )?
+            .execute(params![store.uuid(), id.uuid(), variant.uuid(), q])?;
         } else {
             let count: i64 = c
                 .prepare_cached("SELECT count(*) FROM cart_items WHERE store_id = ?1 AND cart_id = ?2")?
                 .query_row(params![store.uuid(), id.uuid()], |r| r.get(0))?;
             if count >= MAX_CART_LINES as i64 {
-                return Err(StorageError::invalid("variant_id", &format!("a cart holds at most {MAX_CART_LINES} different items")));
+                return Err(StorageError::invalid(
+                    "variant_id",
+                    &format!("a cart holds at most {MAX_CART_LINES} different items"),
+                ));
             }
             c.prepare_cached("INSERT INTO cart_items (store_id, cart_id, variant_id, quantity, added_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![store.uuid(), id.uuid(), variant.uuid(), q, now.millis()])?;

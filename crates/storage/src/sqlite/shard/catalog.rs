@@ -3,14 +3,13 @@
 use std::collections::HashMap;
 
 use kirana_domain::catalog::{
-    Category, CategoryChange, NewVariant, Product, ProductChange, ProductStatus, Variant,
-    check_variants, variant_title,
+    Category, CategoryChange, NewVariant, Product, ProductChange, ProductStatus, Variant, check_variants, variant_title,
 };
 use kirana_domain::event::kinds;
 use kirana_domain::page::{Page, PageRequest};
 use kirana_domain::{Amount, CategoryId, Invalid, ProductId, StoreId, Timestamp, VariantId};
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -46,13 +45,22 @@ fn name_taken(c: &Connection, store: StoreId, name: &str, except: Option<Categor
     Ok(holder.is_some_and(|h| Some(CategoryId::from_uuid(h)) != except))
 }
 
-pub(super) fn create_category(c: &Connection, store: StoreId, change: CategoryChange, now: Timestamp) -> Result<Category> {
+pub(super) fn create_category(
+    c: &Connection,
+    store: StoreId,
+    change: CategoryChange,
+    now: Timestamp,
+) -> Result<Category> {
     let name = change.name.ok_or_else(|| StorageError::invalid("name", "is required"))?;
     let count: i64 = c
         .prepare_cached("SELECT count(*) FROM categories WHERE store_id = ?1")?
         .query_row([store.uuid()], |r| r.get(0))?;
     if count >= MAX_CATEGORIES {
-        return Err(StorageError::conflict(ConflictKind::TooMany, None, format!("a store may have at most {MAX_CATEGORIES} categories")));
+        return Err(StorageError::conflict(
+            ConflictKind::TooMany,
+            None,
+            format!("a store may have at most {MAX_CATEGORIES} categories"),
+        ));
     }
     if name_taken(c, store, &name, None)? {
         return Err(StorageError::conflict(ConflictKind::NameTaken, Some("name"), "a category with this name exists"));
@@ -62,7 +70,14 @@ pub(super) fn create_category(c: &Connection, store: StoreId, change: CategoryCh
         "INSERT INTO categories (store_id, category_id, name, name_key, description, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
     )?
-    .execute(params![store.uuid(), id.uuid(), name, name.to_lowercase(), change.description.unwrap_or_default(), now.millis()])?;
+    .execute(params![
+        store.uuid(),
+        id.uuid(),
+        name,
+        name.to_lowercase(),
+        change.description.unwrap_or_default(),
+        now.millis()
+    ])?;
     let cat = category(c, store, id)?;
     emit(c, store, kinds::CATEGORY_CREATED, now, json!(cat))?;
     Ok(cat)
@@ -87,7 +102,13 @@ pub(super) fn category(c: &Connection, store: StoreId, id: CategoryId) -> Result
         .ok_or(StorageError::NotFound)
 }
 
-pub(super) fn update_category(c: &Connection, store: StoreId, id: CategoryId, change: CategoryChange, now: Timestamp) -> Result<Category> {
+pub(super) fn update_category(
+    c: &Connection,
+    store: StoreId,
+    id: CategoryId,
+    change: CategoryChange,
+    now: Timestamp,
+) -> Result<Category> {
     let current = category(c, store, id)?;
     let name = change.name.unwrap_or(current.name);
     if name_taken(c, store, &name, Some(id))? {
@@ -111,8 +132,10 @@ pub(super) fn delete_category(c: &Connection, store: StoreId, id: CategoryId, no
     if n == 0 {
         return Err(StorageError::NotFound);
     }
-    c.prepare_cached("UPDATE products SET category_id = NULL, updated_at = ?3 WHERE store_id = ?1 AND category_id = ?2")?
-        .execute(params![store.uuid(), id.uuid(), now.millis()])?;
+    c.prepare_cached(
+        "UPDATE products SET category_id = NULL, updated_at = ?3 WHERE store_id = ?1 AND category_id = ?2",
+    )?
+    .execute(params![store.uuid(), id.uuid(), now.millis()])?;
     emit(c, store, kinds::CATEGORY_DELETED, now, json!({ "id": id }))?;
     Ok(())
 }
@@ -277,7 +300,14 @@ fn check_skus(c: &Connection, store: StoreId, product: ProductId, variants: &[Ne
     Ok(())
 }
 
-fn insert_variant(c: &Connection, store: StoreId, product: ProductId, id: VariantId, position: usize, v: &NewVariant) -> Result<()> {
+fn insert_variant(
+    c: &Connection,
+    store: StoreId,
+    product: ProductId,
+    id: VariantId,
+    position: usize,
+    v: &NewVariant,
+) -> Result<()> {
     c.prepare_cached(
         "INSERT INTO variants (store_id, variant_id, product_id, position, options, sku, price, compare_at_price, stock)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -301,7 +331,11 @@ pub(super) fn create_product(c: &Connection, store: StoreId, change: ProductChan
         .prepare_cached("SELECT count(*) FROM products WHERE store_id = ?1")?
         .query_row([store.uuid()], |r| r.get(0))?;
     if count >= MAX_PRODUCTS {
-        return Err(StorageError::conflict(ConflictKind::TooMany, None, format!("a store may have at most {MAX_PRODUCTS} products")));
+        return Err(StorageError::conflict(
+            ConflictKind::TooMany,
+            None,
+            format!("a store may have at most {MAX_PRODUCTS} products"),
+        ));
     }
     let category = change.category_id.flatten();
     check_category(c, store, category)?;
@@ -333,7 +367,13 @@ pub(super) fn create_product(c: &Connection, store: StoreId, change: ProductChan
     Ok(p)
 }
 
-pub(super) fn update_product(c: &Connection, store: StoreId, id: ProductId, change: ProductChange, now: Timestamp) -> Result<Product> {
+pub(super) fn update_product(
+    c: &Connection,
+    store: StoreId,
+    id: ProductId,
+    change: ProductChange,
+    now: Timestamp,
+) -> Result<Product> {
     let current = product(c, store, id)?;
     if let Some(cat) = change.category_id {
         check_category(c, store, cat)?;
@@ -343,7 +383,10 @@ pub(super) fn update_product(c: &Connection, store: StoreId, id: ProductId, chan
         for (i, v) in variants.iter().enumerate() {
             if let Some(vid) = v.id {
                 if !current.variants.iter().any(|cv| cv.id == vid) {
-                    return Err(StorageError::Invalid(Invalid::field(format!("variants[{i}].id"), "is not a variant of this product")));
+                    return Err(StorageError::Invalid(Invalid::field(
+                        format!("variants[{i}].id"),
+                        "is not a variant of this product",
+                    )));
                 }
             }
         }
@@ -380,6 +423,35 @@ pub(super) fn update_product(c: &Connection, store: StoreId, id: ProductId, chan
                 None => insert_variant(c, store, id, VariantId::generate(), i, v)?,
             }
         }
+    }
+    if let Some(patch) = &change.single_variant {
+        let [only] = current.variants.as_slice() else {
+            return Err(StorageError::invalid(
+                "price",
+                &format!("this product has {} variants; change them through `variants`", current.variants.len()),
+            ));
+        };
+        let merged = NewVariant {
+            id: Some(only.id),
+            options: only.options.clone(),
+            sku: patch.sku.clone().unwrap_or_else(|| only.sku.clone()),
+            price: patch.price.unwrap_or(only.price),
+            compare_at_price: patch.compare_at_price.unwrap_or(only.compare_at_price),
+            stock: patch.stock.unwrap_or(only.stock),
+        };
+        check_skus(c, store, id, std::slice::from_ref(&merged))
+            .map_err(|_| StorageError::invalid("sku", "is already used by another product"))?;
+        c.prepare_cached(
+            "UPDATE variants SET sku = ?3, price = ?4, compare_at_price = ?5, stock = ?6 WHERE store_id = ?1 AND variant_id = ?2",
+        )?
+        .execute(params![
+            store.uuid(),
+            only.id.uuid(),
+            merged.sku,
+            merged.price.minor(),
+            merged.compare_at_price.map(Amount::minor),
+            merged.stock
+        ])?;
     }
     let title = change.title.unwrap_or(current.title);
     c.prepare_cached(

@@ -59,7 +59,9 @@ pub(super) fn checkout(
         return Err(StorageError::conflict(
             ConflictKind::CartClosed,
             None,
-            format!("this cart was already checked out{number}; repeat a checkout with the same Idempotency-Key to get its order back"),
+            format!(
+                "this cart was already checked out{number}; repeat a checkout with the same Idempotency-Key to get its order back"
+            ),
         ));
     }
 
@@ -192,8 +194,10 @@ pub(super) fn checkout(
         ])?;
     }
     orders::record_step(c, store, order_id, None, OrderStatus::Placed, "shopper", None, None, now)?;
-    c.prepare_cached("UPDATE carts SET status = 'checked_out', order_id = ?3, updated_at = ?4 WHERE store_id = ?1 AND cart_id = ?2")?
-        .execute(params![store.uuid(), cart_id.uuid(), order_id.uuid(), now.millis()])?;
+    c.prepare_cached(
+        "UPDATE carts SET status = 'checked_out', order_id = ?3, updated_at = ?4 WHERE store_id = ?1 AND cart_id = ?2",
+    )?
+    .execute(params![store.uuid(), cart_id.uuid(), order_id.uuid(), now.millis()])?;
     let order = orders::get(c, store, order_id)?;
     emit(c, store, kinds::ORDER_PLACED, now, json!(order))?;
     Ok((order, false))
@@ -213,7 +217,14 @@ fn upsert_customer(c: &Connection, store: StoreId, req: &Checkout, total: i64, n
                     total_spent = total_spent + ?5, last_order_at = ?6
                  WHERE store_id = ?1 AND customer_id = ?2",
             )?
-            .execute(params![store.uuid(), id, req.customer.name, req.customer.email, total, now.millis()])?;
+            .execute(params![
+                store.uuid(),
+                id,
+                req.customer.name,
+                req.customer.email,
+                total,
+                now.millis()
+            ])?;
             CustomerId::from_uuid(id)
         }
         None => {

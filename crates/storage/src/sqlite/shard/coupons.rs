@@ -57,7 +57,11 @@ pub(super) fn create(c: &Connection, store: StoreId, ch: CouponChange, now: Time
         .prepare_cached("SELECT count(*) FROM coupons WHERE store_id = ?1")?
         .query_row([store.uuid()], |r| r.get(0))?;
     if count >= MAX_COUPONS {
-        return Err(StorageError::conflict(ConflictKind::TooMany, None, format!("a store may have at most {MAX_COUPONS} coupons")));
+        return Err(StorageError::conflict(
+            ConflictKind::TooMany,
+            None,
+            format!("a store may have at most {MAX_COUPONS} coupons"),
+        ));
     }
     if code_taken(c, store, &code, None)? {
         return Err(StorageError::conflict(ConflictKind::CodeTaken, Some("code"), "a coupon with this code exists"));
@@ -116,7 +120,10 @@ pub(super) fn update(c: &Connection, store: StoreId, id: CouponId, ch: CouponCha
     }
     let usage_limit = ch.usage_limit.unwrap_or(cur.usage_limit);
     if usage_limit.is_some_and(|l| l < cur.used_count) {
-        return Err(StorageError::invalid("usage_limit", &format!("cannot be below the {} uses already made", cur.used_count)));
+        return Err(StorageError::invalid(
+            "usage_limit",
+            &format!("cannot be below the {} uses already made", cur.used_count),
+        ));
     }
     let starts_at = ch.starts_at.unwrap_or(cur.starts_at);
     let expires_at = ch.expires_at.unwrap_or(cur.expires_at);

@@ -20,8 +20,7 @@ use kirana_domain::order::{Order, OrderStatus, TransitionRequest};
 use kirana_domain::page::{Page, PageRequest};
 use kirana_domain::store::{StoreChange, StoreSettings};
 use kirana_domain::{
-    CartId, CategoryId, CouponId, CustomerId, EventId, MerchantId, OrderId, ProductId, StoreId,
-    Timestamp, VariantId,
+    CartId, CategoryId, CouponId, CustomerId, EventId, MerchantId, OrderId, ProductId, StoreId, Timestamp, VariantId,
 };
 use rusqlite::{Connection, params};
 
@@ -41,7 +40,13 @@ impl SqliteShard {
 }
 
 /// Appends an event to the outbox, inside the caller's transaction.
-pub(super) fn emit(c: &Connection, store: StoreId, kind: &str, now: Timestamp, payload: serde_json::Value) -> Result<()> {
+pub(super) fn emit(
+    c: &Connection,
+    store: StoreId,
+    kind: &str,
+    now: Timestamp,
+    payload: serde_json::Value,
+) -> Result<()> {
     let event = Event::new(store, kind, now, payload);
     c.prepare_cached(
         "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -64,7 +69,14 @@ pub(super) fn placeholders(first: usize, n: usize) -> String {
 
 #[async_trait]
 impl Shard for SqliteShard {
-    async fn insert_store(&self, id: StoreId, owner: MerchantId, name: &str, settings: &StoreSettings, now: Timestamp) -> Result<StoreRow> {
+    async fn insert_store(
+        &self,
+        id: StoreId,
+        owner: MerchantId,
+        name: &str,
+        settings: &StoreSettings,
+        now: Timestamp,
+    ) -> Result<StoreRow> {
         let (name, settings) = (name.to_string(), settings.clone());
         self.db.write(move |c| stores::insert(c, id, owner, &name, &settings, now)).await
     }
@@ -100,7 +112,13 @@ impl Shard for SqliteShard {
         self.db.read(|c| catalog::category(c, scope.store_id(), id))
     }
 
-    async fn update_category(&self, scope: &StoreScope, id: CategoryId, change: CategoryChange, now: Timestamp) -> Result<Category> {
+    async fn update_category(
+        &self,
+        scope: &StoreScope,
+        id: CategoryId,
+        change: CategoryChange,
+        now: Timestamp,
+    ) -> Result<Category> {
         let s = scope.store_id();
         self.db.write(move |c| catalog::update_category(c, s, id, change, now)).await
     }
@@ -123,7 +141,13 @@ impl Shard for SqliteShard {
         self.db.read(|c| catalog::product(c, scope.store_id(), id))
     }
 
-    async fn update_product(&self, scope: &StoreScope, id: ProductId, change: ProductChange, now: Timestamp) -> Result<Product> {
+    async fn update_product(
+        &self,
+        scope: &StoreScope,
+        id: ProductId,
+        change: ProductChange,
+        now: Timestamp,
+    ) -> Result<Product> {
         let s = scope.store_id();
         self.db.write(move |c| catalog::update_product(c, s, id, change, now)).await
     }
@@ -142,12 +166,28 @@ impl Shard for SqliteShard {
         self.db.read(|c| carts::get(c, scope.store_id(), id, token_hash, now))
     }
 
-    async fn set_cart_item(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], variant: VariantId, quantity: Quantity, now: Timestamp) -> Result<Cart> {
+    async fn set_cart_item(
+        &self,
+        scope: &StoreScope,
+        id: CartId,
+        token_hash: [u8; 32],
+        variant: VariantId,
+        quantity: Quantity,
+        now: Timestamp,
+    ) -> Result<Cart> {
         let s = scope.store_id();
         self.db.write(move |c| carts::set_item(c, s, id, token_hash, variant, quantity, now)).await
     }
 
-    async fn checkout(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], checkout: Checkout, idempotency: Option<IdempotencyKey>, now: Timestamp) -> Result<(Order, bool)> {
+    async fn checkout(
+        &self,
+        scope: &StoreScope,
+        id: CartId,
+        token_hash: [u8; 32],
+        checkout: Checkout,
+        idempotency: Option<IdempotencyKey>,
+        now: Timestamp,
+    ) -> Result<(Order, bool)> {
         let s = scope.store_id();
         self.db.write(move |c| checkout::checkout(c, s, id, token_hash, &checkout, idempotency.as_ref(), now)).await
     }
@@ -164,7 +204,14 @@ impl Shard for SqliteShard {
         self.db.read(|c| orders::get_for_shopper(c, scope.store_id(), id, token_hash))
     }
 
-    async fn transition_order(&self, scope: &StoreScope, id: OrderId, request: TransitionRequest, actor: String, now: Timestamp) -> Result<Order> {
+    async fn transition_order(
+        &self,
+        scope: &StoreScope,
+        id: OrderId,
+        request: TransitionRequest,
+        actor: String,
+        now: Timestamp,
+    ) -> Result<Order> {
         let s = scope.store_id();
         self.db.write(move |c| orders::transition(c, s, id, &request, &actor, now)).await
     }
@@ -190,7 +237,13 @@ impl Shard for SqliteShard {
         self.db.read(|c| coupons::get(c, scope.store_id(), id))
     }
 
-    async fn update_coupon(&self, scope: &StoreScope, id: CouponId, change: CouponChange, now: Timestamp) -> Result<Coupon> {
+    async fn update_coupon(
+        &self,
+        scope: &StoreScope,
+        id: CouponId,
+        change: CouponChange,
+        now: Timestamp,
+    ) -> Result<Coupon> {
         let s = scope.store_id();
         self.db.write(move |c| coupons::update(c, s, id, change, now)).await
     }

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use kirana_domain::customer::Customer;
 use kirana_domain::event::kinds;
 use kirana_domain::order::{
-    Order, OrderCustomer, OrderItem, OrderStatus, PaymentMethod, PaymentStatus, Transition,
-    TransitionRequest,
+    Order, OrderCustomer, OrderItem, OrderStatus, PaymentMethod, PaymentStatus, Transition, TransitionRequest,
 };
 use kirana_domain::page::{Page, PageRequest};
 use kirana_domain::pricing::Totals;
@@ -161,7 +160,12 @@ pub(super) fn get_for_shopper(c: &Connection, store: StoreId, id: OrderId, token
 }
 
 /// Orders newest first, optionally of one status (served by `orders_by_status`).
-pub(super) fn list(c: &Connection, store: StoreId, status: Option<OrderStatus>, page: PageRequest) -> Result<Page<Order>> {
+pub(super) fn list(
+    c: &Connection,
+    store: StoreId,
+    status: Option<OrderStatus>,
+    page: PageRequest,
+) -> Result<Page<Order>> {
     let after = page.after.map(|p| p.uuid());
     let rows = c
         .prepare_cached(&format!(
@@ -196,7 +200,14 @@ pub(super) fn record_step(
 
 /// Moves an order one step. Refused with `InvalidTransition` unless the state machine allows
 /// it; ending states put every tracked unit back in stock in the same transaction.
-pub(super) fn transition(c: &Connection, store: StoreId, id: OrderId, req: &TransitionRequest, actor: &str, now: Timestamp) -> Result<Order> {
+pub(super) fn transition(
+    c: &Connection,
+    store: StoreId,
+    id: OrderId,
+    req: &TransitionRequest,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Order> {
     let order = get(c, store, id)?;
     let from = order.status;
     if !from.can_become(req.to) {
@@ -209,15 +220,25 @@ pub(super) fn transition(c: &Connection, store: StoreId, id: OrderId, req: &Tran
             "UPDATE orders SET status = ?4, payment_status = ?5, tracking = coalesce(?6, tracking), updated_at = ?7
              WHERE store_id = ?1 AND order_id = ?2 AND status = ?3",
         )?
-        .execute(params![store.uuid(), id.uuid(), from.as_str(), req.to.as_str(), payment.as_str(), req.tracking, now.millis()])?;
+        .execute(params![
+            store.uuid(),
+            id.uuid(),
+            from.as_str(),
+            req.to.as_str(),
+            payment.as_str(),
+            req.tracking,
+            now.millis()
+        ])?;
     if moved == 0 {
         return Err(StorageError::InvalidTransition { from, to: req.to });
     }
     if req.to.restocks() {
         for item in &order.items {
             // Untracked variants stay untracked; deleted ones have nothing to restock.
-            c.prepare_cached("UPDATE variants SET stock = stock + ?3 WHERE store_id = ?1 AND variant_id = ?2 AND stock IS NOT NULL")?
-                .execute(params![store.uuid(), item.variant_id.uuid(), item.quantity])?;
+            c.prepare_cached(
+                "UPDATE variants SET stock = stock + ?3 WHERE store_id = ?1 AND variant_id = ?2 AND stock IS NOT NULL",
+            )?
+            .execute(params![store.uuid(), item.variant_id.uuid(), item.quantity])?;
         }
     }
     record_step(c, store, id, Some(from), req.to, actor, req.note.as_deref(), req.tracking.as_deref(), now)?;

@@ -33,7 +33,14 @@ fn finish((mut row, settings): (StoreRow, String)) -> Result<StoreRow> {
     Ok(row)
 }
 
-pub(super) fn insert(c: &Connection, id: StoreId, owner: MerchantId, name: &str, settings: &StoreSettings, now: Timestamp) -> Result<StoreRow> {
+pub(super) fn insert(
+    c: &Connection,
+    id: StoreId,
+    owner: MerchantId,
+    name: &str,
+    settings: &StoreSettings,
+    now: Timestamp,
+) -> Result<StoreRow> {
     c.prepare_cached(
         "INSERT INTO stores (store_id, owner_id, name, settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
     )?
@@ -73,6 +80,13 @@ pub(super) fn update(c: &Connection, id: StoreId, change: &StoreChange, now: Tim
     let name = change.name.clone().unwrap_or(current.name);
     c.prepare_cached("UPDATE stores SET name = ?2, settings = ?3, updated_at = ?4 WHERE store_id = ?1")?
         .execute(params![id.uuid(), name, serde_json::to_string(&settings)?, now.millis()])?;
-    emit(c, id, kinds::STORE_UPDATED, now, json!({ "name": name, "settings": settings }))?;
+    let mut payload = json!({ "name": name, "settings": settings });
+    if let Some(slug) = &change.slug {
+        payload["slug"] = json!(slug);
+    }
+    if let Some(domain) = &change.custom_domain {
+        payload["custom_domain"] = json!(domain);
+    }
+    emit(c, id, kinds::STORE_UPDATED, now, payload)?;
     get(c, id)
 }
