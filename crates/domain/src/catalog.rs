@@ -442,15 +442,15 @@ pub fn check_variants(options: &[String], variants: &[NewVariant]) -> Result<(),
         if !combos.insert(key) {
             c.fail(format!("variants[{i}].options"), "repeats another variant's options");
         }
-        if let Some(sku) = &v.sku {
-            if !skus.insert(sku.clone()) {
-                c.fail(format!("variants[{i}].sku"), "repeats another variant's SKU");
-            }
+        if let Some(sku) = &v.sku
+            && !skus.insert(sku.clone())
+        {
+            c.fail(format!("variants[{i}].sku"), "repeats another variant's SKU");
         }
-        if let Some(id) = v.id {
-            if !ids.insert(id) {
-                c.fail(format!("variants[{i}].id"), "lists the same variant twice");
-            }
+        if let Some(id) = v.id
+            && !ids.insert(id)
+        {
+            c.fail(format!("variants[{i}].id"), "lists the same variant twice");
         }
     }
     c.finish()

@@ -183,10 +183,10 @@ impl CouponInput {
             c.check_opt("starts_at", self.starts_at, |v| v.map(|s| Timestamp::parse_rfc3339(&s)).transpose());
         let expires_at =
             c.check_opt("expires_at", self.expires_at, |v| v.map(|s| Timestamp::parse_rfc3339(&s)).transpose());
-        if let (Some(Some(Some(s))), Some(Some(Some(e)))) = (starts_at, expires_at) {
-            if e <= s {
-                c.fail("expires_at", "must be after starts_at");
-            }
+        if let (Some(Some(Some(s))), Some(Some(Some(e)))) = (starts_at, expires_at)
+            && e <= s
+        {
+            c.fail("expires_at", "must be after starts_at");
         }
         c.finish()?;
         Ok(CouponChange {

@@ -293,10 +293,10 @@ impl TransitionInput {
         let to = c.check("to", OrderStatus::parse(&self.to));
         let note = c.check_opt("note", self.note, |n| text::multiline(&n, limits::NOTE));
         let tracking = c.check_opt("tracking", self.tracking, |t| text::line(&t, 1, 100));
-        if let (Some(to), Some(Some(_))) = (to, &tracking) {
-            if to != OrderStatus::Shipped {
-                c.fail("tracking", "can only be given when the order moves to shipped");
-            }
+        if let (Some(to), Some(Some(_))) = (to, &tracking)
+            && to != OrderStatus::Shipped
+        {
+            c.fail("tracking", "can only be given when the order moves to shipped");
         }
         c.finish()?;
         Ok(TransitionRequest {

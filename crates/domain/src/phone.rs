@@ -39,10 +39,10 @@ impl Phone {
             return Err(msg.into());
         }
         // Indian mobile numbers are exactly 10 digits after +91 and start with 6–9.
-        if let Some(national) = e164.strip_prefix("91") {
-            if national.len() != 10 || !matches!(national.as_bytes()[0], b'6'..=b'9') {
-                return Err(msg.into());
-            }
+        if let Some(national) = e164.strip_prefix("91")
+            && (national.len() != 10 || !matches!(national.as_bytes()[0], b'6'..=b'9'))
+        {
+            return Err(msg.into());
         }
         Ok(Phone(format!("+{e164}")))
     }

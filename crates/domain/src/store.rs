@@ -373,8 +373,8 @@ mod tests {
 
     #[test]
     fn null_clears_and_absent_keeps() {
-        let mut current = StoreSettings::default();
-        current.free_delivery_threshold = Some(Amount::parse(50_000).unwrap());
+        let current =
+            StoreSettings { free_delivery_threshold: Some(Amount::parse(50_000).unwrap()), ..StoreSettings::default() };
         let keep = input(r#"{"delivery_fee":4000}"#).into_change().unwrap();
         assert_eq!(keep.apply_settings(&current).unwrap().free_delivery_threshold, current.free_delivery_threshold);
         let clear = input(r#"{"free_delivery_threshold":null}"#).into_change().unwrap();

@@ -106,10 +106,10 @@ impl Config {
             }
         };
         let secret_key = serve.and_then(|s| s.secret_key.clone()).or(file.secret_key);
-        if let Some(hex) = &secret_key {
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("the secret key must be 64 hex digits");
-            }
+        if let Some(hex) = &secret_key
+            && (hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!("the secret key must be 64 hex digits");
         }
         Ok(Config {
             data_dir,

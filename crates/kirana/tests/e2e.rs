@@ -479,8 +479,8 @@ async fn an_accepted_order_survives_kill_9() -> Result<()> {
         let (acknowledged, count, enough) = (acknowledged.clone(), count.clone(), enough.clone());
         storm.spawn(async move {
             let mut outcome = ShopperOutcome::default();
-            let mut carts = carts.into_iter();
-            while let Some(cart) = carts.next() {
+            let carts = carts.into_iter();
+            for cart in carts {
                 let sent = api
                     .http
                     .post(api.url(&format!("/api/v1/storefront/{slug}/carts/{}/checkout", cart.cart_id)))

@@ -257,10 +257,10 @@ pub fn problem_response(problem: Problem, retry_after: Option<i64>) -> Response 
     if status == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
-    if let Some(secs) = retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-            h.insert(header::RETRY_AFTER, v);
-        }
+    if let Some(secs) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string())
+    {
+        h.insert(header::RETRY_AFTER, v);
     }
     res
 }

@@ -202,10 +202,10 @@ impl FromRequestParts<AppState> for Merchant {
         let cred = found.ok_or(ApiError::Unauthorized("the token is unknown, expired or revoked"))?;
         // "Last used" is worth a write only when it would change what a merchant sees: at most
         // one per credential per ten minutes. Its failure must not fail the request.
-        if cred.last_used_at.is_none_or(|t| now.millis() - t.millis() >= TOUCH_EVERY_SECS * 1000) {
-            if let Err(e) = state.storage.directory().touch_token(cred.token, now).await {
-                tracing::warn!(error = %e, "could not record a credential's use");
-            }
+        if cred.last_used_at.is_none_or(|t| now.millis() - t.millis() >= TOUCH_EVERY_SECS * 1000)
+            && let Err(e) = state.storage.directory().touch_token(cred.token, now).await
+        {
+            tracing::warn!(error = %e, "could not record a credential's use");
         }
         let m = Merchant { id: cred.merchant, token: cred.token };
         parts.extensions.insert(m);

@@ -108,6 +108,7 @@ pub trait Directory: Send + Sync {
     async fn revoke_token(&self, merchant: MerchantId, id: TokenId, now: Timestamp) -> Result<()>;
 
     /// Records a store's placement and its first free slug among `candidates`, tried in order.
+    #[allow(clippy::too_many_arguments)]
     /// Fails with `SlugTaken` when none is free, `DomainTaken` for a claimed domain.
     async fn register_store(
         &self,

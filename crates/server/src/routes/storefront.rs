@@ -47,7 +47,7 @@ pub struct StoreHome {
     responses((status = 200, body = StoreHome), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn store_home(State(s): State<AppState>, shop: Shop) -> ApiResult<Json<StoreHome>> {
     let store = s.storage.store(&shop.scope).await?;
-    let page = PageRequest { after: None, limit: Limit::parse(Some(100)).map_err(|e| ApiError::Internal(e))? };
+    let page = PageRequest { after: None, limit: Limit::parse(Some(100)).map_err(ApiError::Internal)? };
     let categories = s.storage.shard(&shop.scope).categories(&shop.scope, page).await?.items;
     Ok(Json(StoreHome { store: PublicStore::from(&store), categories }))
 }

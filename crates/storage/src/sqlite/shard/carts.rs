@@ -251,18 +251,18 @@ pub(super) fn set_item(
         if status != ProductStatus::Active.as_str() {
             return Err(StorageError::invalid("variant_id", "is not on sale"));
         }
-        if let Some(s) = stock {
-            if i64::from(q) > s {
-                let options: Vec<String> = serde_json::from_str(&options)?;
-                let vt = variant_title(&options);
-                let title = if vt == "Default" { title } else { format!("{title} / {vt}") };
-                return Err(StorageError::InsufficientStock(vec![Shortage {
-                    variant_id: variant,
-                    title,
-                    requested: q,
-                    available: s,
-                }]));
-            }
+        if let Some(s) = stock
+            && i64::from(q) > s
+        {
+            let options: Vec<String> = serde_json::from_str(&options)?;
+            let vt = variant_title(&options);
+            let title = if vt == "Default" { title } else { format!("{title} / {vt}") };
+            return Err(StorageError::InsufficientStock(vec![Shortage {
+                variant_id: variant,
+                title,
+                requested: q,
+                available: s,
+            }]));
         }
         let exists: bool = c
             .prepare_cached(

@@ -381,13 +381,13 @@ pub(super) fn update_product(
     let options = change.options.clone().unwrap_or_else(|| current.options.clone());
     if let Some(variants) = &change.variants {
         for (i, v) in variants.iter().enumerate() {
-            if let Some(vid) = v.id {
-                if !current.variants.iter().any(|cv| cv.id == vid) {
-                    return Err(StorageError::Invalid(Invalid::field(
-                        format!("variants[{i}].id"),
-                        "is not a variant of this product",
-                    )));
-                }
+            if let Some(vid) = v.id
+                && !current.variants.iter().any(|cv| cv.id == vid)
+            {
+                return Err(StorageError::Invalid(Invalid::field(
+                    format!("variants[{i}].id"),
+                    "is not a variant of this product",
+                )));
             }
         }
         check_variants(&options, variants)?;

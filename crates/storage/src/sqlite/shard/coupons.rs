@@ -127,10 +127,10 @@ pub(super) fn update(c: &Connection, store: StoreId, id: CouponId, ch: CouponCha
     }
     let starts_at = ch.starts_at.unwrap_or(cur.starts_at);
     let expires_at = ch.expires_at.unwrap_or(cur.expires_at);
-    if let (Some(s), Some(e)) = (starts_at, expires_at) {
-        if e <= s {
-            return Err(StorageError::invalid("expires_at", "must be after starts_at"));
-        }
+    if let (Some(s), Some(e)) = (starts_at, expires_at)
+        && e <= s
+    {
+        return Err(StorageError::invalid("expires_at", "must be after starts_at"));
     }
     c.prepare_cached(
         "UPDATE coupons SET code = ?3, kind = ?4, value = ?5, max_discount = ?6, min_order = ?7, usage_limit = ?8,
