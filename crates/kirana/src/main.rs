@@ -1,6 +1,7 @@
 //! The `kirana` binary: parse the command line, build the application, run it.
 
 mod config;
+mod seed;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     },
     /// Print the OpenAPI description.
     Openapi,
+    /// Bulk-load realistic stores (for benchmarks and staging); restartable.
+    Seed(seed::SeedArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Merchant { command: MerchantCommand::Token { phone, name } } => {
                 mint_token(&config, &phone, &name).await
             }
+            Command::Seed(args) => seed::run(&config, &args).await,
         }
     })
 }
@@ -98,7 +102,7 @@ fn init_logs(json: bool) {
     }
 }
 
-fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+pub(crate) fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     kirana_storage::sqlite::open(&config.data_dir, config.shards, &config.sqlite)

@@ -40,11 +40,8 @@ impl Storage {
         self.shards.len()
     }
 
-    /// Where a new store goes. Placement is recorded in the directory, so changing this rule
-    /// (or adding shards) never moves an existing store.
     fn place(&self, id: StoreId) -> ShardId {
-        let n = self.shards.len() as u128;
-        ShardId((id.uuid().as_u128() % n) as u32)
+        placement(id, self.shards.len())
     }
 
     fn shard_at(&self, shard: ShardId) -> Result<&dyn Shard> {
@@ -159,6 +156,12 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// Where a new store goes among `shards` shards. Placement is recorded in the directory, so
+/// changing this rule (or adding shards) never moves an existing store.
+pub fn placement(id: StoreId, shards: usize) -> ShardId {
+    ShardId((id.uuid().as_u128() % shards.max(1) as u128) as u32)
 }
 
 fn slug_candidates(new: &NewStore, id: StoreId) -> Vec<Slug> {

@@ -10,6 +10,7 @@
 mod db;
 mod directory;
 mod schema;
+pub mod seed;
 mod shard;
 mod writer;
 

@@ -67,6 +67,13 @@ CREATE TABLE domains (
     domain   TEXT PRIMARY KEY,
     store_id BLOB NOT NULL UNIQUE
 ) WITHOUT ROWID;
+"#, r#"
+-- How far `kirana seed` got, so an interrupted seed continues where it stopped.
+CREATE TABLE seed_progress (
+    name       TEXT PRIMARY KEY,
+    plan       TEXT NOT NULL,       -- JSON of the parameters that shape the data
+    next_index INTEGER NOT NULL
+) WITHOUT ROWID;
 "#];
 
 pub(crate) const SHARD: &[Migration] = &[r#"
@@ -96,7 +103,6 @@ CREATE TABLE products (
     store_id    BLOB NOT NULL,
     product_id  BLOB NOT NULL,
     title       TEXT NOT NULL,
-    title_key   TEXT NOT NULL,             -- lower-cased title, for search until a real index
     description TEXT NOT NULL,
     status      TEXT NOT NULL,
     category_id BLOB,

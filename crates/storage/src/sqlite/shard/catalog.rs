@@ -247,8 +247,9 @@ pub(super) fn products(c: &Connection, store: StoreId, f: &ProductFilter, page: 
     }
     if let Some(q) = &f.query {
         for word in q.split_whitespace().take(8) {
-            args.push(Value::Text(format!("%{}%", escape_like(&word.to_lowercase()))));
-            sql.push_str(&format!(" AND title_key LIKE ?{} ESCAPE '\\'", args.len()));
+            // SQLite's LIKE ignores ASCII case; the search capability brings real matching.
+            args.push(Value::Text(format!("%{}%", escape_like(word))));
+            sql.push_str(&format!(" AND title LIKE ?{} ESCAPE '\\'", args.len()));
         }
     }
     if let Some(after) = page.after {
@@ -344,14 +345,13 @@ pub(super) fn create_product(c: &Connection, store: StoreId, change: ProductChan
     check_skus(c, store, id, &variants)?;
     let title = change.title.unwrap_or_default();
     c.prepare_cached(
-        "INSERT INTO products (store_id, product_id, title, title_key, description, status, category_id, images, options, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        "INSERT INTO products (store_id, product_id, title, description, status, category_id, images, options, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
     )?
     .execute(params![
         store.uuid(),
         id.uuid(),
         title,
-        title.to_lowercase(),
         change.description.unwrap_or_default(),
         change.status.unwrap_or(ProductStatus::Active).as_str(),
         category.map(|c| c.uuid()),
@@ -455,14 +455,13 @@ pub(super) fn update_product(
     }
     let title = change.title.unwrap_or(current.title);
     c.prepare_cached(
-        "UPDATE products SET title = ?3, title_key = ?4, description = ?5, status = ?6, category_id = ?7, images = ?8, options = ?9, updated_at = ?10
+        "UPDATE products SET title = ?3, description = ?4, status = ?5, category_id = ?6, images = ?7, options = ?8, updated_at = ?9
          WHERE store_id = ?1 AND product_id = ?2",
     )?
     .execute(params![
         store.uuid(),
         id.uuid(),
         title,
-        title.to_lowercase(),
         change.description.unwrap_or(current.description),
         change.status.unwrap_or(current.status).as_str(),
         change.category_id.unwrap_or(current.category_id).map(|c| c.uuid()),
