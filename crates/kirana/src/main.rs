@@ -42,6 +42,12 @@ enum Command {
     Openapi,
     /// Bulk-load realistic stores (for benchmarks and staging); restartable.
     Seed(seed::SeedArgs),
+    /// Measure the storage engine's own insert rates next to the data (a benchmark baseline).
+    Baseline {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mint_token(&config, &phone, &name).await
             }
             Command::Seed(args) => seed::run(&config, &args).await,
+            Command::Baseline { seconds } => baseline(&config, seconds),
         }
     })
 }
@@ -159,6 +166,17 @@ async fn shutdown_signal(state: AppState, drain: Duration) {
     tracing::info!(drain_secs = drain.as_secs(), "shutting down: not ready, draining");
     state.set_draining();
     tokio::time::sleep(drain).await;
+}
+
+fn baseline(config: &Config, seconds: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let rates = kirana_storage::sqlite::baseline::insert_rates(
+        &config.data_dir,
+        config.sqlite.synchronous,
+        Duration::from_secs(seconds.max(1)),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&rates)?);
+    Ok(())
 }
 
 fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -141,9 +141,10 @@ pub async fn run(config: &Config, args: &SeedArgs) -> anyhow::Result<()> {
     let stock = args.flash_stock;
     let product = match existing {
         Some(p) => {
-            let change = serde_json::from_value::<ProductInput>(serde_json::json!({ "stock": stock, "status": "active" }))?
-                .into_change(false)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let change =
+                serde_json::from_value::<ProductInput>(serde_json::json!({ "stock": stock, "status": "active" }))?
+                    .into_change(false)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             shard.update_product(&scope, p.id, change, now).await?
         }
         None => {

@@ -1040,3 +1040,92 @@ async fn sigterm_drains_and_exits_cleanly() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Seeding
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn seed_builds_stores_a_server_can_serve_and_a_manifest_for_bench() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let data = root.path().join("data");
+    let mut args = strings(&[
+        "seed",
+        "--stores",
+        "120",
+        "--merchant-tokens",
+        "5",
+        "--flash-stock",
+        "7",
+        "--chunk",
+        "50",
+        "--data-dir",
+    ]);
+    args.push(path_arg(&data));
+    let out = run_kirana(root.path(), &args, &[]).await?;
+    ensure!(out.status.success(), "seed failed: {}", out.describe());
+    ensure!(out.stderr.contains("120/120 stores"), "seed reports progress: {}", out.describe());
+
+    let manifest: Value = serde_json::from_slice(&std::fs::read(data.join("seed-manifest.json"))?)?;
+    ensure!(manifest["version"] == 1 && manifest["stores"] == 120, "manifest: {manifest}");
+    ensure!(manifest["merchants"].as_array().map(Vec::len) == Some(5), "five merchant tokens: {manifest}");
+    ensure!(manifest["flash_sale"]["stock"] == 7, "flash stock: {manifest}");
+
+    // Running it again is a no-op for the stores, and refreshes tokens and the flash stock.
+    let again = run_kirana(root.path(), &args, &[]).await?;
+    ensure!(again.status.success(), "a second seed failed: {}", again.describe());
+    let second: Value = serde_json::from_slice(&std::fs::read(data.join("seed-manifest.json"))?)?;
+    ensure!(second["merchants"][0]["token"] != manifest["merchants"][0]["token"], "tokens are minted afresh");
+
+    let server = Server::start(root.path(), &data, &[]).await?;
+    let api = &server.api;
+    let home =
+        api.call(Method::GET, "/api/v1/storefront/seed-119", None, &[], None).await?.expect(200, "last store")?;
+    ensure!(home["store"]["slug"] == "seed-119", "{home}");
+    let token = second["merchants"][0]["token"].as_str().context("token")?;
+    let store_id = second["merchants"][0]["store_id"].as_str().context("store id")?;
+    let me =
+        api.call(Method::GET, "/api/v1/me", Some(token), &[], None).await?.expect(200, "a manifest token works")?;
+    ensure!(me["phone"] == "+919000000000", "store 0's merchant: {me}");
+    let old = manifest["merchants"][0]["token"].as_str().context("token")?;
+    ensure!(
+        api.call(Method::GET, "/api/v1/me", Some(old), &[], None).await?.status == 401,
+        "the previous run's key was revoked"
+    );
+    let orders = api
+        .call(Method::GET, &format!("/api/v1/stores/{store_id}/orders?limit=5"), Some(token), &[], None)
+        .await?
+        .expect(200, "seeded orders")?;
+    ensure!(orders["items"].is_array(), "{orders}");
+
+    // The flash product sells exactly its stock.
+    let flash = &second["flash_sale"];
+    let variant = flash["variant_id"].as_str().context("variant")?;
+    let mut sold = 0;
+    for _ in 0..9 {
+        let (cart, ct) = api.cart_with("seed-0", variant, 1).await.unwrap_or_default();
+        if cart.is_empty() {
+            continue;
+        }
+        let r = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/storefront/seed-0/carts/{cart}/checkout"),
+                None,
+                &[("x-cart-token", ct.as_str())],
+                Some(&checkout_body()),
+            )
+            .await?;
+        if r.status == 201 {
+            sold += 1;
+        }
+    }
+    ensure!(sold == 7, "the flash product sold {sold} of 7");
+
+    // A different shape on the same directory is refused, naming the problem.
+    let mut other = strings(&["seed", "--stores", "200", "--products-per-store", "30", "--data-dir"]);
+    other.push(path_arg(&data));
+    let refused = run_kirana(root.path(), &other, &[]).await?;
+    ensure!(!refused.status.success() && refused.stderr.contains("different shape"), "{}", refused.describe());
+    Ok(())
+}

@@ -24,7 +24,8 @@ fn shard_sum(dir: &Path, shards: u32, sql: &str) -> i64 {
 /// A fingerprint of everything seeded: equal fingerprints, equal data.
 fn fingerprint(dir: &Path, shards: u32) -> Vec<i64> {
     let mut out = vec![query_i64(&dir.join("directory.db"), "SELECT count(*) FROM slugs")];
-    for table in ["stores", "categories", "products", "variants", "customers", "orders", "order_items", "order_history"] {
+    for table in ["stores", "categories", "products", "variants", "customers", "orders", "order_items", "order_history"]
+    {
         out.push(shard_sum(dir, shards, &format!("SELECT count(*) FROM {table}")));
     }
     out.push(shard_sum(dir, shards, "SELECT coalesce(sum(total), 0) % 1000000007 FROM orders"));
@@ -67,7 +68,11 @@ fn seeding_creates_every_store_with_the_requested_shape() {
     let orders = shard_sum(dir.path(), 2, "SELECT count(*) FROM orders");
     assert!((orders as f64 / 600.0 - 6.0).abs() < 2.5, "{orders} orders for 600 stores");
     assert_eq!(
-        shard_sum(dir.path(), 2, "SELECT count(*) FROM orders o WHERE subtotal != (SELECT sum(line_total) FROM order_items i WHERE i.store_id = o.store_id AND i.order_id = o.order_id)"),
+        shard_sum(
+            dir.path(),
+            2,
+            "SELECT count(*) FROM orders o WHERE subtotal != (SELECT sum(line_total) FROM order_items i WHERE i.store_id = o.store_id AND i.order_id = o.order_id)"
+        ),
         0
     );
     assert_eq!(
@@ -76,11 +81,19 @@ fn seeding_creates_every_store_with_the_requested_shape() {
         "customers' order counts add up"
     );
     assert_eq!(
-        shard_sum(dir.path(), 2, "SELECT count(*) FROM stores s WHERE next_order_number != 1001 + (SELECT count(*) FROM orders o WHERE o.store_id = s.store_id)"),
+        shard_sum(
+            dir.path(),
+            2,
+            "SELECT count(*) FROM stores s WHERE next_order_number != 1001 + (SELECT count(*) FROM orders o WHERE o.store_id = s.store_id)"
+        ),
         0
     );
     assert_eq!(
-        shard_sum(dir.path(), 2, "SELECT count(*) FROM orders o WHERE status != (SELECT to_status FROM order_history h WHERE h.store_id = o.store_id AND h.order_id = o.order_id ORDER BY seq DESC LIMIT 1)"),
+        shard_sum(
+            dir.path(),
+            2,
+            "SELECT count(*) FROM orders o WHERE status != (SELECT to_status FROM order_history h WHERE h.store_id = o.store_id AND h.order_id = o.order_id ORDER BY seq DESC LIMIT 1)"
+        ),
         0,
         "each order's last history step is its status"
     );

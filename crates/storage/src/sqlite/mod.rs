@@ -7,6 +7,7 @@
 //! <data-dir>/shards/shard-0001.db   (when configured with more shards, for parallel writers)
 //! ```
 
+pub mod baseline;
 mod db;
 mod directory;
 mod schema;

@@ -11,7 +11,8 @@ use crate::Result;
 
 pub(crate) type Migration = &'static str;
 
-pub(crate) const DIRECTORY: &[Migration] = &[r#"
+pub(crate) const DIRECTORY: &[Migration] = &[
+    r#"
 CREATE TABLE merchants (
     merchant_id BLOB PRIMARY KEY,
     phone       TEXT NOT NULL UNIQUE,
@@ -67,14 +68,16 @@ CREATE TABLE domains (
     domain   TEXT PRIMARY KEY,
     store_id BLOB NOT NULL UNIQUE
 ) WITHOUT ROWID;
-"#, r#"
+"#,
+    r#"
 -- How far `kirana seed` got, so an interrupted seed continues where it stopped.
 CREATE TABLE seed_progress (
     name       TEXT PRIMARY KEY,
     plan       TEXT NOT NULL,       -- JSON of the parameters that shape the data
     next_index INTEGER NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+];
 
 pub(crate) const SHARD: &[Migration] = &[r#"
 CREATE TABLE stores (

@@ -70,9 +70,40 @@ pub const SLUG_PREFIX: &str = "seed-";
 
 /// Words product titles are made of; the load generator searches for them.
 pub const SEARCH_TERMS: &[&str] = &[
-    "chai", "coffee", "rice", "atta", "dal", "ghee", "honey", "masala", "pickle", "papad", "namkeen", "biscuits",
-    "jam", "juice", "oil", "soap", "shampoo", "towel", "bedsheet", "kurta", "saree", "dupatta", "shirt", "jeans",
-    "bangles", "earrings", "candles", "incense", "diya", "notebook", "pen", "charger", "earphones", "toys",
+    "chai",
+    "coffee",
+    "rice",
+    "atta",
+    "dal",
+    "ghee",
+    "honey",
+    "masala",
+    "pickle",
+    "papad",
+    "namkeen",
+    "biscuits",
+    "jam",
+    "juice",
+    "oil",
+    "soap",
+    "shampoo",
+    "towel",
+    "bedsheet",
+    "kurta",
+    "saree",
+    "dupatta",
+    "shirt",
+    "jeans",
+    "bangles",
+    "earrings",
+    "candles",
+    "incense",
+    "diya",
+    "notebook",
+    "pen",
+    "charger",
+    "earphones",
+    "toys",
 ];
 const ADJECTIVES: &[&str] = &[
     "Organic", "Fresh", "Premium", "Classic", "Handmade", "Cotton", "Silk", "Spicy", "Homemade", "Royal", "Golden",
@@ -82,11 +113,30 @@ const PACKS: &[&str] = &["250 g", "500 g", "1 kg", "Pack of 2", "Pack of 6", "La
 const FAMILY: &[&str] =
     &["Sharma", "Gupta", "Lakshmi", "Ganesh", "Sai", "Patel", "Khan", "Singh", "Reddy", "Iyer", "Das", "Bose"];
 const KIND: &[&str] = &[
-    "Kirana", "General Store", "Textiles", "Mobiles", "Sweets", "Boutique", "Stores", "Traders", "Emporium", "Bazaar",
+    "Kirana",
+    "General Store",
+    "Textiles",
+    "Mobiles",
+    "Sweets",
+    "Boutique",
+    "Stores",
+    "Traders",
+    "Emporium",
+    "Bazaar",
 ];
 const CATEGORIES: &[&str] = &[
-    "Groceries", "Snacks", "Beverages", "Personal Care", "Home", "Clothing", "Accessories", "Electronics",
-    "Stationery", "Festive", "Gifts", "Daily Needs",
+    "Groceries",
+    "Snacks",
+    "Beverages",
+    "Personal Care",
+    "Home",
+    "Clothing",
+    "Accessories",
+    "Electronics",
+    "Stationery",
+    "Festive",
+    "Gifts",
+    "Daily Needs",
 ];
 const SIZES: &[&str] = &["S", "M", "L", "XL", "XXL", "Free Size"];
 const COLOURS: &[&str] = &["Red", "Blue", "Green", "Black", "White", "Yellow"];
@@ -140,8 +190,13 @@ pub fn seed(data_dir: &Path, shards: u32, plan: &SeedPlan, on_progress: &mut dyn
         .collect::<Result<_>>()?;
 
     let start = resume_point(&dir, &shape)?;
-    let mut progress =
-        Progress { stores_done: start, stores_total: plan.stores, resumed_from: start, rows: 0, elapsed: Duration::ZERO };
+    let mut progress = Progress {
+        stores_done: start,
+        stores_total: plan.stores,
+        resumed_from: start,
+        rows: 0,
+        elapsed: Duration::ZERO,
+    };
     on_progress(&progress);
     if start >= plan.stores {
         return Ok(Summary { stores: plan.stores, resumed_from: start, rows: 0, elapsed: started.elapsed() });
@@ -174,7 +229,8 @@ pub fn seed(data_dir: &Path, shards: u32, plan: &SeedPlan, on_progress: &mut dyn
     }
     generator.join().map_err(|_| StorageError::Internal("the seed generator panicked".into()))?;
     for c in shard_conns.iter().chain(std::iter::once(&dir)) {
-        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")?;
+        // A bounded sample keeps `optimize` from reading the whole file after a large seed.
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA analysis_limit = 1000; PRAGMA optimize;")?;
     }
     Ok(Summary { stores: plan.stores, resumed_from: start, rows: progress.rows, elapsed: started.elapsed() })
 }
@@ -191,7 +247,9 @@ fn bulk_connection(path: &Path) -> Result<Connection> {
 
 fn resume_point(dir: &Connection, shape: &Shape) -> Result<u64> {
     let row: Option<(String, i64)> = dir
-        .query_row("SELECT plan, next_index FROM seed_progress WHERE name = 'default'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT plan, next_index FROM seed_progress WHERE name = 'default'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     match row {
         None => {
@@ -359,7 +417,8 @@ fn generate(index: u64, plan: &SeedPlan, shards: u32) -> StoreData {
     let categories: Vec<(Uuid, String)> = (0..n_categories)
         .map(|c| {
             let base = CATEGORIES[(c + index as usize) % CATEGORIES.len()];
-            let name = if c < CATEGORIES.len() { base.to_string() } else { format!("{base} {}", c / CATEGORIES.len() + 1) };
+            let name =
+                if c < CATEGORIES.len() { base.to_string() } else { format!("{base} {}", c / CATEGORIES.len() + 1) };
             (uuid_at(&mut rng, created + c as i64), name)
         })
         .collect();
@@ -436,7 +495,11 @@ fn generate(index: u64, plan: &SeedPlan, shards: u32) -> StoreData {
         .map(|k| CustomerData {
             id: uuid_at(&mut rng, EPOCH_MS - NINETY_DAYS_MS),
             phone: format!("+918{:09}", k),
-            name: format!("{} {}", pick(&mut rng, &["Asha", "Ravi", "Meera", "Arjun", "Fatima", "John"]), pick(&mut rng, FAMILY)),
+            name: format!(
+                "{} {}",
+                pick(&mut rng, &["Asha", "Ravi", "Meera", "Arjun", "Fatima", "John"]),
+                pick(&mut rng, FAMILY)
+            ),
             orders: 0,
             spent: 0,
             first: i64::MAX,
@@ -524,7 +587,13 @@ fn capitalise(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-fn write_chunk(dir: &Connection, shards: &[Connection], chunk: &[StoreData], shape: &Shape, next_index: u64) -> Result<u64> {
+fn write_chunk(
+    dir: &Connection,
+    shards: &[Connection],
+    chunk: &[StoreData],
+    shape: &Shape,
+    next_index: u64,
+) -> Result<u64> {
     let mut rows = 0u64;
     for (i, conn) in shards.iter().enumerate() {
         let mine: Vec<&StoreData> = chunk.iter().filter(|s| s.shard as usize == i).collect();
@@ -547,11 +616,14 @@ fn write_chunk(dir: &Connection, shards: &[Connection], chunk: &[StoreData], sha
     // The directory is the commit point: stores become reachable, and progress moves, together.
     dir.execute_batch("BEGIN")?;
     let result = (|| -> Result<u64> {
-        let mut merchant = dir.prepare_cached("INSERT OR IGNORE INTO merchants (merchant_id, phone, created_at) VALUES (?1, ?2, ?3)")?;
-        let mut store =
-            dir.prepare_cached("INSERT OR IGNORE INTO stores (store_id, shard, owner_id, created_at) VALUES (?1, ?2, ?3, ?4)")?;
-        let mut slug =
-            dir.prepare_cached("INSERT OR IGNORE INTO slugs (slug, store_id, is_current, created_at) VALUES (?1, ?2, 1, ?3)")?;
+        let mut merchant =
+            dir.prepare_cached("INSERT OR IGNORE INTO merchants (merchant_id, phone, created_at) VALUES (?1, ?2, ?3)")?;
+        let mut store = dir.prepare_cached(
+            "INSERT OR IGNORE INTO stores (store_id, shard, owner_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut slug = dir.prepare_cached(
+            "INSERT OR IGNORE INTO slugs (slug, store_id, is_current, created_at) VALUES (?1, ?2, 1, ?3)",
+        )?;
         for s in chunk {
             merchant.execute(params![s.merchant, format!("+919{:09}", s.index), s.created])?;
             store.execute(params![s.id, s.shard, s.merchant, s.created])?;
@@ -700,7 +772,16 @@ fn write_store(c: &Connection, s: &StoreData) -> Result<u64> {
             let from = (k > 0).then(|| path[k - 1].as_str());
             let actor = if k == 0 { "shopper".to_string() } else { format!("merchant:{}", s.merchant) };
             let t = (*st == OrderStatus::Shipped).then_some(tracking.as_deref()).flatten();
-            step.execute(params![s.id, o.id, k as i64 + 1, from, st.as_str(), actor, t, o.created + k as i64 * 3_600_000])?;
+            step.execute(params![
+                s.id,
+                o.id,
+                k as i64 + 1,
+                from,
+                st.as_str(),
+                actor,
+                t,
+                o.created + k as i64 * 3_600_000
+            ])?;
             rows += 1;
         }
     }
@@ -718,7 +799,10 @@ mod tests {
         let b = generate(7, &plan, 2);
         assert_eq!(a.id, b.id);
         assert_eq!(a.products.len(), b.products.len());
-        assert_eq!(a.orders.iter().map(|o| o.total).collect::<Vec<_>>(), b.orders.iter().map(|o| o.total).collect::<Vec<_>>());
+        assert_eq!(
+            a.orders.iter().map(|o| o.total).collect::<Vec<_>>(),
+            b.orders.iter().map(|o| o.total).collect::<Vec<_>>()
+        );
         assert_ne!(generate(8, &plan, 2).id, a.id);
     }
 
