@@ -42,6 +42,10 @@ enum Command {
     Openapi,
     /// Bulk-load realistic stores (for benchmarks and staging); restartable.
     Seed(seed::SeedArgs),
+    /// Drive a running kirana with a realistic shopper and merchant workload; report latency.
+    Bench(Box<kirana_loadgen::BenchArgs>),
+    /// Nodes, shards, replicas and monthly cost for a load, from a bench report.
+    Capacity(kirana_loadgen::CapacityArgs),
     /// Measure the storage engine's own insert rates next to the data (a benchmark baseline).
     Baseline {
         /// Seconds per measurement.
@@ -94,6 +98,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Seed(args) => seed::run(&config, &args).await,
             Command::Baseline { seconds } => baseline(&config, seconds),
+            Command::Bench(mut args) => {
+                // The manifest lives in the data directory unless named.
+                if args.manifest == std::path::Path::new("kirana-data/seed-manifest.json") {
+                    args.manifest = config.data_dir.join("seed-manifest.json");
+                }
+                let report = kirana_loadgen::bench(*args).await?;
+                if report.flash_sale.as_ref().is_some_and(|f| f.oversold) {
+                    anyhow::bail!("the flash sale sold more units than it had: an oversell");
+                }
+                if report.totals.errors > 0 {
+                    eprintln!("bench: {} requests failed; see the report", report.totals.errors);
+                }
+                Ok(())
+            }
+            Command::Capacity(args) => {
+                println!("{}", kirana_loadgen::capacity(args)?);
+                Ok(())
+            }
         }
     })
 }

@@ -1,0 +1,608 @@
+//! `kirana bench`: its flags, and one run from start to report. Reads the manifest, checks the
+//! target answers for it, runs the main phase (open or closed loop) with a warm-up, then the
+//! flash sale if asked (after the main phase, so its burst of contended checkouts neither
+//! distorts the main run's latencies nor is diluted by them), measures server and generator
+//! CPU over the measured window, prints the table and writes the JSON. The parts it composes
+//! (workload, driver, session, report) know nothing of flags.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::driver::{self, Started, Window};
+use crate::manifest::Manifest;
+use crate::probe;
+use crate::report::{
+    self, ErrorSample, FlashReport, GeneratorUsage, REPORT_SCHEMA, Report, RunConfig, ServerUsage, Totals,
+};
+use crate::session::{self, FlashOutcome, Phase, Shared};
+use crate::stats::{Recorder, RequestKind};
+use crate::workload::{Mix, Workload};
+
+/// Workers when neither `--rate` nor `--concurrency` is given.
+const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// Drive a running kirana over HTTP with a realistic shopper and merchant workload.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Base URL of the deployment (a node or its balancer); plain HTTP.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// The seed manifest written by `kirana seed` (`<data-dir>/seed-manifest.json`).
+    #[arg(long, default_value = "kirana-data/seed-manifest.json")]
+    pub manifest: PathBuf,
+    /// Open loop: start this many sessions per second on a fixed schedule; latency is measured
+    /// from each session's scheduled start (no coordinated omission).
+    #[arg(long, conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Closed loop: this many workers run sessions back to back (the default, with 16).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Measured time, after the warm-up ("30s", "2m", "500ms" or seconds).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring starts; its samples are not recorded.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Longest wait for one request (connect, send, whole response); longer is an error.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Zipf exponent of store popularity (0 = uniform; 1 = rank r drawn ∝ 1/r).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Fraction of sessions that are merchants opening their dashboard.
+    #[arg(long, default_value_t = 0.05)]
+    pub merchant_ratio: f64,
+    /// Fraction of shopper sessions that search once.
+    #[arg(long, default_value_t = 0.2)]
+    pub search_ratio: f64,
+    /// Fraction of shopper sessions that open a cart and add 1..=--max-cart-items variants.
+    #[arg(long, default_value_t = 0.2)]
+    pub cart_ratio: f64,
+    /// Fraction of carts that check out (then view their order's status).
+    #[arg(long, default_value_t = 0.5)]
+    pub checkout_ratio: f64,
+    /// Fraction of shopper sessions that land on a product page first (a shared link), once
+    /// an earlier session has discovered that store's products.
+    #[arg(long, default_value_t = 0.0)]
+    pub landing_ratio: f64,
+    /// Fewest category-list → product-page rounds per shopper session.
+    #[arg(long, default_value_t = 1)]
+    pub min_browse: u32,
+    /// Most category-list → product-page rounds per shopper session.
+    #[arg(long, default_value_t = 3)]
+    pub max_browse: u32,
+    /// Most variants a cart receives (at least one).
+    #[arg(long, default_value_t = 2)]
+    pub max_cart_items: u32,
+    /// After the main run, a flash sale: shoppers race for the manifest's flash product.
+    #[arg(long)]
+    pub flash_sale: bool,
+    /// Shoppers who open a cart, add the flash item and check out at the same moment.
+    #[arg(long, default_value_t = 200)]
+    pub flash_shoppers: u32,
+    /// The server's process id (same machine): report its CPU time per request and its memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// The server's data directory (same machine): report its size, for `kirana capacity`.
+    #[arg(long)]
+    pub server_data_dir: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Seed of the workload's random choices (random if absent; the report records it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// "250ms", "30s", "2m", "1h" or a plain number of seconds ("1.5").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration (try 30s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Open(f64),
+    Closed(u32),
+}
+
+impl BenchArgs {
+    fn mix(&self) -> Mix {
+        Mix {
+            merchant: self.merchant_ratio,
+            search: self.search_ratio,
+            cart: self.cart_ratio,
+            checkout: self.checkout_ratio,
+            landing: self.landing_ratio,
+            min_browse: self.min_browse,
+            max_browse: self.max_browse,
+            max_cart_items: self.max_cart_items,
+        }
+    }
+
+    fn mode(&self) -> anyhow::Result<Mode> {
+        match (self.rate, self.concurrency) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("--rate (open loop) and --concurrency (closed loop) exclude each other")
+            }
+            (Some(r), None) => {
+                anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be a positive number of sessions per second");
+                Ok(Mode::Open(r))
+            }
+            (None, Some(c)) => {
+                anyhow::ensure!((1..=100_000).contains(&c), "--concurrency must be between 1 and 100000");
+                Ok(Mode::Closed(c))
+            }
+            (None, None) => Ok(Mode::Closed(DEFAULT_CONCURRENCY)),
+        }
+    }
+
+    fn check(&self, manifest: &Manifest) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.target.starts_with("http://"),
+            "--target must be a plain http:// URL (this bench speaks no TLS): got `{}`",
+            self.target
+        );
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be longer than zero");
+        anyhow::ensure!(!self.timeout.is_zero(), "--timeout must be longer than zero");
+        anyhow::ensure!(self.zipf_s.is_finite() && self.zipf_s >= 0.0, "--zipf-s must be a number ≥ 0");
+        if self.flash_sale {
+            anyhow::ensure!(
+                manifest.flash_sale.is_some(),
+                "--flash-sale needs a `flash_sale` entry in the manifest (`kirana seed` writes one)"
+            );
+            anyhow::ensure!(
+                (1..=100_000).contains(&self.flash_shoppers),
+                "--flash-shoppers must be between 1 and 100000"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the bench described by `args` on the caller's tokio runtime, prints the table to stdout
+/// and writes `--json` if given. Fails before sending load if the manifest, the flags or the
+/// target are wrong; a run with errors still returns its report (the errors are in it).
+pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
+    let manifest = Manifest::load(&args.manifest)?;
+    args.check(&manifest)?;
+    let mode = args.mode()?;
+    let workload = Arc::new(Workload::new(
+        args.mix(),
+        manifest.stores,
+        manifest.merchants.len(),
+        manifest.search_terms.len(),
+        args.zipf_s,
+    )?);
+    if let Some(pid) = args.server_pid {
+        probe::cpu_seconds(pid).with_context(|| format!("cannot read the CPU time of --server-pid {pid} in /proc"))?;
+    }
+    let client = reqwest::Client::builder()
+        // Every connection is kept for reuse: at load, reopening them would cost the generator
+        // (and the server) more than the requests.
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .timeout(args.timeout)
+        .connect_timeout(args.timeout.min(Duration::from_secs(5)))
+        .no_proxy()
+        .user_agent(concat!("kirana-bench/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let shared = Arc::new(Shared::new(client, &args.target, manifest));
+    preflight(&shared, args.flash_sale).await?;
+
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let started_at =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let window = Window::new(Instant::now(), args.warmup, args.duration);
+    let recorder = Arc::new(Recorder::new(window.measure_from, window.end));
+    let phase = Arc::new(Phase { recorder: recorder.clone(), end: window.end });
+    let usage = tokio::spawn(usage_over(args.server_pid, window));
+    let progress = (!args.quiet).then(|| tokio::spawn(progress(recorder.clone(), window)));
+
+    let started = match mode {
+        Mode::Open(rate) => {
+            let (shared, phase, workload) = (shared.clone(), phase.clone(), workload.clone());
+            driver::open_loop(rate, window, move |i, due| {
+                let (shared, phase) = (shared.clone(), phase.clone());
+                let (plan, session_seed) = plan(&workload, seed, i);
+                async move { session::run(&shared, &phase, plan, session_seed, Some(due)).await }
+            })
+            .await
+        }
+        Mode::Closed(workers) => {
+            let (shared, phase, workload) = (shared.clone(), phase.clone(), workload.clone());
+            driver::closed_loop(workers, window, move |i| {
+                let (shared, phase) = (shared.clone(), phase.clone());
+                let (plan, session_seed) = plan(&workload, seed, i);
+                async move { session::run(&shared, &phase, plan, session_seed, None).await }
+            })
+            .await
+        }
+    };
+    let usage = usage.await.context("the CPU probe failed")?;
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+
+    let flash = if args.flash_sale { Some(flash_sale(&shared, &args, seed).await) } else { None };
+    let report = build_report(
+        &args,
+        &shared.manifest,
+        MainRun { mode, seed, started_at, window, recorder, started, usage },
+        flash,
+    );
+    println!("{report}");
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// The plan and the private RNG seed of session `i`: a pure function of the run's seed, so a
+/// run can be repeated session for session whatever order sessions happen to start in.
+fn plan(workload: &Workload, seed: u64, i: u64) -> (crate::workload::Session, u64) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let plan = workload.draw(&mut rng);
+    (plan, rng.random())
+}
+
+/// Fails fast, before any load, when the target does not serve the manifest's stores.
+async fn preflight(shared: &Shared, flash: bool) -> anyhow::Result<()> {
+    let slug = shared.manifest.slug(0);
+    let url = format!("{}/api/v1/storefront/{slug}", shared.target);
+    let res = shared.client.get(&url).send().await.with_context(|| format!("cannot reach {}", shared.target))?;
+    anyhow::ensure!(
+        res.status().is_success(),
+        "{url} answered {}: is the manifest from this deployment (run `kirana seed` against its data)?",
+        res.status()
+    );
+    if flash && let Some(f) = &shared.manifest.flash_sale {
+        let url = format!(
+            "{}/api/v1/storefront/{}/products/{}",
+            shared.target,
+            shared.manifest.slug(f.store_index),
+            f.product_id
+        );
+        let res = shared.client.get(&url).send().await?;
+        anyhow::ensure!(res.status().is_success(), "the flash-sale product {url} answered {}", res.status());
+        let product: serde_json::Value = res.json().await?;
+        if product["available"] == serde_json::Value::Bool(false) {
+            eprintln!(
+                "bench: the flash-sale product is already sold out; every flash shopper will be refused (re-run `kirana seed` to restock it)"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    /// Server CPU seconds over the measured window.
+    server_cpu: Option<f64>,
+    generator_cpu: Option<f64>,
+}
+
+/// CPU time of the server and of this process between the start and the end of the window.
+async fn usage_over(pid: Option<u32>, window: Window) -> Usage {
+    tokio::time::sleep_until(window.measure_from).await;
+    let me = std::process::id();
+    let server0 = pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let gen0 = probe::cpu_seconds(me).ok();
+    tokio::time::sleep_until(window.end).await;
+    let server1 = pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let gen1 = probe::cpu_seconds(me).ok();
+    Usage {
+        server_cpu: server0.zip(server1).map(|(a, b)| (b - a).max(0.0)),
+        generator_cpu: gen0.zip(gen1).map(|(a, b)| (b - a).max(0.0)),
+    }
+}
+
+/// One line on stderr, rewritten each second.
+async fn progress(recorder: Arc<Recorder>, window: Window) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let total = (window.end - window.start).as_secs_f64();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let elapsed = (now - window.start).as_secs_f64().min(total);
+        let what = if now < window.measure_from { "warming up" } else { "measuring" };
+        eprint!(
+            "\rbench: {elapsed:.0}s/{total:.0}s {what}: {} requests, {} errors   ",
+            recorder.live_requests.load(Ordering::Relaxed),
+            recorder.live_errors.load(Ordering::Relaxed)
+        );
+    }
+}
+
+struct FlashRun {
+    report: FlashReport,
+    recorder: Arc<Recorder>,
+    elapsed: Duration,
+}
+
+async fn flash_sale(shared: &Arc<Shared>, args: &BenchArgs, seed: u64) -> FlashRun {
+    let stock = shared.manifest.flash_sale.as_ref().map_or(0, |f| f.stock);
+    let start = Instant::now();
+    // The phase has no deadline: every shopper finishes (each request is bounded by --timeout).
+    let recorder = Arc::new(Recorder::new(start, start + Duration::from_secs(10 * 365 * 86_400)));
+    let phase = Arc::new(Phase { recorder: recorder.clone(), end: start + Duration::from_secs(10 * 365 * 86_400) });
+    let barrier = Arc::new(Barrier::new(args.flash_shoppers as usize));
+    let cpu0 = args.server_pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let mut shoppers = JoinSet::new();
+    for i in 0..args.flash_shoppers {
+        let (shared, phase, barrier) = (shared.clone(), phase.clone(), barrier.clone());
+        let shopper_seed = seed.rotate_left(17) ^ u64::from(i);
+        shoppers.spawn(async move { session::flash_shopper(&shared, &phase, &barrier, shopper_seed).await });
+    }
+    let (mut orders, mut sold_out, mut errors) = (0u64, 0u64, 0u64);
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+    while let Some(done) = shoppers.join_next().await {
+        let Ok(s) = done else {
+            errors += 1;
+            continue;
+        };
+        match s.outcome {
+            FlashOutcome::Ordered => orders += 1,
+            FlashOutcome::SoldOut => sold_out += 1,
+            FlashOutcome::Failed => errors += 1,
+        }
+        if let Some((sent, answered)) = s.checkout {
+            first = Some(first.map_or(sent, |f| f.min(sent)));
+            last = Some(last.map_or(answered, |l| l.max(answered)));
+        }
+    }
+    let elapsed = start.elapsed();
+    let server_cpu_seconds = cpu0.zip(args.server_pid.and_then(|p| probe::cpu_seconds(p).ok())).map(|(a, b)| b - a);
+    let checkout = first.zip(last).map_or(Duration::ZERO, |(f, l)| l - f);
+    let oversold = orders as i64 > stock;
+    if oversold {
+        eprintln!("bench: !!! OVERSELL: the flash sale placed {orders} orders for {stock} units of stock !!!");
+    }
+    FlashRun {
+        report: FlashReport {
+            shoppers: u64::from(args.flash_shoppers),
+            stock,
+            orders,
+            sold_out,
+            errors,
+            oversold,
+            checkout_secs: checkout.as_secs_f64(),
+            orders_per_sec: report::per_sec(orders, checkout),
+            server_cpu_seconds,
+        },
+        recorder,
+        elapsed,
+    }
+}
+
+/// What the main phase left behind, for the report.
+struct MainRun {
+    mode: Mode,
+    seed: u64,
+    started_at: String,
+    window: Window,
+    recorder: Arc<Recorder>,
+    started: Started,
+    usage: Usage,
+}
+
+fn build_report(args: &BenchArgs, manifest: &Manifest, run: MainRun, flash: Option<FlashRun>) -> Report {
+    let MainRun { mode, seed, started_at, window, recorder, started, usage } = run;
+    let measured = window.measured();
+    let mut requests = std::collections::BTreeMap::new();
+    let mut t = Totals {
+        requests: 0,
+        ok: 0,
+        rejected: 0,
+        errors: 0,
+        rps: 0.0,
+        reads: 0,
+        writes: 0,
+        checkouts: 0,
+        warmup_errors: recorder.warmup_errors(),
+        sessions: started.sessions,
+        sessions_per_sec: report::per_sec(started.sessions, measured),
+        target_sessions_per_sec: match mode {
+            Mode::Open(r) => Some(r),
+            Mode::Closed(_) => None,
+        },
+        sessions_late: started.late,
+        max_start_lag_ms: started.max_lag.as_secs_f64() * 1e3,
+    };
+    for kind in RequestKind::MAIN {
+        let s = recorder.snapshot(kind);
+        t.requests += s.count();
+        t.ok += s.ok;
+        t.rejected += s.rejected;
+        t.errors += s.errors;
+        if kind.is_read() {
+            t.reads += s.count();
+        } else {
+            t.writes += s.count();
+        }
+        if kind.is_checkout() {
+            t.checkouts += s.count();
+        }
+        requests.insert(kind.name().to_string(), report::request_stats(&s, measured));
+    }
+    t.rps = report::per_sec(t.requests, measured);
+
+    let mut errors: Vec<ErrorSample> = recorder
+        .error_samples()
+        .into_iter()
+        .map(|e| ErrorSample { request: e.kind.name().to_string(), message: e.message, count: e.count })
+        .collect();
+    let flash_report = flash.map(|f| {
+        for kind in [RequestKind::FlashCart, RequestKind::FlashAdd, RequestKind::FlashCheckout] {
+            requests.insert(kind.name().to_string(), report::request_stats(&f.recorder.snapshot(kind), f.elapsed));
+        }
+        errors.extend(f.recorder.error_samples().into_iter().map(|e| ErrorSample {
+            request: e.kind.name().to_string(),
+            message: e.message,
+            count: e.count,
+        }));
+        f.report
+    });
+
+    let secs = measured.as_secs_f64();
+    let per_core = |n: u64, cpu: f64| (cpu > 0.0).then(|| n as f64 / cpu);
+    let server = args.server_pid.map(|pid| {
+        let cpu = usage.server_cpu.unwrap_or(0.0);
+        ServerUsage {
+            pid,
+            cpu_seconds: cpu,
+            cores_busy: cpu / secs,
+            requests_per_core_second: per_core(t.requests, cpu),
+            reads_per_core_second: per_core(t.reads, cpu),
+            checkouts_per_core_second: per_core(t.checkouts, cpu),
+            rss_bytes: probe::rss_bytes(pid).ok(),
+            data_bytes: args.server_data_dir.as_deref().and_then(|d| probe::dir_bytes(d).ok()),
+        }
+    });
+    let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+
+    Report {
+        schema: REPORT_SCHEMA,
+        config: RunConfig {
+            target: args.target.clone(),
+            manifest: args.manifest.display().to_string(),
+            mode: match mode {
+                Mode::Open(_) => "open".into(),
+                Mode::Closed(_) => "closed".into(),
+            },
+            rate: match mode {
+                Mode::Open(r) => Some(r),
+                Mode::Closed(_) => None,
+            },
+            concurrency: match mode {
+                Mode::Open(_) => None,
+                Mode::Closed(c) => Some(c),
+            },
+            duration_secs: args.duration.as_secs_f64(),
+            warmup_secs: args.warmup.as_secs_f64(),
+            timeout_secs: args.timeout.as_secs_f64(),
+            zipf_s: args.zipf_s,
+            stores: manifest.stores,
+            merchants: manifest.merchants.len() as u64,
+            merchant_ratio: args.merchant_ratio,
+            search_ratio: args.search_ratio,
+            cart_ratio: args.cart_ratio,
+            checkout_ratio: args.checkout_ratio,
+            landing_ratio: args.landing_ratio,
+            min_browse: args.min_browse,
+            max_browse: args.max_browse,
+            max_cart_items: args.max_cart_items,
+            flash_sale: args.flash_sale,
+            flash_shoppers: args.flash_shoppers,
+            seed,
+        },
+        started_at,
+        measured_secs: secs,
+        totals: t,
+        requests,
+        flash_sale: flash_report,
+        server,
+        generator: GeneratorUsage {
+            cpu_seconds: usage.generator_cpu,
+            cores_busy: usage.generator_cpu.map(|c| c / secs),
+            host_cores,
+        },
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn durations_read_with_or_without_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_workload_in_a_closed_loop() {
+        let a = Cli::parse_from(["bench"]).bench;
+        assert_eq!(a.mode().unwrap(), Mode::Closed(DEFAULT_CONCURRENCY));
+        assert_eq!(
+            a.mix(),
+            Mix {
+                merchant: 0.05,
+                search: 0.2,
+                cart: 0.2,
+                checkout: 0.5,
+                landing: 0.0,
+                min_browse: 1,
+                max_browse: 3,
+                max_cart_items: 2
+            }
+        );
+        assert_eq!(
+            (a.duration, a.warmup, a.timeout),
+            (Duration::from_secs(30), Duration::from_secs(5), Duration::from_secs(10))
+        );
+        assert_eq!((a.zipf_s, a.flash_sale, a.flash_shoppers), (1.0, false, 200));
+    }
+
+    #[test]
+    fn open_and_closed_loop_exclude_each_other() {
+        assert!(Cli::try_parse_from(["bench", "--rate", "10", "--concurrency", "2"]).is_err());
+        let a = Cli::parse_from(["bench", "--rate", "12.5"]).bench;
+        assert_eq!(a.mode().unwrap(), Mode::Open(12.5));
+        let a = Cli::parse_from(["bench", "--rate", "0"]).bench;
+        assert!(a.mode().is_err());
+    }
+
+    #[test]
+    fn session_plans_are_a_pure_function_of_the_seed_and_the_sequence_number() {
+        let w = Workload::new(a_mix(), 100, 5, 3, 1.0).unwrap();
+        assert_eq!(plan(&w, 7, 3), plan(&w, 7, 3));
+        let distinct: std::collections::HashSet<u64> = (0..1000).map(|i| plan(&w, 7, i).1).collect();
+        assert_eq!(distinct.len(), 1000);
+    }
+
+    fn a_mix() -> Mix {
+        Cli::parse_from(["bench"]).bench.mix()
+    }
+}

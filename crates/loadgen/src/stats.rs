@@ -1,0 +1,284 @@
+//! Live measurement: the request types the bench tells apart, and the recorder every session
+//! writes into (an HDR histogram, outcome counts and a few error messages per type). It owns the
+//! measured window: a sample whose start lies outside it is dropped here, so warm-up traffic and
+//! anything after the deadline can never leak into the numbers. It never talks HTTP.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+/// What one request was, for the report. The names are part of the JSON schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestKind {
+    Home,
+    Category,
+    Product,
+    Search,
+    CartCreate,
+    CartAdd,
+    Checkout,
+    OrderStatus,
+    DashboardOrders,
+    DashboardProducts,
+    FlashCart,
+    FlashAdd,
+    FlashCheckout,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 13] = [
+        RequestKind::Home,
+        RequestKind::Category,
+        RequestKind::Product,
+        RequestKind::Search,
+        RequestKind::CartCreate,
+        RequestKind::CartAdd,
+        RequestKind::Checkout,
+        RequestKind::OrderStatus,
+        RequestKind::DashboardOrders,
+        RequestKind::DashboardProducts,
+        RequestKind::FlashCart,
+        RequestKind::FlashAdd,
+        RequestKind::FlashCheckout,
+    ];
+
+    /// The types of the main run (everything but the flash-sale phase).
+    pub const MAIN: [RequestKind; 10] = [
+        RequestKind::Home,
+        RequestKind::Category,
+        RequestKind::Product,
+        RequestKind::Search,
+        RequestKind::CartCreate,
+        RequestKind::CartAdd,
+        RequestKind::Checkout,
+        RequestKind::OrderStatus,
+        RequestKind::DashboardOrders,
+        RequestKind::DashboardProducts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Home => "home",
+            RequestKind::Category => "category",
+            RequestKind::Product => "product",
+            RequestKind::Search => "search",
+            RequestKind::CartCreate => "cart_create",
+            RequestKind::CartAdd => "cart_add",
+            RequestKind::Checkout => "checkout",
+            RequestKind::OrderStatus => "order_status",
+            RequestKind::DashboardOrders => "dashboard_orders",
+            RequestKind::DashboardProducts => "dashboard_products",
+            RequestKind::FlashCart => "flash_cart",
+            RequestKind::FlashAdd => "flash_add",
+            RequestKind::FlashCheckout => "flash_checkout",
+        }
+    }
+
+    /// GETs: what a cache or a read replica could serve. Everything else writes to the store's shard.
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            RequestKind::Home
+                | RequestKind::Category
+                | RequestKind::Product
+                | RequestKind::Search
+                | RequestKind::OrderStatus
+                | RequestKind::DashboardOrders
+                | RequestKind::DashboardProducts
+        )
+    }
+
+    pub fn is_checkout(self) -> bool {
+        matches!(self, RequestKind::Checkout | RequestKind::FlashCheckout)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Refused for a reason the workload expects (stock ran out): not an error.
+    Rejected,
+    Error(String),
+}
+
+/// Distinct error messages kept per run; beyond this only the counts grow.
+const MAX_ERROR_SAMPLES: usize = 20;
+/// Longest latency the histograms hold (one hour, in µs); longer samples are clamped, not lost.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static bounds are valid")
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct KindStats {
+    pub hist: Histogram<u64>,
+    pub ok: u64,
+    pub rejected: u64,
+    pub errors: u64,
+}
+
+impl KindStats {
+    fn new() -> Self {
+        KindStats { hist: new_histogram(), ok: 0, rejected: 0, errors: 0 }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.ok + self.rejected + self.errors
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErrorSample {
+    pub kind: RequestKind,
+    pub message: String,
+    pub count: u64,
+}
+
+/// Shared by every session of one phase. One small mutex per type: a lock is held for a
+/// histogram increment, far cheaper than the request it records, so it never paces the load.
+pub(crate) struct Recorder {
+    from: Instant,
+    to: Instant,
+    kinds: Vec<Mutex<KindStats>>,
+    errors: Mutex<ErrorLog>,
+    /// Errors of requests that started in the warm-up: not in the numbers, but not hidden either.
+    warmup_errors: AtomicU64,
+    /// Every recorded request and error, for the progress line.
+    pub live_requests: AtomicU64,
+    pub live_errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct ErrorLog {
+    samples: Vec<ErrorSample>,
+    index: HashMap<(RequestKind, String), usize>,
+}
+
+impl Recorder {
+    /// Records samples whose measured start lies in `[from, to)`.
+    pub fn new(from: Instant, to: Instant) -> Self {
+        Recorder {
+            from,
+            to,
+            kinds: RequestKind::ALL.iter().map(|_| Mutex::new(KindStats::new())).collect(),
+            errors: Mutex::new(ErrorLog::default()),
+            warmup_errors: AtomicU64::new(0),
+            live_requests: AtomicU64::new(0),
+            live_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// `at` is when the request was due (the scheduled start for the first request of an
+    /// open-loop session, the moment of sending otherwise): it decides whether the sample is in
+    /// the window. `latency` runs to the end of the response.
+    pub fn record(&self, kind: RequestKind, at: Instant, latency: Duration, outcome: Outcome) {
+        if at < self.from {
+            if matches!(outcome, Outcome::Error(_)) {
+                self.warmup_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if at >= self.to {
+            return;
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_LATENCY_US);
+        let message = {
+            let mut s = self.kinds[kind.index()].lock().expect("stats lock");
+            s.hist.saturating_record(us);
+            match outcome {
+                Outcome::Ok => {
+                    s.ok += 1;
+                    None
+                }
+                Outcome::Rejected => {
+                    s.rejected += 1;
+                    None
+                }
+                Outcome::Error(m) => {
+                    s.errors += 1;
+                    Some(m)
+                }
+            }
+        };
+        self.live_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(message) = message {
+            self.live_errors.fetch_add(1, Ordering::Relaxed);
+            let mut log = self.errors.lock().expect("error log lock");
+            let key = (kind, message);
+            if let Some(&i) = log.index.get(&key) {
+                log.samples[i].count += 1;
+            } else if log.samples.len() < MAX_ERROR_SAMPLES {
+                let i = log.samples.len();
+                log.samples.push(ErrorSample { kind, message: key.1.clone(), count: 1 });
+                log.index.insert(key, i);
+            }
+        }
+    }
+
+    pub fn snapshot(&self, kind: RequestKind) -> KindStats {
+        self.kinds[kind.index()].lock().expect("stats lock").clone()
+    }
+
+    pub fn error_samples(&self) -> Vec<ErrorSample> {
+        self.errors.lock().expect("error log lock").samples.clone()
+    }
+
+    pub fn warmup_errors(&self) -> u64 {
+        self.warmup_errors.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_outside_the_window_are_dropped_but_warmup_errors_are_counted() {
+        let t0 = Instant::now();
+        let r = Recorder::new(t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        let ms = Duration::from_millis(3);
+        r.record(RequestKind::Home, t0, ms, Outcome::Error("boom".into()));
+        r.record(RequestKind::Home, t0 + Duration::from_millis(1500), ms, Outcome::Ok);
+        r.record(RequestKind::Home, t0 + Duration::from_secs(2), ms, Outcome::Ok);
+        let s = r.snapshot(RequestKind::Home);
+        assert_eq!((s.ok, s.errors, s.count()), (1, 0, 1));
+        assert_eq!(r.warmup_errors(), 1);
+        assert!(r.error_samples().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_errors_are_counted_under_one_sample_and_distinct_ones_are_capped() {
+        let t0 = Instant::now();
+        let r = Recorder::new(t0, t0 + Duration::from_secs(10));
+        for _ in 0..3 {
+            r.record(RequestKind::Checkout, t0, Duration::from_millis(1), Outcome::Error("HTTP 500".into()));
+        }
+        for i in 0..50 {
+            r.record(RequestKind::Home, t0, Duration::from_millis(1), Outcome::Error(format!("e{i}")));
+        }
+        let samples = r.error_samples();
+        assert_eq!(samples.len(), MAX_ERROR_SAMPLES);
+        assert_eq!(samples[0], ErrorSample { kind: RequestKind::Checkout, message: "HTTP 500".into(), count: 3 });
+        assert_eq!(r.snapshot(RequestKind::Home).errors, 50);
+    }
+
+    #[test]
+    fn request_kind_names_are_unique_and_main_excludes_the_flash_phase() {
+        let names: std::collections::HashSet<_> = RequestKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), RequestKind::ALL.len());
+        assert!(RequestKind::MAIN.iter().all(|k| !k.name().starts_with("flash")));
+        for (i, k) in RequestKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "ALL is in declaration order");
+        }
+    }
+}
