@@ -40,6 +40,8 @@ impl Default for SqliteOptions {
 
 pub(crate) struct Db {
     writer: Writer,
+    /// Dropping this ends the checkpointer thread (after a last checkpoint).
+    _checkpointer: std::sync::mpsc::Sender<()>,
     readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
 }
@@ -50,6 +52,11 @@ impl Db {
         let writer = Connection::open(path)?;
         configure(&writer, opts, false)?;
         super::schema::migrate(&writer, migrations)?;
+        // Checkpoints copy the WAL back into the database file. Left to SQLite they run inside a
+        // COMMIT on the writer, and every caller in that batch waits for them; a thread of its own
+        // runs them instead, PASSIVE, so they never block the writer or readers.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = spawn_checkpointer(path, name)?;
         let mut readers = Vec::with_capacity(opts.readers.max(1));
         for _ in 0..opts.readers.max(1) {
             let c =
@@ -59,7 +66,7 @@ impl Db {
         }
         let writer = Writer::spawn(writer, format!("kirana-writer-{name}"), opts.max_batch, opts.queue)
             .map_err(|e| StorageError::Internal(format!("could not start the writer thread: {e}")))?;
-        Ok(Db { writer, readers, next: AtomicUsize::new(0) })
+        Ok(Db { writer, _checkpointer: checkpointer, readers, next: AtomicUsize::new(0) })
     }
 
     /// Runs `work` in the next write transaction; answers after it is committed.
@@ -89,6 +96,28 @@ impl Db {
         let conn = self.readers[start].lock().unwrap_or_else(PoisonError::into_inner);
         work(&conn)
     }
+}
+
+fn spawn_checkpointer(path: &Path, name: &str) -> Result<std::sync::mpsc::Sender<()>> {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let (stop, stopped) = channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("kirana-ckpt-{name}"))
+        .spawn(move || {
+            loop {
+                let last = matches!(stopped.recv_timeout(Duration::from_millis(500)), Err(RecvTimeoutError::Disconnected));
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "checkpoint failed; the WAL grows until one succeeds");
+                }
+                if last {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| StorageError::Internal(format!("could not start the checkpointer: {e}")))?;
+    Ok(stop)
 }
 
 fn configure(c: &Connection, opts: &SqliteOptions, reader: bool) -> Result<()> {
