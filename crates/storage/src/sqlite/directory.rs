@@ -359,17 +359,18 @@ impl Directory for SqliteDirectory {
     }
 
     async fn resolve_slug(&self, slug: &str) -> Result<Option<(DirEntry, bool)>> {
+        // One statement: this runs on every storefront request.
         self.db.read(|c| {
-            let hit = c
-                .prepare_cached("SELECT store_id, is_current FROM slugs WHERE slug = ?1")?
-                .query_row([slug], |r| Ok((r.get::<_, Uuid>(0)?, r.get::<_, bool>(1)?)))
-                .optional()?;
-            let Some((store_id, current)) = hit else { return Ok(None) };
-            let entry = c
-                .prepare_cached(&format!("{ENTRY_SELECT} WHERE d.store_id = ?1"))?
-                .query_row([store_id], entry_row)
-                .optional()?;
-            Ok(entry.map(|e| (e, current)))
+            Ok(c.prepare_cached(
+                "SELECT d.store_id, d.shard, d.owner_id, cur.slug, m.domain, d.created_at, asked.is_current
+                 FROM slugs asked
+                 JOIN stores d ON d.store_id = asked.store_id
+                 JOIN slugs cur ON cur.store_id = d.store_id AND cur.is_current = 1
+                 LEFT JOIN domains m ON m.store_id = d.store_id
+                 WHERE asked.slug = ?1",
+            )?
+            .query_row([slug], |r| Ok((entry_row(r)?, r.get::<_, bool>(6)?)))
+            .optional()?)
         })
     }
 

@@ -238,6 +238,7 @@ pub fn seed(data_dir: &Path, shards: u32, plan: &SeedPlan, on_progress: &mut dyn
 fn bulk_connection(path: &Path) -> Result<Connection> {
     let c = Connection::open(path)?;
     c.busy_timeout(Duration::from_secs(30))?;
+    c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     c.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;",
     )?;
