@@ -110,7 +110,8 @@ fn spawn_checkpointer(path: &Path, name: &str) -> Result<std::sync::mpsc::Sender
         .name(format!("kirana-ckpt-{name}"))
         .spawn(move || {
             loop {
-                let last = matches!(stopped.recv_timeout(Duration::from_millis(500)), Err(RecvTimeoutError::Disconnected));
+                let last =
+                    matches!(stopped.recv_timeout(Duration::from_millis(500)), Err(RecvTimeoutError::Disconnected));
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "checkpoint failed; the WAL grows until one succeeds");
                 }
