@@ -42,9 +42,18 @@ fn check(raw: &str, min: usize, max: usize, multiline: bool) -> Result<String, S
     Ok(s.to_string())
 }
 
-/// An absolute http(s) URL (images, logos). Checked loosely: scheme, a host, bounded length.
+/// An absolute http(s) URL or an uploaded `/media/` path (images, logos). Checked loosely.
 pub fn url(raw: &str) -> Result<String, String> {
     let s = line(raw, 1, limits::URL)?;
+    // Images uploaded to kirana itself are referenced by their path, so they survive a change of
+    // the public host name. Only that one prefix, and only plain path characters, are allowed.
+    if let Some(path) = s.strip_prefix("/media/") {
+        let plain = path.chars().all(|c| c.is_ascii_alphanumeric() || "/_-.".contains(c));
+        if !plain || path.contains("..") || path.contains("//") {
+            return Err("must be an uploaded /media/ path or an http(s) URL".into());
+        }
+        return Ok(s);
+    }
     let rest =
         s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).ok_or("must be an http:// or https:// URL")?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -115,6 +124,9 @@ mod tests {
         assert!(url("javascript:alert(1)").is_err());
         assert!(url("https:///nohost").is_err());
         assert!(url("https://a b").is_err());
+        assert!(url("/media/abc/def_10x10").is_ok());
+        assert!(url("/media/../secret").is_err());
+        assert!(url("/etc/passwd").is_err());
     }
 
     #[test]

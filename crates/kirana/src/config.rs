@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// stop sending traffic before the listener closes.
     #[arg(long, env = "KIRANA_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
+    /// The address shoppers and merchants use, e.g. https://shop.example.com (canonical links,
+    /// secure cookies). Defaults to http://<listen>.
+    #[arg(long, env = "KIRANA_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// The file layer: every field optional.
@@ -58,6 +62,7 @@ struct FileConfig {
     trust_proxy: Option<bool>,
     secret_key: Option<String>,
     drain_secs: Option<u64>,
+    public_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -72,6 +77,7 @@ pub struct Config {
     pub trust_proxy: bool,
     pub secret_key: Option<String>,
     pub drain_secs: u64,
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -120,6 +126,7 @@ impl Config {
             trust_proxy: serve.and_then(|s| s.trust_proxy).or(file.trust_proxy).unwrap_or(false),
             secret_key,
             drain_secs: serve.and_then(|s| s.drain_secs).or(file.drain_secs).unwrap_or(0),
+            public_url: serve.and_then(|s| s.public_url.clone()).or(file.public_url),
         })
     }
 }
@@ -139,7 +146,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_embedded_laptop_setup() {
-        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None };
+        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None, public_url: None };
         let c = Config::resolve(&globals(), Some(&serve)).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./kirana-data"));
         assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:8080");
@@ -155,7 +162,7 @@ mod tests {
         let mut g = globals();
         g.config = Some(path);
         g.shards = Some(2);
-        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None };
+        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None, public_url: None };
         let c = Config::resolve(&g, Some(&serve)).unwrap();
         assert_eq!(c.shards, 2, "flag wins over file");
         assert_eq!(c.listen.unwrap().to_string(), "0.0.0.0:9000", "file wins over default");

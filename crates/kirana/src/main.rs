@@ -149,8 +149,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let server_config = ServerConfig { otp_key, trust_proxy: config.trust_proxy, ..ServerConfig::default() };
     let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
-    let state = AppState::new(storage, Arc::new(SystemClock), notifier, server_config);
-    let app = kirana_server::app(state.clone());
+    let media = kirana_server::media::MediaStore::local(&config.data_dir.join("media"))
+        .map_err(|e| anyhow::anyhow!("cannot open the media store: {e}"))?;
+    let state = AppState::new(storage, Arc::new(SystemClock), notifier, server_config).with_media(media);
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
+    let web = kirana_web::Web::new(&public_url, &otp_key);
+    let app = kirana_web::app(state.clone(), web);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), shards = config.shards, "kirana is serving");

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod media;
 pub mod routes;
 pub mod state;
 
@@ -28,9 +29,16 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
+    app_with(state, Router::new())
+}
+
+/// The application with more routes (the web pages) merged in, under the same limits, timeouts
+/// and error handling as the API.
+pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
     let (router, api) = routes::api().split_for_parts();
     let _ = routes::health::OPENAPI.set(api.to_json().unwrap_or_else(|_| "{}".into()));
     router
+        .merge(pages)
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -44,6 +44,8 @@ pub struct AppState {
     pub storage: Storage,
     pub clock: Arc<dyn Clock>,
     pub notifier: Arc<dyn Notifier>,
+    /// Where uploaded images are kept.
+    pub media: crate::media::MediaStore,
     pub config: Arc<ServerConfig>,
     /// Per-IP limits on sign-in traffic, in memory: each node limits what it sees. The per-phone
     /// limit, which matters more, is enforced in the directory and holds across nodes.
@@ -63,11 +65,18 @@ impl AppState {
             storage,
             clock,
             notifier,
+            media: crate::media::MediaStore::memory(),
             otp_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip))),
             verify_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip.saturating_mul(3)))),
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Keeps images in `media` instead of memory (the embedded default uses local files).
+    pub fn with_media(mut self, media: crate::media::MediaStore) -> Self {
+        self.media = media;
+        self
     }
 
     pub fn set_draining(&self) {

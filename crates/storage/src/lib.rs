@@ -25,7 +25,7 @@ pub mod storage;
 pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 pub use error::{ConflictKind, Shortage, StorageError};
 pub use scope::{ShardId, StoreScope};
-pub use shard::{IdempotencyKey, ProductFilter, Shard, StoreRow};
+pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
 pub use storage::Storage;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -31,6 +31,25 @@ pub struct StoreRow {
     pub updated_at: Timestamp,
 }
 
+/// What a merchant checks all day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DashboardStats {
+    pub orders_today: i64,
+    /// Sum of today's order totals, in minor units.
+    pub revenue_today: i64,
+    /// Orders placed and not yet accepted or rejected.
+    pub waiting: i64,
+}
+
+/// An uploaded image: its content hash and original size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MediaRecord {
+    pub hash: String,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+}
+
 /// Which products a list returns.
 #[derive(Debug, Clone, Default)]
 pub struct ProductFilter {
@@ -142,6 +161,26 @@ pub trait Shard: Send + Sync {
         change: CouponChange,
         now: Timestamp,
     ) -> Result<Coupon>;
+
+    /// The store's theme overrides: (template name, source).
+    async fn theme_templates(&self, scope: &StoreScope) -> Result<Vec<(String, String)>>;
+    /// Stores a template the caller has already validated; `None` removes the override.
+    async fn set_theme_template(
+        &self,
+        scope: &StoreScope,
+        name: &str,
+        source: Option<String>,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// The numbers a dashboard shows all day: orders and revenue since `since`, and orders
+    /// waiting for the merchant (placed, not yet accepted).
+    async fn dashboard_stats(&self, scope: &StoreScope, since: Timestamp) -> Result<DashboardStats>;
+
+    /// Records an uploaded image (idempotent: the same bytes are the same row).
+    async fn record_media(&self, scope: &StoreScope, media: MediaRecord, now: Timestamp) -> Result<MediaRecord>;
+    /// How many images the store holds, and their total size.
+    async fn media_usage(&self, scope: &StoreScope) -> Result<(i64, i64)>;
 
     /// The store's outbox after position `after`, oldest first (for the relay, and tests).
     async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>>;

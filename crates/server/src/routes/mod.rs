@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod coupons;
 pub mod health;
+pub mod media;
 pub mod orders;
 pub mod storefront;
 pub mod stores;
@@ -69,4 +70,5 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(coupons::router())
         .merge(storefront::router())
         .merge(health::router())
+        .merge(media::router())
 }

@@ -104,6 +104,8 @@ fn body_for(method: &Method, template: &str, victim: &Tenant) -> Option<Value> {
             json!({ "variant_id": victim.id("variant_id"), "quantity": 3 })
         }
         ("POST", "/api/v1/storefront/{slug}/carts/{cart_id}/checkout") => shopper(),
+        // Multipart in real use; the store check comes before the body is read.
+        ("POST", "/api/v1/stores/{store_id}/media") => json!({}),
         _ => return None,
     };
     Some(b)
@@ -135,6 +137,7 @@ const NOT_STORE_SCOPED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/storefront/{slug}", "public by slug; no foreign ids"),
     ("GET", "/api/v1/storefront/{slug}/products", "public by slug; content checked below"),
     ("POST", "/api/v1/storefront/{slug}/carts", "opens a new cart; no foreign ids"),
+    ("GET", "/media/{store_id}/{name}/{file}", "public image bytes named by their content hash"),
     ("GET", "/healthz", "probe"),
     ("GET", "/readyz", "probe"),
     ("GET", "/openapi.json", "the API description"),

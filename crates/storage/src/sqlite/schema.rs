@@ -79,7 +79,8 @@ CREATE TABLE seed_progress (
 "#,
 ];
 
-pub(crate) const SHARD: &[Migration] = &[r#"
+pub(crate) const SHARD: &[Migration] = &[
+    r#"
 CREATE TABLE stores (
     store_id          BLOB PRIMARY KEY,
     owner_id          BLOB NOT NULL,
@@ -268,7 +269,30 @@ CREATE TABLE outbox (
     occurred_at INTEGER NOT NULL,
     payload     TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- A merchant's edits to their theme: one row per overridden template. Only sources that
+-- compiled and rendered sample pages are ever stored, so the row is always "the last good one".
+CREATE TABLE theme_templates (
+    store_id   BLOB NOT NULL,
+    name       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, name)
+) WITHOUT ROWID;
+
+-- Images a store uploaded: the bytes live in object storage under this key.
+CREATE TABLE media (
+    store_id   BLOB NOT NULL,
+    hash       TEXT NOT NULL,             -- hex SHA-256 of the original upload
+    width      INTEGER NOT NULL,
+    height     INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, hash)
+) WITHOUT ROWID;
+"#,
+];
 
 /// Applies the migrations the file has not seen, in one transaction.
 pub(crate) fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<()> {

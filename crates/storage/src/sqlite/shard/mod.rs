@@ -27,7 +27,7 @@ use rusqlite::{Connection, params};
 use super::db::Db;
 use crate::Result;
 use crate::scope::StoreScope;
-use crate::shard::{IdempotencyKey, ProductFilter, Shard, StoreRow};
+use crate::shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
 
 pub(crate) struct SqliteShard {
     db: Db,
@@ -246,6 +246,80 @@ impl Shard for SqliteShard {
     ) -> Result<Coupon> {
         let s = scope.store_id();
         self.db.write(move |c| coupons::update(c, s, id, change, now)).await
+    }
+
+    async fn theme_templates(&self, scope: &StoreScope) -> Result<Vec<(String, String)>> {
+        self.db.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT name, source FROM theme_templates WHERE store_id = ?1 ORDER BY name")?;
+            let rows = st.query_map([scope.store_id().uuid()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn set_theme_template(
+        &self,
+        scope: &StoreScope,
+        name: &str,
+        source: Option<String>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (store, name) = (scope.store_id(), name.to_string());
+        self.db
+            .write(move |c| {
+                match &source {
+                    Some(src) => {
+                        c.prepare_cached(
+                            "INSERT INTO theme_templates (store_id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (store_id, name) DO UPDATE SET source = excluded.source, updated_at = excluded.updated_at",
+                        )?
+                        .execute(params![store.uuid(), name, src, now.millis()])?;
+                    }
+                    None => {
+                        c.prepare_cached("DELETE FROM theme_templates WHERE store_id = ?1 AND name = ?2")?
+                            .execute(params![store.uuid(), name])?;
+                    }
+                }
+                emit(c, store, kirana_domain::event::kinds::STORE_UPDATED, now, serde_json::json!({ "theme_template": name, "removed": source.is_none() }))
+            })
+            .await
+    }
+
+    async fn dashboard_stats(&self, scope: &StoreScope, since: Timestamp) -> Result<DashboardStats> {
+        // Order ids are UUIDv7, so "since midnight" is a primary-key range: the smallest id of
+        // that millisecond.
+        let floor = uuid::Builder::from_unix_timestamp_millis(since.millis().max(0) as u64, &[0; 10]).into_uuid();
+        self.db.read(|c| {
+            let (orders_today, revenue_today) = c
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(total), 0) FROM orders WHERE store_id = ?1 AND order_id >= ?2",
+                )?
+                .query_row(params![scope.store_id().uuid(), floor], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let waiting = c
+                .prepare_cached("SELECT count(*) FROM orders WHERE store_id = ?1 AND status = 'placed'")?
+                .query_row([scope.store_id().uuid()], |r| r.get(0))?;
+            Ok(DashboardStats { orders_today, revenue_today, waiting })
+        })
+    }
+
+    async fn record_media(&self, scope: &StoreScope, media: MediaRecord, now: Timestamp) -> Result<MediaRecord> {
+        let store = scope.store_id();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO media (store_id, hash, width, height, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![store.uuid(), media.hash, media.width, media.height, media.bytes as i64, now.millis()])?;
+                Ok(media)
+            })
+            .await
+    }
+
+    async fn media_usage(&self, scope: &StoreScope) -> Result<(i64, i64)> {
+        self.db.read(|c| {
+            Ok(c.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM media WHERE store_id = ?1")?
+                .query_row([scope.store_id().uuid()], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        })
     }
 
     async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>> {

@@ -1,0 +1,72 @@
+//! Kirana's web pages, server-rendered: what shoppers and merchants see in a browser.
+//!
+//! - [`storefront`]: a store's pages at `/{slug}/…` (and at `/` on its custom domain): home,
+//!   category, product, search, cart, checkout, order status, sitemap. Buying works with
+//!   JavaScript off: plain forms and redirects.
+//! - [`dashboard`]: the merchant's app at `/dashboard`.
+//! - [`theme`]: the default theme and merchant-edited templates, rendered in a sandbox (bounded
+//!   fuel and output, no file or network access), with the last good version kept.
+//! - [`csrf`], [`cookies`]: form protection and the cookies pages use.
+//! - [`domains`]: answering on a store's custom domain.
+//!
+//! Everything here goes through the same `Storage` and rules as the JSON API; these modules own
+//! only presentation and browser plumbing.
+
+pub mod cookies;
+pub mod csrf;
+pub mod dashboard;
+pub mod domains;
+pub mod error;
+pub mod render;
+pub mod storefront;
+pub mod theme;
+
+use std::sync::Arc;
+
+use axum::{Extension, Router};
+use kirana_server::AppState;
+
+/// What the pages share besides [`AppState`].
+pub struct Web {
+    /// The platform's public address, e.g. `https://kirana.example` (canonical URLs, cookies).
+    pub public_url: String,
+    /// Built-in templates: the default storefront theme and the dashboard.
+    pub pages: render::Pages,
+    /// Merchant-edited themes, compiled once per version.
+    pub themes: theme::Themes,
+    /// Keys form tokens; derived from the server's secret key.
+    pub csrf_key: [u8; 32],
+}
+
+impl Web {
+    pub fn new(public_url: &str, secret: &[u8; 32]) -> Arc<Web> {
+        Arc::new(Web {
+            public_url: public_url.trim_end_matches('/').to_string(),
+            pages: render::Pages::new(),
+            themes: theme::Themes::new(),
+            csrf_key: csrf::derive_key(secret),
+        })
+    }
+
+    /// Whether cookies must be `Secure` (the platform is served over https).
+    pub fn secure(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+}
+
+/// The whole application: the API (with its limits and error handling), the pages, and the
+/// custom-domain rewrite in front of routing.
+pub fn app(state: AppState, web: Arc<Web>) -> Router {
+    let platform = domains::platform_host(&web.public_url);
+    let inner = kirana_server::app_with(state.clone(), router(web));
+    // The inner router is this one's fallback, so the middleware sees (and may rewrite) every
+    // request before the inner router matches it.
+    Router::new()
+        .fallback_service(inner)
+        .layer(axum::middleware::from_fn_with_state((state, platform), domains::rewrite))
+}
+
+/// The pages' routes, to merge into the application router.
+pub fn router(web: Arc<Web>) -> Router<AppState> {
+    Router::new().merge(storefront::router()).merge(dashboard::router()).layer(Extension(web))
+}
