@@ -197,20 +197,26 @@ impl FromRequestParts<AppState> for Merchant {
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty() && t.len() <= 200)
             .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-        let now = state.clock.now();
-        let found = state.storage.directory().authenticate(hash_token(token), now).await?;
-        let cred = found.ok_or(ApiError::Unauthorized("the token is unknown, expired or revoked"))?;
-        // "Last used" is worth a write only when it would change what a merchant sees: at most
-        // one per credential per ten minutes. Its failure must not fail the request.
-        if cred.last_used_at.is_none_or(|t| now.millis() - t.millis() >= TOUCH_EVERY_SECS * 1000)
-            && let Err(e) = state.storage.directory().touch_token(cred.token, now).await
-        {
-            tracing::warn!(error = %e, "could not record a credential's use");
-        }
-        let m = Merchant { id: cred.merchant, token: cred.token };
+        let m = authenticate(state, token).await?;
         parts.extensions.insert(m);
         Ok(m)
     }
+}
+
+/// The merchant a session token or API key belongs to: bearer headers and dashboard cookies
+/// both end here.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Merchant, ApiError> {
+    let now = state.clock.now();
+    let found = state.storage.directory().authenticate(hash_token(token), now).await?;
+    let cred = found.ok_or(ApiError::Unauthorized("the token is unknown, expired or revoked"))?;
+    // "Last used" is worth a write only when it would change what a merchant sees: at most
+    // one per credential per ten minutes. Its failure must not fail the request.
+    if cred.last_used_at.is_none_or(|t| now.millis() - t.millis() >= TOUCH_EVERY_SECS * 1000)
+        && let Err(e) = state.storage.directory().touch_token(cred.token, now).await
+    {
+        tracing::warn!(error = %e, "could not record a credential's use");
+    }
+    Ok(Merchant { id: cred.merchant, token: cred.token })
 }
 
 /// A store the authenticated merchant owns, resolved from `{store_id}` in the path.

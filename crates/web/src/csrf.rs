@@ -34,6 +34,8 @@ pub struct Csrf {
     token: String,
     fresh: bool,
     pub jar: CookieJar,
+    /// The web settings the token was derived with.
+    pub web: std::sync::Arc<Web>,
 }
 
 impl Csrf {
@@ -68,13 +70,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Csrf {
             .ok_or_else(|| WebError::Internal("web extension missing".into()))?;
         let jar = CookieJar::from_headers(&parts.headers);
         match jar.get(cookies::CSRF).map(|c| c.value().to_string()).filter(|v| v.len() >= 32 && v.len() <= 64) {
-            Some(value) => Ok(Csrf { token: token_for(&web.csrf_key, &value), fresh: false, jar }),
+            Some(value) => Ok(Csrf { token: token_for(&web.csrf_key, &value), fresh: false, jar, web }),
             None => {
                 let bytes: [u8; 32] = rand::rng().random();
                 let value = URL_SAFE_NO_PAD.encode(bytes);
                 let token = token_for(&web.csrf_key, &value);
                 let jar = jar.add(cookies::build(&web, cookies::CSRF, value, "/", None));
-                Ok(Csrf { token, fresh: true, jar })
+                Ok(Csrf { token, fresh: true, jar, web })
             }
         }
     }

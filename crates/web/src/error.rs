@@ -14,6 +14,9 @@ pub enum WebError {
     Csrf,
     #[error("{0}")]
     BadRequest(String),
+    /// Input the rules refused, field by field (forms show each beside its input).
+    #[error(transparent)]
+    Invalid(#[from] kirana_domain::Invalid),
     #[error("sign in to continue")]
     SignIn,
     #[error(transparent)]
@@ -31,7 +34,7 @@ impl From<ApiError> for WebError {
         match e {
             ApiError::Storage(s) => WebError::Storage(s),
             ApiError::NotFound => WebError::NotFound,
-            ApiError::Invalid(i) => WebError::BadRequest(i.to_string()),
+            ApiError::Invalid(i) => WebError::Invalid(i),
             ApiError::Unauthorized(_) => WebError::SignIn,
             other => WebError::Internal(other.to_string()),
         }
@@ -44,6 +47,7 @@ impl IntoResponse for WebError {
             WebError::NotFound => (StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.".to_string()),
             WebError::Csrf => (StatusCode::FORBIDDEN, "Form expired", self.to_string()),
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Something is not right", m.clone()),
+            WebError::Invalid(i) => (StatusCode::BAD_REQUEST, "Something is not right", i.to_string()),
             WebError::SignIn => {
                 return axum::response::Redirect::to("/dashboard/sign-in").into_response();
             }

@@ -20,6 +20,7 @@ pub fn configure(env: &mut Environment<'_>) {
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
     env.set_formatter(escape_html);
     env.add_filter("money", money);
+    env.add_filter("decimal", decimal);
     env.add_filter("datetime", datetime);
     env.add_filter("date", date);
     env.add_function("img", img);
@@ -52,8 +53,16 @@ fn escape_html(out: &mut minijinja::Output, state: &mut minijinja::State, value:
     out.write_str(&text[last..]).map_err(|_| Error::new(ErrorKind::WriteFailure, "write"))
 }
 
+/// Minor units as a plain decimal in the currency's own precision (`249.00`, `500`, `1.005`),
+/// for machine-read places such as structured data.
+pub fn decimal(minor: i64, currency: Option<String>) -> String {
+    let exp =
+        currency.as_deref().and_then(|c| kirana_domain::Currency::parse(c).ok()).map(|c| c.exponent()).unwrap_or(2);
+    crate::dashboard::show_amount(minor, exp)
+}
+
 /// Renders minor units for people: `₹1,23,456.50` for INR (Indian grouping), `$1,234.50`…
-fn money(minor: i64, currency: Option<String>) -> String {
+pub fn money(minor: i64, currency: Option<String>) -> String {
     let code = currency.unwrap_or_else(|| "INR".into());
     let exp = kirana_domain::Currency::parse(&code).map(|c| c.exponent()).unwrap_or(2);
     let symbol = match code.as_str() {
@@ -174,20 +183,22 @@ fn img(url: String, alt: Option<String>, kwargs: Kwargs) -> Result<Value, Error>
     let loading = if eager.unwrap_or(false) { "eager" } else { "lazy" };
     let html = match kirana_server::media::dimensions(&url) {
         Some((w, h)) => {
-            let srcset: Vec<String> = IMAGE_WIDTHS
-                .iter()
-                .filter(|vw| **vw <= w || **vw == IMAGE_WIDTHS[0])
-                .map(|vw| format!("{}/{}.jpg {}w", attr(&url), vw, (*vw).min(w)))
-                .collect();
-            let shown = IMAGE_WIDTHS.iter().copied().filter(|vw| *vw <= w).max().unwrap_or(IMAGE_WIDTHS[0]).min(640);
-            let shown_h = (u64::from(shown) * u64::from(h) / u64::from(w.max(1))) as u32;
+            // Variant files are named by their target width; the smallest always exists and
+            // is never wider than the original.
+            let files: Vec<u32> =
+                IMAGE_WIDTHS.iter().copied().filter(|vw| *vw <= w || *vw == IMAGE_WIDTHS[0]).collect();
+            let srcset: Vec<String> =
+                files.iter().map(|vw| format!("{}/{}.jpg {}w", attr(&url), vw, (*vw).min(w))).collect();
+            let shown = files.iter().copied().filter(|vw| *vw <= 640).max().unwrap_or(IMAGE_WIDTHS[0]);
+            let shown_w = shown.min(w).max(1);
+            let shown_h = (u64::from(shown_w) * u64::from(h) / u64::from(w.max(1))) as u32;
             format!(
                 "<img src=\"{}/{}.jpg\" srcset=\"{}\" sizes=\"{}\" width=\"{}\" height=\"{}\" alt=\"{}\" loading=\"{}\" decoding=\"async\">",
                 attr(&url),
-                shown.min(w).max(IMAGE_WIDTHS[0].min(w)),
+                shown,
                 srcset.join(", "),
                 attr(&sizes.unwrap_or_else(|| "(max-width: 640px) 100vw, 640px".into())),
-                shown.min(w),
+                shown_w,
                 shown_h.max(1),
                 alt,
                 loading
@@ -265,6 +276,32 @@ mod tests {
         assert_eq!(money(123_456_789, Some("USD".into())), "$1,234,567.89");
         assert_eq!(money(500, Some("JPY".into())), "¥500");
         assert_eq!(money(1_005, Some("KWD".into())), "KWD 1.005");
+    }
+
+    fn no_kwargs() -> Kwargs {
+        Kwargs::from_iter(std::iter::empty::<(&str, Value)>())
+    }
+
+    #[test]
+    fn uploaded_images_get_existing_variants_and_true_proportions() {
+        const H: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let small = img(format!("/media/s/{H}_200x150"), Some("a\"b".into()), no_kwargs()).unwrap().to_string();
+        assert!(small.contains(&format!("src=\"/media/s/{H}_200x150/320.jpg\"")), "{small}");
+        assert!(small.contains("width=\"200\" height=\"150\""), "{small}");
+        assert!(small.contains("alt=\"a&quot;b\""), "{small}");
+        let big = img(format!("/media/s/{H}_2000x1000"), None, no_kwargs()).unwrap().to_string();
+        assert!(big.contains(&format!("src=\"/media/s/{H}_2000x1000/640.jpg\"")), "{big}");
+        assert!(big.contains("width=\"640\" height=\"320\""), "{big}");
+        assert!(big.contains("/1280.jpg 1280w"), "{big}");
+        let mid = img(format!("/media/s/{H}_500x500"), None, no_kwargs()).unwrap().to_string();
+        assert!(!mid.contains("640.jpg"), "no 640 variant exists for a 500-wide image: {mid}");
+    }
+
+    #[test]
+    fn decimals_follow_the_currency() {
+        assert_eq!(decimal(24_950, Some("INR".into())), "249.50");
+        assert_eq!(decimal(500, Some("JPY".into())), "500");
+        assert_eq!(decimal(1_005, Some("KWD".into())), "1.005");
     }
 
     #[test]

@@ -144,6 +144,16 @@ impl Themes {
         render_in(pages.env(), name, &ctx).map(Html).map_err(WebError::Template)
     }
 
+    /// Renders one page of an unsaved theme for the editor's preview, in the same sandbox.
+    pub fn preview(
+        &self,
+        overrides: &[(String, String)],
+        name: &str,
+        ctx: &serde_json::Value,
+    ) -> Result<String, String> {
+        render_in(&compile(overrides)?, name, &Value::from(Serde(ctx)))
+    }
+
     /// Checks a theme before it is saved: it compiles, and every page renders the given sample
     /// contexts within the sandbox's limits. The error names the template, line and reason.
     pub fn validate(

@@ -47,7 +47,12 @@ async fn request_code(
     ip: ClientIp,
     Body(req): Body<CodeRequest>,
 ) -> ApiResult<(StatusCode, Json<CodeSent>)> {
-    let phone = Phone::parse(&req.phone).map_err(|m| Invalid::field("phone", m))?;
+    Ok((StatusCode::ACCEPTED, Json(send_code(&s, ip, &req.phone).await?)))
+}
+
+/// Sends a sign-in code: the API's and the dashboard's one way to do it.
+pub async fn send_code(s: &AppState, ip: ClientIp, phone: &str) -> ApiResult<CodeSent> {
+    let phone = Phone::parse(phone).map_err(|m| Invalid::field("phone", m))?;
     if s.otp_limiter.check_key(&ip.0).is_err() {
         return Err(ApiError::RateLimited { retry_after_secs: 60 });
     }
@@ -59,7 +64,7 @@ async fn request_code(
         .send_code(&phone, &code, now.plus_secs(policy.ttl_secs))
         .map_err(|e| ApiError::Unavailable(format!("the code could not be sent: {e}")))?;
     tracing::info!(phone = %phone.masked(), "sign-in code sent");
-    Ok((StatusCode::ACCEPTED, Json(CodeSent { sent: true, expires_in_secs: policy.ttl_secs })))
+    Ok(CodeSent { sent: true, expires_in_secs: policy.ttl_secs })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -87,9 +92,14 @@ async fn verify_code(
     ip: ClientIp,
     Body(req): Body<VerifyRequest>,
 ) -> ApiResult<Json<SignedIn>> {
+    Ok(Json(sign_in(&s, ip, &req.phone, &req.code).await?))
+}
+
+/// Exchanges a code for a new session: the API's and the dashboard's one way to sign in.
+pub async fn sign_in(s: &AppState, ip: ClientIp, phone: &str, code: &str) -> ApiResult<SignedIn> {
     let mut c = kirana_domain::validate::Checker::new();
-    let phone = c.check("phone", Phone::parse(&req.phone));
-    let code = req.code.trim().to_string();
+    let phone = c.check("phone", Phone::parse(phone));
+    let code = code.trim().to_string();
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         c.fail("code", "must be the 6-digit code that was sent");
     }
@@ -111,12 +121,12 @@ async fn verify_code(
             s.config.otp,
         )
         .await?;
-    Ok(Json(SignedIn {
+    Ok(SignedIn {
         token,
         expires_at: signed.session.expires_at,
         merchant: signed.merchant,
         new_merchant: signed.created,
-    }))
+    })
 }
 
 /// The signed-in merchant.

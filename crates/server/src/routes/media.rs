@@ -6,7 +6,7 @@ use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kirana_domain::{Invalid, StoreId};
-use kirana_storage::MediaRecord;
+use kirana_storage::{MediaRecord, StoreScope};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -66,18 +66,18 @@ pub async fn read_file(mut form: Multipart) -> ApiResult<axum::body::Bytes> {
 }
 
 /// Stores an uploaded image for the store and records it; shared by the API and the dashboard.
-pub async fn store_image(state: &AppState, access: &StoreAccess, bytes: axum::body::Bytes) -> ApiResult<Uploaded> {
-    let shard = state.storage.shard(&access.scope);
-    let (count, _) = shard.media_usage(&access.scope).await?;
+pub async fn store_image(state: &AppState, scope: &StoreScope, bytes: axum::body::Bytes) -> ApiResult<Uploaded> {
+    let shard = state.storage.shard(scope);
+    let (count, _) = shard.media_usage(scope).await?;
     if count >= MAX_IMAGES_PER_STORE {
         return Err(ApiError::Invalid(Invalid::field(
             "file",
             format!("a store may hold at most {MAX_IMAGES_PER_STORE} images"),
         )));
     }
-    let up = state.media.put_image(access.scope.store_id(), bytes).await?;
+    let up = state.media.put_image(scope.store_id(), bytes).await?;
     let record = MediaRecord { hash: up.hash.clone(), width: up.width, height: up.height, bytes: up.bytes };
-    shard.record_media(&access.scope, record, state.clock.now()).await?;
+    shard.record_media(scope, record, state.clock.now()).await?;
     Ok(up)
 }
 
@@ -92,7 +92,7 @@ async fn upload(
     form: Multipart,
 ) -> ApiResult<(StatusCode, Json<Uploaded>)> {
     let bytes = read_file(form).await?;
-    let up = store_image(&s, &access, bytes).await?;
+    let up = store_image(&s, &access.scope, bytes).await?;
     Ok((StatusCode::CREATED, Json(up)))
 }
 

@@ -367,7 +367,8 @@ pub async fn order(
     };
     let site = f.site(&state, csrf.token(), &csrf.jar, meta).await?;
     let enc: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    let status_url = format!("{}{}/order/{id}?token={enc}", f.web.public_url, f.base);
+    // The store's own origin: on a custom domain the link must stay on that domain.
+    let status_url = format!("{}/order/{id}?token={enc}", f.origin);
     f.page(
         "order.html",
         OrderPage { site, order: PublicOrder::from(order), just_placed: q.placed.is_some(), status_url },

@@ -171,7 +171,9 @@ impl FromRequestParts<AppState> for Resolve {
         let domain = parts.extensions.get::<OnCustomDomain>().cloned();
         if !canonical && domain.is_none() {
             // An old slug: send browsers (and search engines) to the current one.
-            let rest = parts.uri.path().strip_prefix(&format!("/{slug}")).unwrap_or("");
+            // Everything after the first path segment, however the slug was typed or encoded.
+            let path = parts.uri.path().trim_start_matches('/');
+            let rest = path.split_once('/').map(|(_, r)| format!("/{r}")).unwrap_or_default();
             let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             return Ok(Resolve::Moved(Moved(format!("/{}{rest}{query}", scope.slug()))));
         }

@@ -1,0 +1,434 @@
+//! The in-process harness for the web pages: the whole application (API, pages, custom-domain
+//! rewrite) over a fresh SQLite data directory and a manual clock, a merchant who sets up stores
+//! through the JSON API, and browsers — each with its own cookie jar — that read pages, follow
+//! nothing on their own, and post forms with the token the page gave them.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use kirana_domain::{ManualClock, Timestamp};
+use kirana_server::auth::MemoryNotifier;
+use kirana_server::media::MediaStore;
+use kirana_server::{AppState, ServerConfig};
+use kirana_storage::sqlite::{SqliteOptions, Synchronous};
+use kirana_storage::{Storage, StoreScope};
+use kirana_web::Web;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+/// The platform's public address in tests; its host is what "the platform" answers on.
+pub const PUBLIC_URL: &str = "http://kirana.test";
+pub const PLATFORM_HOST: &str = "kirana.test";
+/// 2026-01-01T00:00:00Z: tests run on a clock of their own.
+pub const T0: i64 = 1_767_225_600_000;
+
+/// One running platform: the router and the handles tests reach behind it.
+pub struct Platform {
+    pub router: Router,
+    pub state: AppState,
+    pub web: Arc<Web>,
+    pub notifier: Arc<MemoryNotifier>,
+    pub clock: ManualClock,
+    pub storage: Storage,
+    _dir: TempDir,
+}
+
+/// A JSON API answer.
+#[derive(Debug, Clone)]
+pub struct Json {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Json {
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected API status; body: {}", self.body);
+        self.body
+    }
+}
+
+/// A merchant with one store, as the API returned it.
+#[derive(Debug, Clone)]
+pub struct Shop {
+    pub token: String,
+    pub store: Value,
+}
+
+impl Shop {
+    pub fn id(&self) -> String {
+        self.store["id"].as_str().expect("store id").to_string()
+    }
+
+    pub fn slug(&self) -> String {
+        self.store["slug"].as_str().expect("store slug").to_string()
+    }
+
+    /// `/api/v1/stores/{id}{rest}`.
+    pub fn at(&self, rest: &str) -> String {
+        format!("/api/v1/stores/{}{rest}", self.id())
+    }
+}
+
+impl Platform {
+    pub async fn new() -> Platform {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
+        let storage = kirana_storage::sqlite::open(dir.path(), 1, &opts).expect("open storage");
+        let clock = ManualClock::new(Timestamp::from_millis(T0));
+        let notifier = Arc::new(MemoryNotifier::default());
+        let state = AppState::new(storage.clone(), Arc::new(clock.clone()), notifier.clone(), ServerConfig::default())
+            .with_media(MediaStore::memory());
+        let web = Web::new(PUBLIC_URL, &[7u8; 32]);
+        let router =
+            kirana_web::app(state.clone(), web.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
+        Platform { router, state, web, notifier, clock, storage, _dir: dir }
+    }
+
+    /// A browser with an empty cookie jar, addressing the platform's host.
+    pub fn browser(&self) -> Browser {
+        Browser::new(self.router.clone(), PLATFORM_HOST)
+    }
+
+    /// A JSON API call on the platform host.
+    pub async fn api(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> Json {
+        let mut b = Request::builder().method(method).uri(uri).header(header::HOST, PLATFORM_HOST);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        }
+        .expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("router answers");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Json { status, body }
+    }
+
+    /// Signs in through the OTP flow, reading the code the notifier "sent": a session token.
+    pub async fn sign_in(&self, phone: &str) -> String {
+        self.api(Method::POST, "/api/v1/auth/otp", None, Some(json!({ "phone": phone }))).await.expect(202);
+        let normalized = kirana_domain::Phone::parse(phone).expect("a valid phone");
+        let code = self.notifier.last_code(normalized.as_str()).expect("a code was sent");
+        let body = self
+            .api(Method::POST, "/api/v1/auth/verify", None, Some(json!({ "phone": phone, "code": code })))
+            .await
+            .expect(200);
+        body["token"].as_str().expect("a token").to_string()
+    }
+
+    /// A new merchant (by phone) with one store named `name`.
+    pub async fn shop(&self, phone: &str, name: &str) -> Shop {
+        let token = self.sign_in(phone).await;
+        let store =
+            self.api(Method::POST, "/api/v1/stores", Some(&token), Some(json!({ "name": name }))).await.expect(201);
+        Shop { token, store }
+    }
+
+    pub async fn product(&self, shop: &Shop, body: Value) -> Value {
+        self.api(Method::POST, &shop.at("/products"), Some(&shop.token), Some(body)).await.expect(201)
+    }
+
+    pub async fn category(&self, shop: &Shop, name: &str) -> Value {
+        self.api(Method::POST, &shop.at("/categories"), Some(&shop.token), Some(json!({ "name": name })))
+            .await
+            .expect(201)
+    }
+
+    /// A product as its merchant sees it (stock included).
+    pub async fn merchant_product(&self, shop: &Shop, product_id: &str) -> Value {
+        self.api(Method::GET, &shop.at(&format!("/products/{product_id}")), Some(&shop.token), None).await.expect(200)
+    }
+
+    /// The store's orders, newest first, as its merchant sees them.
+    pub async fn orders(&self, shop: &Shop) -> Vec<Value> {
+        let page = self.api(Method::GET, &shop.at("/orders"), Some(&shop.token), None).await.expect(200);
+        page["items"].as_array().expect("an items list").clone()
+    }
+
+    pub async fn patch_store(&self, shop: &Shop, body: Value) -> Value {
+        self.api(Method::PATCH, &shop.at(""), Some(&shop.token), Some(body)).await.expect(200)
+    }
+
+    /// The storage scope of a store, by its slug.
+    pub async fn scope(&self, slug: &str) -> StoreScope {
+        self.storage.scope_for_slug(slug).await.expect("the store resolves").0
+    }
+
+    /// Stores a theme template as if the merchant had saved it (no validation: the caller decides
+    /// whether to run [`kirana_web::theme::Themes::validate`] first).
+    pub async fn store_theme_template(&self, slug: &str, name: &str, source: &str) {
+        let scope = self.scope(slug).await;
+        self.storage
+            .shard(&scope)
+            .set_theme_template(&scope, name, Some(source.to_string()), Timestamp::from_millis(T0))
+            .await
+            .expect("theme template stored");
+    }
+}
+
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().expect("an id").to_string()
+}
+
+/// The first variant's id: what a simple product's form posts.
+pub fn variant(product: &Value) -> String {
+    product["variants"][0]["id"].as_str().expect("a variant id").to_string()
+}
+
+/// A page as a browser received it.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &str {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body:\n{}", self.body);
+        &self.body
+    }
+
+    /// The body of a 200 `text/html` page.
+    #[track_caller]
+    pub fn html(&self) -> &str {
+        self.expect(200);
+        assert!(self.content_type().starts_with("text/html"), "not HTML: {:?}", self.headers);
+        &self.body
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    pub fn location(&self) -> Option<&str> {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok())
+    }
+
+    /// Where a redirect (any 3xx) points.
+    #[track_caller]
+    pub fn redirect(&self) -> &str {
+        assert!(self.status.is_redirection(), "expected a redirect, got {}; body:\n{}", self.status, self.body);
+        self.location().expect("a redirect has a Location")
+    }
+
+    /// Names of the cookies this response set.
+    pub fn set_cookie_names(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next()?.split_once('=').map(|(n, _)| n.trim().to_string()))
+            .collect()
+    }
+
+    /// The value of the form field `name` (the first `name="…" value="…"` in the page).
+    #[track_caller]
+    pub fn field(&self, name: &str) -> String {
+        field(&self.body, name).unwrap_or_else(|| panic!("no field {name:?} in page:\n{}", self.body))
+    }
+
+    /// The `_csrf` token of the page's forms.
+    #[track_caller]
+    pub fn csrf(&self) -> String {
+        self.field("_csrf")
+    }
+
+    /// The `content` of `<meta property|name="…" content="…">`.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        attr_after(&self.body, &[&format!("property=\"{key}\""), &format!("name=\"{key}\"")], "content")
+    }
+
+    /// The `href` of `<link rel="canonical">`.
+    pub fn canonical(&self) -> Option<String> {
+        attr_after(&self.body, &["rel=\"canonical\""], "href")
+    }
+
+    /// Every `href="…"` in the page, unescaped.
+    pub fn hrefs(&self) -> Vec<String> {
+        let mut out = vec![];
+        let mut rest = self.body.as_str();
+        while let Some(i) = rest.find("href=\"") {
+            rest = &rest[i + 6..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            out.push(unescape(&rest[..end]));
+            rest = &rest[end..];
+        }
+        out
+    }
+}
+
+fn attr_after(html: &str, markers: &[&str], attr: &str) -> Option<String> {
+    for marker in markers {
+        if let Some(i) = html.find(marker) {
+            let tag_start = html[..i].rfind('<')?;
+            let tag_end = i + html[i..].find('>')?;
+            let tag = &html[tag_start..tag_end];
+            let key = format!("{attr}=\"");
+            let j = tag.find(&key)? + key.len();
+            let end = tag[j..].find('"')?;
+            return Some(unescape(&tag[j..j + end]));
+        }
+    }
+    None
+}
+
+/// The value of the first input named `name` in `html`.
+pub fn field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\"");
+    let i = html.find(&marker)?;
+    let tag_start = html[..i].rfind('<')?;
+    let tag_end = i + html[i..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let j = tag.find("value=\"")? + 7;
+    let end = tag[j..].find('"')?;
+    Some(unescape(&tag[j..j + end]))
+}
+
+/// HTML-escapes as the templates do (`& < > " '`).
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+pub fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+/// A cookie as the browser keeps it.
+#[derive(Debug, Clone)]
+struct Kept {
+    host: String,
+    name: String,
+    path: String,
+    value: String,
+}
+
+/// A browser without JavaScript: a cookie jar (per host and path, as RFC 6265 matches them) and
+/// requests that send what a browser would. It follows no redirects by itself.
+#[derive(Clone)]
+pub struct Browser {
+    router: Router,
+    host: String,
+    jar: Arc<Mutex<Vec<Kept>>>,
+}
+
+fn path_matches(cookie_path: &str, request_path: &str) -> bool {
+    request_path == cookie_path
+        || (request_path.starts_with(cookie_path)
+            && (cookie_path.ends_with('/') || request_path[cookie_path.len()..].starts_with('/')))
+}
+
+impl Browser {
+    pub fn new(router: Router, host: &str) -> Browser {
+        Browser { router, host: host.to_string(), jar: Arc::new(Mutex::new(vec![])) }
+    }
+
+    /// The same browser (same jar) addressing another host.
+    pub fn on_host(&self, host: &str) -> Browser {
+        Browser { router: self.router.clone(), host: host.to_string(), jar: self.jar.clone() }
+    }
+
+    fn host_name(&self) -> String {
+        self.host.split(':').next().unwrap_or("").to_ascii_lowercase()
+    }
+
+    /// The value of cookie `name` kept for exactly `path` on this host.
+    pub fn cookie(&self, name: &str, path: &str) -> Option<String> {
+        let host = self.host_name();
+        let jar = self.jar.lock().unwrap();
+        jar.iter().find(|c| c.host == host && c.name == name && c.path == path).map(|c| c.value.clone())
+    }
+
+    /// Puts a cookie in the jar by hand (as a tampering or confused client could).
+    pub fn set_cookie(&self, name: &str, path: &str, value: &str) {
+        let host = self.host_name();
+        let mut jar = self.jar.lock().unwrap();
+        jar.retain(|c| !(c.host == host && c.name == name && c.path == path));
+        jar.push(Kept { host, name: name.into(), path: path.into(), value: value.into() });
+    }
+
+    fn cookie_header(&self, path: &str) -> Option<String> {
+        let host = self.host_name();
+        let jar = self.jar.lock().unwrap();
+        let mut matching: Vec<&Kept> = jar.iter().filter(|c| c.host == host && path_matches(&c.path, path)).collect();
+        // Longer paths first, as browsers send them.
+        matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
+        let pairs: Vec<String> = matching.iter().map(|c| format!("{}={}", c.name, c.value)).collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+
+    fn keep(&self, headers: &HeaderMap, request_path: &str) {
+        let host = self.host_name();
+        let mut jar = self.jar.lock().unwrap();
+        for raw in headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+            let mut parts = raw.split(';');
+            let Some((name, value)) = parts.next().and_then(|nv| nv.split_once('=')) else { continue };
+            let (name, value) = (name.trim().to_string(), value.trim().to_string());
+            // Default-path per RFC 6265 §5.1.4: the request path up to its last slash.
+            let mut path = match request_path.rfind('/') {
+                Some(0) | None => "/".to_string(),
+                Some(i) => request_path[..i].to_string(),
+            };
+            let mut expired = false;
+            for attr in parts {
+                let (k, v) = attr.split_once('=').map_or((attr.trim(), ""), |(k, v)| (k.trim(), v.trim()));
+                if k.eq_ignore_ascii_case("path") && v.starts_with('/') {
+                    path = v.to_string();
+                }
+                if k.eq_ignore_ascii_case("max-age") && v.parse::<i64>().is_ok_and(|s| s <= 0) {
+                    expired = true;
+                }
+            }
+            jar.retain(|c| !(c.host == host && c.name == name && c.path == path));
+            if !expired {
+                jar.push(Kept { host: host.clone(), name, path, value });
+            }
+        }
+    }
+
+    async fn send(&self, method: Method, uri: &str, form: Option<String>) -> Page {
+        let path = uri.split('?').next().unwrap_or(uri).to_string();
+        let mut b = Request::builder().method(method).uri(uri).header(header::HOST, &self.host);
+        if let Some(cookies) = self.cookie_header(&path) {
+            b = b.header(header::COOKIE, cookies);
+        }
+        let req = match form {
+            Some(body) => b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(Body::from(body)),
+            None => b.body(Body::empty()),
+        }
+        .expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("router answers");
+        let status = res.status();
+        let headers = res.headers().clone();
+        self.keep(&headers, &path);
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn get(&self, uri: &str) -> Page {
+        self.send(Method::GET, uri, None).await
+    }
+
+    /// Posts a form, urlencoded as a browser would.
+    pub async fn post(&self, uri: &str, fields: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        self.send(Method::POST, uri, Some(body)).await
+    }
+}
