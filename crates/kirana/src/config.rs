@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// secure cookies). Defaults to http://<listen>.
     #[arg(long, env = "KIRANA_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Where uploaded images go: `s3://bucket/prefix` (credentials and endpoint from the usual
+    /// `AWS_*` variables) or `file:///dir`. Defaults to `<data-dir>/media`.
+    #[arg(long, env = "KIRANA_MEDIA_URL")]
+    pub media_url: Option<String>,
 }
 
 /// The file layer: every field optional.
@@ -63,6 +67,7 @@ struct FileConfig {
     secret_key: Option<String>,
     drain_secs: Option<u64>,
     public_url: Option<String>,
+    media_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -78,6 +83,8 @@ pub struct Config {
     pub secret_key: Option<String>,
     pub drain_secs: u64,
     pub public_url: Option<String>,
+    /// Where uploaded images live (an object_store URL); `None`: `<data-dir>/media`.
+    pub media_url: Option<String>,
 }
 
 impl Config {
@@ -127,6 +134,7 @@ impl Config {
             secret_key,
             drain_secs: serve.and_then(|s| s.drain_secs).or(file.drain_secs).unwrap_or(0),
             public_url: serve.and_then(|s| s.public_url.clone()).or(file.public_url),
+            media_url: serve.and_then(|s| s.media_url.clone()).or(file.media_url),
         })
     }
 }
@@ -146,7 +154,14 @@ mod tests {
 
     #[test]
     fn defaults_are_the_embedded_laptop_setup() {
-        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None, public_url: None };
+        let serve = ServeArgs {
+            listen: None,
+            trust_proxy: None,
+            secret_key: None,
+            drain_secs: None,
+            public_url: None,
+            media_url: None,
+        };
         let c = Config::resolve(&globals(), Some(&serve)).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./kirana-data"));
         assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:8080");
@@ -162,7 +177,14 @@ mod tests {
         let mut g = globals();
         g.config = Some(path);
         g.shards = Some(2);
-        let serve = ServeArgs { listen: None, trust_proxy: None, secret_key: None, drain_secs: None, public_url: None };
+        let serve = ServeArgs {
+            listen: None,
+            trust_proxy: None,
+            secret_key: None,
+            drain_secs: None,
+            public_url: None,
+            media_url: None,
+        };
         let c = Config::resolve(&g, Some(&serve)).unwrap();
         assert_eq!(c.shards, 2, "flag wins over file");
         assert_eq!(c.listen.unwrap().to_string(), "0.0.0.0:9000", "file wins over default");

@@ -149,8 +149,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let server_config = ServerConfig { otp_key, trust_proxy: config.trust_proxy, ..ServerConfig::default() };
     let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
-    let media = kirana_server::media::MediaStore::local(&config.data_dir.join("media"))
-        .map_err(|e| anyhow::anyhow!("cannot open the media store: {e}"))?;
+    let media = match &config.media_url {
+        // object_store's own option names, from the environment S3 tools already use.
+        Some(url) => kirana_server::media::MediaStore::from_url(
+            url,
+            std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.to_ascii_lowercase(), v)),
+        ),
+        None => kirana_server::media::MediaStore::local(&config.data_dir.join("media")),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot open the media store: {e}"))?;
     let state = AppState::new(storage, Arc::new(SystemClock), notifier, server_config).with_media(media);
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
     let web = kirana_web::Web::new(&public_url, &otp_key);

@@ -69,7 +69,27 @@ impl MediaStore {
         MediaStore { store: Arc::new(object_store::memory::InMemory::new()) }
     }
 
-    /// Any `object_store` backend (S3-compatible stores among them).
+    /// A store named by URL: `s3://bucket/prefix` (S3 and S3-compatible stores such as MinIO or
+    /// R2; `options` are object_store's keys such as `aws_endpoint`, `aws_access_key_id`,
+    /// `aws_region`), `file:///dir` or `memory://`.
+    pub fn from_url(raw: &str, options: impl IntoIterator<Item = (String, String)>) -> Result<Self, MediaError> {
+        let url = url::Url::parse(raw).map_err(|e| MediaError::Storage(format!("media URL {raw}: {e}")))?;
+        if url.scheme() == "file" {
+            let dir =
+                url.to_file_path().map_err(|_| MediaError::Storage(format!("media URL {raw}: not a local path")))?;
+            return Self::local(&dir);
+        }
+        let (store, prefix) = object_store::parse_url_opts(&url, options)
+            .map_err(|e| MediaError::Storage(format!("media URL {raw}: {e}")))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(MediaStore { store })
+    }
+
+    /// Any `object_store` backend.
     pub fn with(store: Arc<dyn ObjectStore>) -> Self {
         MediaStore { store }
     }
@@ -199,6 +219,27 @@ pub fn dimensions(url: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_urls_name_their_backend() {
+        let opts = || {
+            [
+                ("aws_endpoint", "http://127.0.0.1:9"),
+                ("aws_region", "auto"),
+                ("aws_access_key_id", "k"),
+                ("aws_secret_access_key", "s"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        };
+        assert!(MediaStore::from_url("s3://bucket/kirana/media", opts()).is_ok());
+        assert!(MediaStore::from_url("memory://", []).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let file_url = url::Url::from_directory_path(dir.path().join("m")).unwrap();
+        assert!(MediaStore::from_url(file_url.as_str(), []).is_ok());
+        assert!(dir.path().join("m").is_dir(), "a local media directory is created");
+        assert!(matches!(MediaStore::from_url("ftp://x/y", []), Err(MediaError::Storage(_))));
+        assert!(matches!(MediaStore::from_url("not a url", []), Err(MediaError::Storage(_))));
+    }
 
     fn png(w: u32, h: u32) -> Bytes {
         let img = image::RgbaImage::from_pixel(w, h, image::Rgba([200, 30, 30, 128]));

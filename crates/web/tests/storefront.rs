@@ -177,7 +177,8 @@ async fn the_product_page_is_small_and_describes_itself_for_sharing() {
     assert_eq!(page.meta("description").as_deref(), Some("Strong Assam tea with cardamom and ginger."));
     assert_eq!(page.meta("og:type").as_deref(), Some("product"));
     let image = c.product["images"][0].as_str().unwrap();
-    assert_eq!(page.meta("og:image"), Some(format!("{PUBLIC_URL}{image}")), "og:image must be absolute");
+    // Absolute, and a file that exists: the 640-px variant of the 800-px upload.
+    assert_eq!(page.meta("og:image"), Some(format!("{PUBLIC_URL}{image}/640.jpg")), "og:image must be absolute");
 
     // The product image is sized (no layout shift) and offers its resized variants.
     let img = html.split("<img ").nth(1).and_then(|t| t.split('>').next()).expect("an <img> on the page");

@@ -90,7 +90,7 @@ impl Front {
             canonical: format!("{}{}", self.origin, meta.path),
             title: meta.title,
             description: meta.description,
-            og_image: meta.image.map(|i| if i.starts_with('/') { format!("{}{i}", self.web.public_url) } else { i }),
+            og_image: meta.image.map(|i| og_image(&self.web.public_url, i)),
             og_type: meta.kind,
         })
     }
@@ -113,6 +113,16 @@ impl Front {
 
     pub fn cookie(&self, name: &'static str, value: String) -> axum_extra::extract::cookie::Cookie<'static> {
         cookies::build(&self.web, name, value, &self.cookie_path(), Some(time::Duration::days(30)))
+    }
+}
+
+/// An image URL chat apps can fetch: absolute, and for an upload one of its variant files
+/// (the 640-px one when the original was that wide; link previews do not need more).
+fn og_image(public_url: &str, url: String) -> String {
+    match kirana_server::media::dimensions(&url) {
+        Some((w, _)) => format!("{public_url}{url}/{}.jpg", if w >= 640 { 640 } else { 320 }),
+        None if url.starts_with('/') => format!("{public_url}{url}"),
+        None => url,
     }
 }
 
