@@ -79,6 +79,9 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{s}/coupons/{{coupon_id}}"), post(settings::toggle_coupon))
         .route(&format!("{s}/theme"), get(settings::theme).post(settings::save_theme))
         .merge(uploads)
+        // Every dashboard response, error pages and sign-in redirects included, is the
+        // merchant's alone and never framed.
+        .layer(axum::middleware::map_response(|res: Response| async move { private(res) }))
 }
 
 /// A signed-in merchant, from the session cookie. Without one, pages redirect to sign-in.

@@ -306,7 +306,11 @@ pub async fn theme(
 /// sample pages within the sandbox's limits; otherwise the merchant sees the line and reason,
 /// and the storefront keeps the last good version.
 pub async fn save_theme(State(s): State<AppState>, o: Owned, form: Submitted) -> WebResult<Response> {
-    let name = editable(Some(form.text("name")));
+    let name = EDITABLE
+        .iter()
+        .copied()
+        .find(|e| *e == form.text("name"))
+        .ok_or_else(|| WebError::BadRequest(format!("a theme has these templates: {}", EDITABLE.join(", "))))?;
     let shard = s.storage.shard(&o.scope);
     let action = form.text("action");
     if action == "reset" {

@@ -431,4 +431,25 @@ impl Browser {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
         self.send(Method::POST, uri, Some(body)).await
     }
+
+    /// Posts a body already encoded (a multipart form, say) with this browser's cookies, keeping
+    /// what the answer sets, as [`Browser::post`] does.
+    pub async fn post_body(&self, uri: &str, content_type: &str, body: Vec<u8>) -> Page {
+        let path = uri.split('?').next().unwrap_or(uri).to_string();
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::HOST, &self.host)
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(cookies) = self.cookie_header(&path) {
+            b = b.header(header::COOKIE, cookies);
+        }
+        let req = b.body(Body::from(body)).expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("router answers");
+        let status = res.status();
+        let headers = res.headers().clone();
+        self.keep(&headers, &path);
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    }
 }

@@ -286,15 +286,18 @@ impl Shard for SqliteShard {
     }
 
     async fn dashboard_stats(&self, scope: &StoreScope, since: Timestamp) -> Result<DashboardStats> {
-        // Order ids are UUIDv7, so "since midnight" is a primary-key range: the smallest id of
-        // that millisecond.
-        let floor = uuid::Builder::from_unix_timestamp_millis(since.millis().max(0) as u64, &[0; 10]).into_uuid();
-        self.db.read(|c| {
+        // Order ids are UUIDv7, so a primary-key range bounds the scan to about a day's orders
+        // whatever the store's history; `created_at` (the injected clock) then decides. The
+        // range starts a day early so ids minted by a node whose wall clock lags still count.
+        let floor_ms = (since.millis() - 86_400_000).max(0) as u64;
+        let floor = uuid::Builder::from_unix_timestamp_millis(floor_ms, &[0; 10]).into_uuid();
+        self.db.read(move |c| {
             let (orders_today, revenue_today) = c
                 .prepare_cached(
-                    "SELECT count(*), coalesce(sum(total), 0) FROM orders WHERE store_id = ?1 AND order_id >= ?2",
+                    "SELECT count(*), coalesce(sum(total), 0) FROM orders
+                     WHERE store_id = ?1 AND order_id >= ?2 AND created_at >= ?3",
                 )?
-                .query_row(params![scope.store_id().uuid(), floor], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                .query_row(params![scope.store_id().uuid(), floor, since.millis()], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let waiting = c
                 .prepare_cached("SELECT count(*) FROM orders WHERE store_id = ?1 AND status = 'placed'")?
                 .query_row([scope.store_id().uuid()], |r| r.get(0))?;
