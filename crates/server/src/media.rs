@@ -141,6 +141,19 @@ fn hex(bytes: &[u8]) -> String {
 /// Encoded variants of one image: (width, JPEG bytes), smallest first.
 type Variants = Vec<(u32, Vec<u8>)>;
 
+/// The variant files an image `w` pixels wide has, by name: every standard width it reaches,
+/// plus the next one up holding the original size (a 500-px photo has `320` and `640`, the
+/// latter 500 px wide), so pages can always show an image at its own size. Never upscaled.
+pub fn variant_widths(w: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = IMAGE_WIDTHS.iter().copied().filter(|t| *t <= w).collect();
+    if out.last() != Some(&w)
+        && let Some(next) = IMAGE_WIDTHS.iter().copied().find(|t| *t > w)
+    {
+        out.push(next);
+    }
+    out
+}
+
 /// Decodes (JPEG, PNG or WebP only, with size limits), then encodes each variant as JPEG.
 fn process(bytes: &[u8]) -> Result<(u32, u32, Variants), MediaError> {
     let format = image::guess_format(bytes).map_err(|_| MediaError::NotAnImage)?;
@@ -164,10 +177,7 @@ fn process(bytes: &[u8]) -> Result<(u32, u32, Variants), MediaError> {
     // Flatten transparency onto white: JPEG has no alpha.
     let rgb = DynamicImage::ImageRgb8(flatten(&img));
     let mut out = Vec::new();
-    for target in IMAGE_WIDTHS {
-        if target > w && target != IMAGE_WIDTHS[0] {
-            continue;
-        }
+    for target in variant_widths(w) {
         let resized =
             if target >= w { rgb.clone() } else { rgb.resize(target, u32::MAX, image::imageops::FilterType::Triangle) };
         let mut jpeg = Vec::new();
@@ -221,6 +231,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_image_has_a_variant_at_its_own_size() {
+        assert_eq!(variant_widths(200), vec![320]);
+        assert_eq!(variant_widths(320), vec![320]);
+        assert_eq!(variant_widths(500), vec![320, 640]);
+        assert_eq!(variant_widths(640), vec![320, 640]);
+        assert_eq!(variant_widths(900), vec![320, 640, 1280]);
+        assert_eq!(variant_widths(4000), vec![320, 640, 1280]);
+    }
+
+    #[test]
     fn media_urls_name_their_backend() {
         let opts = || {
             [
@@ -249,18 +269,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_upload_is_resized_to_the_widths_below_its_own_and_served_back() {
+    async fn an_upload_is_resized_to_the_widths_below_its_own_plus_its_own_size_and_served_back() {
         let m = MediaStore::memory();
         let store = StoreId::generate();
         let up = m.put_image(store, png(900, 600)).await.unwrap();
         assert_eq!((up.width, up.height), (900, 600));
-        assert_eq!(up.variants.len(), 2, "320 and 640; no upscaled 1280: {:?}", up.variants);
+        assert_eq!(up.variants.len(), 3, "320, 640, and 1280 holding the original 900: {:?}", up.variants);
         assert_eq!(dimensions(&up.url), Some((900, 600)));
         let name = up.url.rsplit('/').next().unwrap();
         let bytes = m.get(store, name, "320.jpg").await.unwrap().unwrap();
         let small = image::load_from_memory(&bytes).unwrap();
         assert_eq!((small.width(), small.height()), (320, 213));
-        assert!(m.get(store, name, "1280.jpg").await.unwrap().is_none());
+        let own = image::load_from_memory(&m.get(store, name, "1280.jpg").await.unwrap().unwrap()).unwrap();
+        assert_eq!((own.width(), own.height()), (900, 600), "never upscaled");
         // Another store's path does not reach it.
         assert!(m.get(StoreId::generate(), name, "320.jpg").await.unwrap().is_none());
         // The same bytes give the same URL.

@@ -183,10 +183,8 @@ fn img(url: String, alt: Option<String>, kwargs: Kwargs) -> Result<Value, Error>
     let loading = if eager.unwrap_or(false) { "eager" } else { "lazy" };
     let html = match kirana_server::media::dimensions(&url) {
         Some((w, h)) => {
-            // Variant files are named by their target width; the smallest always exists and
-            // is never wider than the original.
-            let files: Vec<u32> =
-                IMAGE_WIDTHS.iter().copied().filter(|vw| *vw <= w || *vw == IMAGE_WIDTHS[0]).collect();
+            // Variant files are named by their target width, never wider than the original.
+            let files = kirana_server::media::variant_widths(w);
             let srcset: Vec<String> =
                 files.iter().map(|vw| format!("{}/{}.jpg {}w", attr(&url), vw, (*vw).min(w))).collect();
             let shown = files.iter().copied().filter(|vw| *vw <= 640).max().unwrap_or(IMAGE_WIDTHS[0]);
@@ -294,7 +292,11 @@ mod tests {
         assert!(big.contains("width=\"640\" height=\"320\""), "{big}");
         assert!(big.contains("/1280.jpg 1280w"), "{big}");
         let mid = img(format!("/media/s/{H}_500x500"), None, no_kwargs()).unwrap().to_string();
-        assert!(!mid.contains("640.jpg"), "no 640 variant exists for a 500-wide image: {mid}");
+        assert!(
+            mid.contains("/640.jpg 500w") && mid.contains("width=\"500\""),
+            "a 500-px photo shows at 500 px: {mid}"
+        );
+        assert!(!mid.contains("1280.jpg"), "{mid}");
     }
 
     #[test]
