@@ -1129,3 +1129,90 @@ async fn seed_builds_stores_a_server_can_serve_and_a_manifest_for_bench() -> Res
     ensure!(!refused.status.success() && refused.stderr.contains("different shape"), "{}", refused.describe());
     Ok(())
 }
+
+/// An 800×600 PNG, as a phone's photo would arrive.
+fn photo_png() -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_fn(800, 600, |x, y| image::Rgb([(x / 4) as u8, (y / 3) as u8, 120]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+#[tokio::test]
+async fn the_binary_serves_pages_and_keeps_uploaded_images_on_disk_across_restarts() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let data = root.path().join("data");
+    let public = "https://shop.kirana.test";
+    let mut server = Server::start(root.path(), &data, &["--public-url", public]).await?;
+    let api = server.api.clone();
+    let token = api.sign_in(&data, MERCHANT_PHONE).await?;
+    let (store_id, slug) = api.create_store(&token, "Photo Mart").await?;
+
+    // An upload through the API, as multipart form data.
+    let boundary = "kirana-e2e-boundary";
+    let mut body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"photo.png\"\r\ncontent-type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(photo_png()?);
+    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let up = api
+        .http
+        .post(api.url(&format!("/api/v1/stores/{store_id}/media")))
+        .bearer_auth(&token)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await?;
+    ensure!(up.status().as_u16() == 201, "uploading a photo answered {}", up.status());
+    let up: Value = up.json().await?;
+    let url = text(&up, "url")?;
+    let name = url.rsplit('/').next().context("the image URL names its file set")?.to_string();
+    // The variants are files in the data directory: the embedded default needs no other service.
+    for w in [320, 640] {
+        let file = data.join(format!("media/stores/{store_id}/{name}/{w}.jpg"));
+        ensure!(file.is_file(), "{} should exist", file.display());
+    }
+
+    let body = json!({ "title": "Framed print", "price": PRICE, "stock": 3, "images": [url] });
+    let product = api
+        .call(Method::POST, &format!("/api/v1/stores/{store_id}/products"), Some(&token), &[], Some(&body))
+        .await?
+        .expect(201, "a product with the uploaded photo")?;
+    let product_id = text(&product, "id")?;
+
+    // The storefront page is HTML whose links use the public address, and the sign-in page's
+    // cookies are Secure because that address is https.
+    let page = api.http.get(api.url(&format!("/{slug}/product/{product_id}"))).send().await?;
+    ensure!(page.status().as_u16() == 200, "the product page answered {}", page.status());
+    let html = page.text().await?;
+    ensure!(
+        html.contains(&format!("<link rel=\"canonical\" href=\"{public}/{slug}/product/{product_id}\">")),
+        "the canonical link should use the public URL: {html}"
+    );
+    ensure!(html.contains(&format!("{public}{url}/640.jpg")), "og:image should be an absolute variant file: {html}");
+    let sign_in = api.http.get(api.url("/dashboard/sign-in")).send().await?;
+    ensure!(sign_in.status().as_u16() == 200, "the dashboard's sign-in page answered {}", sign_in.status());
+    let cookie = sign_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("kirana_csrf="))
+        .context("the sign-in page sets the form-token cookie")?
+        .to_string();
+    ensure!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "cookie attributes: {cookie}");
+
+    // Stopped and started again, the server still has the photo.
+    server.sigterm().await?;
+    server.wait_exit(EXIT_TIMEOUT).await?;
+    let server = Server::start(root.path(), &data, &["--public-url", public]).await?;
+    let img = server.api.http.get(server.api.url(&format!("{url}/640.jpg"))).send().await?;
+    ensure!(img.status().as_u16() == 200, "the photo after a restart answered {}", img.status());
+    let cache = img.headers().get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    ensure!(cache.contains("immutable") && cache.contains("max-age=31536000"), "cache-control: {cache}");
+    let bytes = img.bytes().await?;
+    let decoded = image::load_from_memory(&bytes)?;
+    ensure!((decoded.width(), decoded.height()) == (640, 480), "the 640 variant is 640×480");
+    Ok(())
+}
