@@ -46,8 +46,8 @@ log "product page vs nginx (wrk -t1 -c64 -d10s, 3 runs each, interleaved)"
 serve "$DATA_1M" 18100
 PRODUCT=$(curl -s "http://127.0.0.1:18100/api/v1/storefront/seed-0/products?limit=1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["items"][0]["id"])')
 URL="http://127.0.0.1:18100/api/v1/storefront/seed-0/products/$PRODUCT"
-NGX=$(mktemp -d); mkdir -p "$NGX/www" "$NGX/logs"
-curl -s "$URL" > "$NGX/www/product.json"
+NGX=$(mktemp -d); mkdir -p "$NGX/www" "$NGX/logs"; chmod 755 "$NGX" "$NGX/www"  # nginx workers drop root
+curl -s "$URL" > "$NGX/www/product.json"; chmod 644 "$NGX/www/product.json"
 cat > "$NGX/nginx.conf" <<CONF
 worker_processes 1;
 pid $NGX/nginx.pid;
@@ -62,6 +62,8 @@ http {
 }
 CONF
 nginx -c "$NGX/nginx.conf"
+# A baseline that answers errors measures nothing: check it serves the bytes first.
+cmp -s <(curl -s http://127.0.0.1:18101/product.json) "$NGX/www/product.json" || { echo "nginx does not serve product.json" >&2; exit 1; }
 wc -c < "$NGX/www/product.json" > "$OUT/product-bytes.txt"
 for i in 1 2 3; do
   wrk -t1 -c64 -d10s --latency "$URL" > "$OUT/wrk-kirana-$i.txt"
