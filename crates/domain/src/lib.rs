@@ -14,6 +14,7 @@
 //! - [`pricing`]: server-side totals (items, coupon, delivery, tax).
 //! - [`event`]: the outbox envelope every state change writes.
 
+pub mod analytics;
 pub mod cart;
 pub mod catalog;
 pub mod clock;

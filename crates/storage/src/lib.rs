@@ -10,6 +10,8 @@
 //! - [`directory`]: merchants, credentials, OTP codes, and the store → shard map with slugs.
 //! - [`shard`]: everything a store owns: settings, catalog, carts, checkout, orders, customers,
 //!   coupons, and the outbox of events written in the same transaction as each change.
+//! - [`log`]: a shard's event log as the event pipeline walks it: outbox in commit order,
+//!   consumer positions, effects applied once, dead letters.
 //! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
 //!   both (creating a store, renaming its slug).
 //! - [`sqlite`]: the embedded backend: one SQLite file for the directory and one per shard, each
@@ -17,6 +19,7 @@
 
 pub mod directory;
 pub mod error;
+pub mod log;
 pub mod scope;
 pub mod shard;
 pub mod sqlite;
@@ -24,6 +27,7 @@ pub mod storage;
 
 pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 pub use error::{ConflictKind, Shortage, StorageError};
+pub use log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing, ProductSale, ShardLog};
 pub use scope::{ShardId, StoreScope};
 pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
 pub use storage::Storage;

@@ -182,6 +182,22 @@ pub trait Shard: Send + Sync {
     /// How many images the store holds, and their total size.
     async fn media_usage(&self, scope: &StoreScope) -> Result<(i64, i64)>;
 
+    /// The shard's event log (for the relay and consumers, which walk it across stores).
+    fn log(&self) -> &dyn crate::log::ShardLog;
+
+    /// The store's cache version: bumped on every change to the store by the invalidation
+    /// consumer; cache keys carry it.
+    async fn cache_version(&self, scope: &StoreScope) -> Result<i64>;
+
+    /// Sales per day over `from_day..=to_day` (reporting days) and the best sellers, from
+    /// rollups: the cost is the days covered, not the orders in them.
+    async fn analytics(
+        &self,
+        scope: &StoreScope,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<kirana_domain::analytics::Analytics>;
+
     /// The store's outbox after position `after`, oldest first (for the relay, and tests).
     async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>>;
 

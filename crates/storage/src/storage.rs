@@ -40,6 +40,18 @@ impl Storage {
         self.shards.len()
     }
 
+    /// The event log of the shard that holds a store (consumers fed from a broker, whose
+    /// partitions mix shards, find where to apply an event this way).
+    pub async fn log_for_store(&self, store: StoreId) -> Result<&dyn crate::log::ShardLog> {
+        let entry = self.directory.entry(store).await?.ok_or(StorageError::NotFound)?;
+        Ok(self.shard_at(entry.shard)?.log())
+    }
+
+    /// Every shard's event log, in shard order (for the relay and consumers).
+    pub fn logs(&self) -> impl Iterator<Item = &dyn crate::log::ShardLog> {
+        self.shards.iter().map(|s| s.log())
+    }
+
     fn place(&self, id: StoreId) -> ShardId {
         placement(id, self.shards.len())
     }

@@ -38,7 +38,7 @@ pub fn open(data_dir: &Path, shards: u32, opts: &SqliteOptions) -> Result<Storag
     for i in 0..shards {
         let path = shard_dir.join(format!("shard-{i:04}.db"));
         let db = db::Db::open(&path, &format!("s{i}"), opts, schema::SHARD)?;
-        list.push(Arc::new(shard::SqliteShard::new(db)));
+        list.push(Arc::new(shard::SqliteShard::new(db, crate::scope::ShardId(i))));
     }
     Ok(Storage::new(directory, list))
 }

@@ -292,6 +292,137 @@ CREATE TABLE media (
     PRIMARY KEY (store_id, hash)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- The event pipeline (docs/decisions/0015-events.md). Positions and dead letters are the
+-- shard's own bookkeeping over its outbox; everything consumers produce is store-scoped.
+CREATE TABLE consumer_positions (
+    consumer   TEXT NOT NULL,
+    partition  INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,          -- last outbox position applied in this partition
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (consumer, partition)
+) WITHOUT ROWID;
+
+-- Events each consumer applied: a redelivered event (relay crash, broker redelivery) is
+-- recognised by its id and changes nothing.
+CREATE TABLE applied_events (
+    store_id   BLOB NOT NULL,
+    consumer   TEXT NOT NULL,
+    event_id   BLOB NOT NULL,
+    applied_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, consumer, event_id)
+) WITHOUT ROWID;
+
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    consumer    TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    store_id    BLOB NOT NULL,
+    event_id    BLOB NOT NULL,
+    type        TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    parked_at   INTEGER NOT NULL,
+    event       TEXT NOT NULL,
+    replayed_at INTEGER
+);
+
+-- Sales rollups, kept by the analytics consumer: reports cost days, not orders.
+CREATE TABLE sales_hourly (
+    store_id BLOB NOT NULL,
+    hour     INTEGER NOT NULL,            -- epoch ms of the hour's start
+    orders   INTEGER NOT NULL,
+    revenue  INTEGER NOT NULL,
+    units    INTEGER NOT NULL,
+    PRIMARY KEY (store_id, hour)
+) WITHOUT ROWID;
+
+CREATE TABLE sales_daily (
+    store_id BLOB NOT NULL,
+    day      INTEGER NOT NULL,            -- days since 1970-01-01, India's calendar
+    orders   INTEGER NOT NULL,
+    revenue  INTEGER NOT NULL,
+    units    INTEGER NOT NULL,
+    PRIMARY KEY (store_id, day)
+) WITHOUT ROWID;
+
+CREATE TABLE product_sales_daily (
+    store_id   BLOB NOT NULL,
+    day        INTEGER NOT NULL,
+    product_id BLOB NOT NULL,
+    title      TEXT NOT NULL,
+    units      INTEGER NOT NULL,
+    revenue    INTEGER NOT NULL,
+    PRIMARY KEY (store_id, day, product_id)
+) WITHOUT ROWID;
+
+-- Bumped by the cache-invalidation consumer on every change to a store: cache keys carry it.
+CREATE TABLE cache_versions (
+    store_id BLOB NOT NULL PRIMARY KEY,
+    version  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Messages to send through the notifier, queued by the notifications consumer.
+CREATE TABLE notifications (
+    store_id        BLOB NOT NULL,
+    event_id        BLOB NOT NULL,
+    recipient       TEXT NOT NULL,
+    message         TEXT NOT NULL,
+    status          TEXT NOT NULL,        -- pending, sent, failed
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    sent_at         INTEGER,
+    PRIMARY KEY (store_id, event_id)
+) WITHOUT ROWID;
+CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE status = 'pending';
+
+-- Merchant webhooks: endpoints, and one delivery per (endpoint, event).
+CREATE TABLE webhook_endpoints (
+    store_id        BLOB NOT NULL,
+    endpoint_id     BLOB NOT NULL,
+    url             TEXT NOT NULL,
+    secret          TEXT NOT NULL,
+    event_types     TEXT NOT NULL,        -- JSON array of types; "*" is every type
+    active          INTEGER NOT NULL,
+    disabled_reason TEXT,
+    failing_since   INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (store_id, endpoint_id)
+) WITHOUT ROWID;
+
+CREATE TABLE webhook_deliveries (
+    store_id        BLOB NOT NULL,
+    endpoint_id     BLOB NOT NULL,
+    event_id        BLOB NOT NULL,
+    event_type      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL,        -- pending, delivered, failed (gave up)
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    last_status     INTEGER,
+    last_error      TEXT,
+    delivered_at    INTEGER,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (store_id, endpoint_id, event_id)
+) WITHOUT ROWID;
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+
+CREATE TABLE webhook_attempts (
+    store_id    BLOB NOT NULL,
+    endpoint_id BLOB NOT NULL,
+    event_id    BLOB NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (store_id, endpoint_id, event_id, attempt)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Applies the migrations the file has not seen, in one transaction.

@@ -7,10 +7,12 @@ mod carts;
 mod catalog;
 mod checkout;
 mod coupons;
+mod log;
 mod orders;
 mod stores;
 
 use async_trait::async_trait;
+use kirana_domain::analytics::Analytics;
 use kirana_domain::cart::{Cart, Checkout, Quantity};
 use kirana_domain::catalog::{Category, CategoryChange, Product, ProductChange};
 use kirana_domain::coupon::{Coupon, CouponChange};
@@ -31,11 +33,12 @@ use crate::shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, S
 
 pub(crate) struct SqliteShard {
     db: Db,
+    id: crate::scope::ShardId,
 }
 
 impl SqliteShard {
-    pub(crate) fn new(db: Db) -> Self {
-        SqliteShard { db }
+    pub(crate) fn new(db: Db, id: crate::scope::ShardId) -> Self {
+        SqliteShard { db, id }
     }
 }
 
@@ -322,6 +325,60 @@ impl Shard for SqliteShard {
         self.db.read(|c| {
             Ok(c.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM media WHERE store_id = ?1")?
                 .query_row([scope.store_id().uuid()], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        })
+    }
+
+    fn log(&self) -> &dyn crate::log::ShardLog {
+        self
+    }
+
+    async fn cache_version(&self, scope: &StoreScope) -> Result<i64> {
+        self.db.read(|c| {
+            Ok(c.prepare_cached("SELECT coalesce((SELECT version FROM cache_versions WHERE store_id = ?1), 0)")?
+                .query_row([scope.store_id().uuid()], |r| r.get(0))?)
+        })
+    }
+
+    async fn analytics(&self, scope: &StoreScope, from_day: i64, to_day: i64) -> Result<Analytics> {
+        use kirana_domain::analytics::{DaySales, ProductSales, day_label};
+        let store = scope.store_id().uuid();
+        self.db.read(|c| {
+            let mut by_day = std::collections::HashMap::new();
+            let mut st = c.prepare_cached(
+                "SELECT day, orders, revenue, units FROM sales_daily WHERE store_id = ?1 AND day BETWEEN ?2 AND ?3",
+            )?;
+            for row in st.query_map(params![store, from_day, to_day], |r| {
+                Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+            })? {
+                let (day, v) = row?;
+                by_day.insert(day, v);
+            }
+            let mut totals = DaySales { date: String::new(), ..DaySales::default() };
+            let days = (from_day..=to_day)
+                .map(|d| {
+                    let (orders, revenue, units) = by_day.get(&d).copied().unwrap_or((0, 0, 0));
+                    totals.orders += orders;
+                    totals.revenue += revenue;
+                    totals.units += units;
+                    DaySales { date: day_label(d), orders, revenue, units }
+                })
+                .collect();
+            let mut st = c.prepare_cached(
+                "SELECT product_id, max(title), sum(units), sum(revenue) FROM product_sales_daily
+                 WHERE store_id = ?1 AND day BETWEEN ?2 AND ?3
+                 GROUP BY product_id ORDER BY sum(revenue) DESC, product_id LIMIT 10",
+            )?;
+            let top_products = st
+                .query_map(params![store, from_day, to_day], |r| {
+                    Ok(ProductSales {
+                        product_id: ProductId::from_uuid(r.get(0)?),
+                        title: r.get(1)?,
+                        units: r.get(2)?,
+                        revenue: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Analytics { from: day_label(from_day), to: day_label(to_day), totals, days, top_products })
         })
     }
 

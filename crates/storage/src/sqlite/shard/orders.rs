@@ -248,7 +248,7 @@ pub(super) fn transition(
         store,
         kinds::ORDER_TRANSITIONED,
         now,
-        json!({ "order_id": id, "number": order.number, "from": from, "to": req.to, "restocked": req.to.restocks(), "tracking": req.tracking, "payment_status": order.payment_status }),
+        json!({ "order_id": id, "number": order.number, "from": from, "to": req.to, "restocked": req.to.restocks(), "tracking": req.tracking, "payment_status": order.payment_status, "customer_phone": order.customer.phone, "total": order.totals.total, "currency": order.currency }),
     )?;
     Ok(order)
 }

@@ -1,0 +1,115 @@
+//! Starting and stopping the pipeline: a reader per (consumer, shard), the trimmer that keeps
+//! the outbox short, and the notification worker; and replaying parked events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kirana_domain::Clock;
+use kirana_storage::{Applied, Storage, StorageError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::consumers::Consumer;
+use crate::embedded::{Reader, ReaderConfig, trim};
+use crate::notify::{self, Messenger};
+use crate::status::Heartbeats;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelineConfig {
+    pub reader: ReaderConfig,
+}
+
+/// The running pipeline. Dropping it does not stop it; call [`Pipeline::stop`].
+pub struct Pipeline {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    pub heartbeats: Arc<Heartbeats>,
+}
+
+impl Pipeline {
+    pub fn start(
+        storage: Storage,
+        consumers: Vec<Arc<dyn Consumer>>,
+        messenger: Arc<dyn Messenger>,
+        clock: Arc<dyn Clock>,
+        cfg: PipelineConfig,
+    ) -> Pipeline {
+        let (shutdown, rx) = watch::channel(false);
+        let heartbeats = Arc::new(Heartbeats::default());
+        let mut tasks = Vec::new();
+        for consumer in &consumers {
+            for shard in 0..storage.shard_count() {
+                let reader = Reader::new(consumer.clone(), storage.clone(), shard, cfg.reader, clock.clone());
+                tasks.push(tokio::spawn(reader.run(rx.clone(), heartbeats.clone())));
+            }
+        }
+        let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
+        let (trim_storage, mut trim_rx, partitions) = (storage.clone(), rx.clone(), cfg.reader.partitions);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = trim_rx.changed() => {}
+                }
+                if *trim_rx.borrow() {
+                    return;
+                }
+                if let Err(e) = trim(&trim_storage, &names, partitions).await {
+                    tracing::warn!(error = %e, "could not trim the outbox");
+                }
+            }
+        }));
+        tasks.push(tokio::spawn(notify::run(storage, messenger, clock, rx)));
+        Pipeline { shutdown, tasks, heartbeats }
+    }
+
+    /// Stops every task after its current step and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "an event task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Applies a parked event again (after its cause was fixed) and marks it replayed. Applying is
+/// idempotent, so replaying twice changes nothing the second time.
+pub async fn replay(
+    storage: &Storage,
+    consumers: &[Arc<dyn Consumer>],
+    shard: usize,
+    id: i64,
+    clock: &dyn Clock,
+) -> Result<u32, String> {
+    let log = storage.logs().nth(shard).ok_or_else(|| format!("there is no shard {shard}"))?;
+    let dead = log.dead_letter(id).await.map_err(|e| match e {
+        StorageError::NotFound => format!("shard {shard} has no dead letter {id}"),
+        e => e.to_string(),
+    })?;
+    let consumer = consumers
+        .iter()
+        .find(|c| c.name() == dead.consumer)
+        .ok_or_else(|| format!("no consumer named {} runs here", dead.consumer))?;
+    let event = kirana_domain::event::Event {
+        id: dead.event_id,
+        store_id: dead.store_id,
+        kind: dead.kind.clone(),
+        version: dead.event.get("version").and_then(serde_json::Value::as_u64).unwrap_or(1) as u32,
+        occurred_at: dead
+            .event
+            .get("occurred_at")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| kirana_domain::Timestamp::parse_rfc3339(s).ok())
+            .unwrap_or(dead.parked_at),
+        payload: dead.event.get("payload").cloned().unwrap_or(serde_json::Value::Null),
+    };
+    let effects = consumer.effects(&event).map_err(|e| format!("it still fails: {e}"))?;
+    let applied = log
+        .apply(consumer.name(), vec![Applied { event, effects }], vec![], clock.now())
+        .await
+        .map_err(|e| e.to_string())?;
+    log.mark_replayed(id, clock.now()).await.map_err(|e| e.to_string())?;
+    Ok(applied)
+}

@@ -1,0 +1,1 @@
+//! Merchant webhook delivery (being built).
