@@ -36,7 +36,7 @@ pub fn parse_day(s: &str) -> Result<i64, String> {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DaySales {
-    /// `YYYY-MM-DD`, India's calendar.
+    /// `YYYY-MM-DD`, India's calendar (`FROM..TO` for the totals).
     pub date: String,
     pub orders: i64,
     /// Sum of order totals, minor units.

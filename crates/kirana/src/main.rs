@@ -1,6 +1,7 @@
 //! The `kirana` binary: parse the command line, build the application, run it.
 
 mod config;
+mod events_cli;
 mod seed;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the platform: merchant and shopper APIs on one listener.
+    /// Run the platform: APIs, pages and the event pipeline.
     Serve(ServeArgs),
     /// Create or upgrade the databases' schemas, then report their versions.
     Migrate,
@@ -40,6 +41,11 @@ enum Command {
     },
     /// Print the OpenAPI description.
     Openapi,
+    /// The event pipeline: status, dead letters.
+    Events {
+        #[command(subcommand)]
+        command: events_cli::EventsCommand,
+    },
     /// Bulk-load realistic stores (for benchmarks and staging); restartable.
     Seed(seed::SeedArgs),
     /// Drive a running kirana with a realistic shopper and merchant workload; report latency.
@@ -97,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mint_token(&config, &phone, &name).await
             }
             Command::Seed(args) => seed::run(&config, &args).await,
+            Command::Events { command } => events_cli::run(&config, command).await,
             Command::Baseline { seconds } => baseline(&config, seconds),
             Command::Bench(mut args) => {
                 // The manifest lives in the data directory unless named.
@@ -158,7 +165,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => kirana_server::media::MediaStore::local(&config.data_dir.join("media")),
     }
     .map_err(|e| anyhow::anyhow!("cannot open the media store: {e}"))?;
-    let state = AppState::new(storage, Arc::new(SystemClock), notifier, server_config).with_media(media);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let pipeline = kirana_events::Pipeline::start(
+        storage.clone(),
+        kirana_events::all_consumers(),
+        notifier.clone(),
+        clock.clone(),
+        kirana_events::PipelineConfig::default(),
+    );
+    let state = AppState::new(storage, clock, notifier, server_config).with_media(media);
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
     let web = kirana_web::Web::new(&public_url, &otp_key);
     let app = kirana_web::app(state.clone(), web);
@@ -171,6 +186,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal(state, drain))
         .await
         .context("the server failed")?;
+    // Requests have finished; the pipeline finishes its current step. Whatever it had not
+    // read stays in the outbox for the next start.
+    pipeline.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -110,13 +110,42 @@ impl Notifier for DevOutbox {
     }
 }
 
-/// Keeps codes in memory: for tests, which read the code a merchant would have received.
+/// Notifications from the event pipeline go to the same development outbox as codes.
+impl kirana_events::notify::Messenger for DevOutbox {
+    fn send(&self, to: &Phone, message: &str, key: &str) -> Result<(), String> {
+        tracing::info!(phone = %to.masked(), key, "message (dev outbox; configure an SMS provider for production)");
+        let line = serde_json::json!({ "kind": "message", "phone": to.as_str(), "message": message, "key": key });
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        writeln!(f, "{line}").map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+/// Keeps codes and messages in memory: for tests, which read what a phone would have received.
 #[derive(Default)]
 pub struct MemoryNotifier {
     sent: Mutex<Vec<(String, String)>>,
+    messages: Mutex<Vec<(String, String)>>,
+}
+
+impl kirana_events::notify::Messenger for MemoryNotifier {
+    fn send(&self, to: &Phone, message: &str, _key: &str) -> Result<(), String> {
+        self.messages.lock().unwrap_or_else(|p| p.into_inner()).push((to.as_str().to_string(), message.to_string()));
+        Ok(())
+    }
 }
 
 impl MemoryNotifier {
+    /// Messages sent to `phone`, oldest first.
+    pub fn messages_to(&self, phone: &str) -> Vec<String> {
+        let sent = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter().filter(|(p, _)| p == phone).map(|(_, m)| m.clone()).collect()
+    }
+
     /// The last code sent to `phone`.
     pub fn last_code(&self, phone: &str) -> Option<String> {
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());

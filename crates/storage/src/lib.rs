@@ -12,6 +12,7 @@
 //!   coupons, and the outbox of events written in the same transaction as each change.
 //! - [`log`]: a shard's event log as the event pipeline walks it: outbox in commit order,
 //!   consumer positions, effects applied once, dead letters.
+//! - [`webhooks`]: merchants' webhook endpoints, their delivery log, and the worker's queue.
 //! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
 //!   both (creating a store, renaming its slug).
 //! - [`sqlite`]: the embedded backend: one SQLite file for the directory and one per shard, each
@@ -24,6 +25,7 @@ pub mod scope;
 pub mod shard;
 pub mod sqlite;
 pub mod storage;
+pub mod webhooks;
 
 pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 pub use error::{ConflictKind, Shortage, StorageError};
@@ -31,5 +33,9 @@ pub use log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing, Produc
 pub use scope::{ShardId, StoreScope};
 pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
 pub use storage::Storage;
+pub use webhooks::{
+    Attempt, AttemptRecord, CreatedEndpoint, Delivery, DeliveryKey, DeliveryStatus, DueDelivery, Endpoint, EndpointId,
+    EventTypes, NewEndpoint, Outcome, Recorded, WebhookUrl, Webhooks,
+};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -185,6 +185,10 @@ pub trait Shard: Send + Sync {
     /// The shard's event log (for the relay and consumers, which walk it across stores).
     fn log(&self) -> &dyn crate::log::ShardLog;
 
+    /// The shard's webhook endpoints and deliveries (store-scoped for the API, shard-wide for
+    /// the delivery worker).
+    fn webhooks(&self) -> &dyn crate::webhooks::Webhooks;
+
     /// The store's cache version: bumped on every change to the store by the invalidation
     /// consumer; cache keys carry it.
     async fn cache_version(&self, scope: &StoreScope) -> Result<i64>;

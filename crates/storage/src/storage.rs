@@ -52,6 +52,12 @@ impl Storage {
         self.shards.iter().map(|s| s.log())
     }
 
+    /// Every shard, in shard order, for workers that serve a whole shard (webhook delivery).
+    /// Store-scoped work goes through [`Storage::shard`] with a scope instead.
+    pub fn all_shards(&self) -> impl Iterator<Item = &dyn Shard> {
+        self.shards.iter().map(|s| &**s)
+    }
+
     fn place(&self, id: StoreId) -> ShardId {
         placement(id, self.shards.len())
     }

@@ -2,6 +2,7 @@
 //! `utoipa_axum::routes!`, so a route cannot exist without its OpenAPI description, and the
 //! tenant-isolation test can walk every route from `/openapi.json`.
 
+pub mod analytics;
 pub mod auth;
 pub mod catalog;
 pub mod coupons;
@@ -34,6 +35,7 @@ use crate::state::AppState;
         (name = "orders", description = "Orders and their state machine"),
         (name = "customers", description = "Customers recorded from orders"),
         (name = "coupons", description = "Discount codes"),
+        (name = "analytics", description = "Sales per day and best sellers, from the event pipeline"),
         (name = "storefront", description = "The shopper's API: catalog, cart, checkout, order status"),
         (name = "operations", description = "Health and readiness")
     )
@@ -71,4 +73,5 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(storefront::router())
         .merge(health::router())
         .merge(media::router())
+        .merge(analytics::router())
 }

@@ -10,6 +10,7 @@ mod coupons;
 mod log;
 mod orders;
 mod stores;
+mod webhooks;
 
 use async_trait::async_trait;
 use kirana_domain::analytics::Analytics;
@@ -332,6 +333,10 @@ impl Shard for SqliteShard {
         self
     }
 
+    fn webhooks(&self) -> &dyn crate::webhooks::Webhooks {
+        self
+    }
+
     async fn cache_version(&self, scope: &StoreScope) -> Result<i64> {
         self.db.read(|c| {
             Ok(c.prepare_cached("SELECT coalesce((SELECT version FROM cache_versions WHERE store_id = ?1), 0)")?
@@ -353,7 +358,8 @@ impl Shard for SqliteShard {
                 let (day, v) = row?;
                 by_day.insert(day, v);
             }
-            let mut totals = DaySales { date: String::new(), ..DaySales::default() };
+            let mut totals =
+                DaySales { date: format!("{}..{}", day_label(from_day), day_label(to_day)), ..DaySales::default() };
             let days = (from_day..=to_day)
                 .map(|d| {
                     let (orders, revenue, units) = by_day.get(&d).copied().unwrap_or((0, 0, 0));
