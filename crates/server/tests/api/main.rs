@@ -3,6 +3,7 @@
 
 mod common;
 
+mod analytics;
 mod auth;
 mod bad_input;
 mod catalog;
