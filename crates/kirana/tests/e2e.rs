@@ -678,6 +678,29 @@ async fn an_accepted_order_survives_kill_9() -> Result<()> {
         "stock {stock} after the retries; expected {}",
         INITIAL_STOCK - units - new_units
     );
+    // The event pipeline was killed mid-stream too. After the restart every order.placed event
+    // is applied to the sales rollups exactly once: the totals equal the orders, not more, not
+    // fewer.
+    let revenue: i64 = after.iter().map(|o| o["totals"]["total"].as_i64().unwrap_or(0)).sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = api
+            .call(Method::GET, &format!("/api/v1/stores/{store_id}/analytics"), Some(&token), &[], None)
+            .await?
+            .expect(200, "the store's analytics")?;
+        let (n, r) = (a["totals"]["orders"].as_i64().unwrap_or(-1), a["totals"]["revenue"].as_i64().unwrap_or(-1));
+        ensure!(
+            n <= after.len() as i64,
+            "the rollups count {n} orders but only {} exist: an event applied twice",
+            after.len()
+        );
+        if n == after.len() as i64 {
+            ensure!(r == revenue, "the rollups say revenue {r} for {n} orders totalling {revenue}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "after 30 s the rollups count {n} of {} orders", after.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eprintln!(
         "kill -9 after {} acknowledged checkouts with {in_flight} on the wire; {} orders survived; {} retried, {new_orders} new",
         acknowledged.len(),
