@@ -15,7 +15,9 @@
 //! - [`notify`]: the worker that sends queued notifications through a [`notify::Messenger`].
 //! - [`status`]: backlog, lag per consumer and partition, heartbeats, dead letters, alerts.
 //! - [`Pipeline`]: starts all of it and stops it gracefully.
+//! - [`bench`]: events/s and commit-to-effect latency beside a same-run baseline.
 
+pub mod bench;
 pub mod consumers;
 pub mod embedded;
 pub mod jetstream;

@@ -18,6 +18,19 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the embedded pipeline: events/s through every consumer and commit-to-effect
+    /// latency, beside the same checkouts written with no pipeline (in a scratch directory).
+    Bench {
+        #[arg(long, default_value_t = 20_000)]
+        orders: usize,
+        #[arg(long, default_value_t = 200)]
+        stores: usize,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// Where the scratch databases go (deleted afterwards); default: a temp directory.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Parked events: those that failed every retry.
     Dlq {
         #[command(subcommand)]
@@ -48,11 +61,21 @@ fn parse_id(raw: &str) -> anyhow::Result<(usize, i64)> {
 }
 
 pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> {
+    if let EventsCommand::Bench { orders, stores, shards, dir } = command {
+        let scratch = match dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        let report = kirana_events::bench::run(scratch.path(), orders, stores, shards).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let storage = crate::open_storage(config)?;
     let consumers = kirana_events::all_consumers();
     let names: Vec<&str> = consumers.iter().map(|c| c.name()).collect();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match command {
+        EventsCommand::Bench { .. } => unreachable!("handled above"),
         EventsCommand::Status { json } => {
             let s = kirana_events::status::status(&storage, &names, DEFAULT_PARTITIONS, clock.now()).await?;
             if json {

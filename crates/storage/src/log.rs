@@ -127,6 +127,10 @@ pub trait ShardLog: Send + Sync {
         now: Timestamp,
     ) -> Result<u32>;
 
+    /// When each event was applied by a consumer, for latency measurement: (event id, applied
+    /// at). Event ids are UUIDv7, so they carry when the event was written.
+    async fn applied_times(&self, consumer: &str, limit: u32) -> Result<Vec<(EventId, Timestamp)>>;
+
     /// Parks an event that failed every retry and moves the consumer's position past it.
     async fn park(
         &self,
