@@ -80,7 +80,16 @@ async fn checkouts(
                 let shard = storage.shard(scope);
                 let token = [i as u8; 32];
                 let cart = shard.create_cart(scope, token, clock.now()).await?;
-                shard.set_cart_item(scope, cart.id, token, *variant, Quantity::parse(1).map_err(anyhow::Error::msg)?, clock.now()).await?;
+                shard
+                    .set_cart_item(
+                        scope,
+                        cart.id,
+                        token,
+                        *variant,
+                        Quantity::parse(1).map_err(anyhow::Error::msg)?,
+                        clock.now(),
+                    )
+                    .await?;
                 let input: CheckoutInput = serde_json::from_value(serde_json::json!({
                     "customer": { "name": "Bench Shopper", "phone": "+919812345678" },
                     "address": { "line1": "1 Road", "city": "Pune", "postal_code": "411001" },
@@ -133,7 +142,8 @@ pub async fn run(work: &Path, orders: usize, store_count: usize, shards: u32) ->
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
     for log in storage.logs() {
         for (id, at) in log.applied_times("analytics", u32::MAX).await? {
-            let written = id.uuid().get_timestamp().map(|t| t.to_unix()).map(|(s, n)| s as i64 * 1000 + i64::from(n) / 1_000_000);
+            let written =
+                id.uuid().get_timestamp().map(|t| t.to_unix()).map(|(s, n)| s as i64 * 1000 + i64::from(n) / 1_000_000);
             if let Some(w) = written {
                 hist.record((at.millis() - w).max(0) as u64 * 1000)?;
             }
@@ -170,7 +180,9 @@ async fn caught_up(storage: &Storage, consumers: &[&str]) -> anyhow::Result<()> 
             let last = log.outbox_stats().await?.last_seq;
             for name in consumers {
                 let pos = log.positions(name).await?;
-                if last > 0 && (pos.len() < crate::partition::DEFAULT_PARTITIONS as usize || pos.iter().any(|(_, s)| *s < last)) {
+                if last > 0
+                    && (pos.len() < crate::partition::DEFAULT_PARTITIONS as usize || pos.iter().any(|(_, s)| *s < last))
+                {
                     done = false;
                 }
             }

@@ -1,5 +1,5 @@
 //! Starting and stopping the pipeline: a reader per (consumer, shard), the trimmer that keeps
-//! the outbox short, and the notification worker; and replaying parked events.
+//! the outbox short, the webhook and notification workers; and replaying parked events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,10 @@ use crate::embedded::{Reader, ReaderConfig, trim};
 use crate::notify::{self, Messenger};
 use crate::status::Heartbeats;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
     pub reader: ReaderConfig,
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// The running pipeline. Dropping it does not stop it; call [`Pipeline::stop`].
@@ -59,6 +60,7 @@ impl Pipeline {
                 }
             }
         }));
+        tasks.push(tokio::spawn(crate::webhooks::run(storage.clone(), clock.clone(), cfg.webhooks, rx.clone())));
         tasks.push(tokio::spawn(notify::run(storage, messenger, clock, rx)));
         Pipeline { shutdown, tasks, heartbeats }
     }

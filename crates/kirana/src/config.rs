@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// `AWS_*` variables) or `file:///dir`. Defaults to `<data-dir>/media`.
     #[arg(long, env = "KIRANA_MEDIA_URL")]
     pub media_url: Option<String>,
+    /// Let merchants' webhooks reach loopback and private addresses (development only: in
+    /// production a webhook must not be aimable at the platform's own network).
+    #[arg(long, env = "KIRANA_WEBHOOKS_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
+    pub webhooks_allow_private: Option<bool>,
 }
 
 /// The file layer: every field optional.
@@ -68,6 +72,7 @@ struct FileConfig {
     drain_secs: Option<u64>,
     public_url: Option<String>,
     media_url: Option<String>,
+    webhooks_allow_private: Option<bool>,
 }
 
 /// Resolved settings.
@@ -85,6 +90,7 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Where uploaded images live (an object_store URL); `None`: `<data-dir>/media`.
     pub media_url: Option<String>,
+    pub webhooks_allow_private: bool,
 }
 
 impl Config {
@@ -135,6 +141,10 @@ impl Config {
             drain_secs: serve.and_then(|s| s.drain_secs).or(file.drain_secs).unwrap_or(0),
             public_url: serve.and_then(|s| s.public_url.clone()).or(file.public_url),
             media_url: serve.and_then(|s| s.media_url.clone()).or(file.media_url),
+            webhooks_allow_private: serve
+                .and_then(|s| s.webhooks_allow_private)
+                .or(file.webhooks_allow_private)
+                .unwrap_or(false),
         })
     }
 }
@@ -161,6 +171,7 @@ mod tests {
             drain_secs: None,
             public_url: None,
             media_url: None,
+            webhooks_allow_private: None,
         };
         let c = Config::resolve(&globals(), Some(&serve)).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./kirana-data"));
@@ -184,6 +195,7 @@ mod tests {
             drain_secs: None,
             public_url: None,
             media_url: None,
+            webhooks_allow_private: None,
         };
         let c = Config::resolve(&g, Some(&serve)).unwrap();
         assert_eq!(c.shards, 2, "flag wins over file");

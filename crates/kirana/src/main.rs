@@ -171,7 +171,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         kirana_events::all_consumers(),
         notifier.clone(),
         clock.clone(),
-        kirana_events::PipelineConfig::default(),
+        kirana_events::PipelineConfig {
+            webhooks: kirana_events::webhooks::WebhookConfig {
+                allow_private_targets: config.webhooks_allow_private,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     );
     let state = AppState::new(storage, clock, notifier, server_config).with_media(media);
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));

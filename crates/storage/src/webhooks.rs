@@ -140,7 +140,8 @@ impl WebhookUrl {
                     let name = host.strip_suffix('.').unwrap_or(&host);
                     // A top-level label starting with a digit would be read as an IPv4 address
                     // (`0x7f.1` is 127.0.0.1 to a URL parser); no real TLD does.
-                    let tld_ok = name.rsplit('.').next().is_some_and(|t| t.starts_with(|c: char| c.is_ascii_alphabetic()));
+                    let tld_ok =
+                        name.rsplit('.').next().is_some_and(|t| t.starts_with(|c: char| c.is_ascii_alphabetic()));
                     if name.len() > 253 || !name.contains('.') || !tld_ok || !name.split('.').all(label_ok) {
                         return Err("must name a public host, e.g. https://example.com/webhooks".into());
                     }
@@ -194,6 +195,7 @@ pub fn is_public(ip: IpAddr) -> bool {
             let first = v6.segments()[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.segments()[..6] == [0; 6] // IPv4-compatible (`::127.0.0.1`), deprecated
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link-local
@@ -446,7 +448,8 @@ pub trait Webhooks: Send + Sync {
     /// Shard-wide, for the worker: deliveries of active endpoints due at `now`, earliest due
     /// first, leaving out the endpoints in `skip` (those already as busy as allowed), so one
     /// endpoint's backlog cannot fill the page.
-    async fn due_webhook_deliveries(&self, now: Timestamp, limit: u32, skip: &[EndpointId]) -> Result<Vec<DueDelivery>>;
+    async fn due_webhook_deliveries(&self, now: Timestamp, limit: u32, skip: &[EndpointId])
+    -> Result<Vec<DueDelivery>>;
     /// Takes deliveries for sending: each one still due at `now` is leased until `until` (no
     /// other poll or node sends it meanwhile; if this one dies, it is sent again then). Returns
     /// the keys taken.
@@ -501,11 +504,10 @@ mod tests {
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"]
-        {
+        for ip in ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["::1", "::", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"] {
+        for ip in ["::1", "::", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::a00:1"] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -11,6 +11,7 @@ pub mod media;
 pub mod orders;
 pub mod storefront;
 pub mod stores;
+pub mod webhooks;
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -35,6 +36,7 @@ use crate::state::AppState;
         (name = "orders", description = "Orders and their state machine"),
         (name = "customers", description = "Customers recorded from orders"),
         (name = "coupons", description = "Discount codes"),
+        (name = "webhooks", description = "Merchant webhooks: endpoints, signed deliveries, the delivery log"),
         (name = "analytics", description = "Sales per day and best sellers, from the event pipeline"),
         (name = "storefront", description = "The shopper's API: catalog, cart, checkout, order status"),
         (name = "operations", description = "Health and readiness")
@@ -74,4 +76,5 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(media::router())
         .merge(analytics::router())
+        .merge(webhooks::router())
 }

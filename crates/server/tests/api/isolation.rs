@@ -70,6 +70,14 @@ async fn tenant(app: &TestApp, phone: &str, name: &str) -> Tenant {
     let key = app.post("/api/v1/api-keys", Some(&token), json!({ "name": "sync" })).await.expect(201);
     let cart = app.open_cart(&s).await;
     app.set_item(&s, &cart.0, &cart.1, &variant, 1).await.expect(200);
+    let webhook = app
+        .post(
+            &format!("/api/v1/stores/{sid}/webhooks"),
+            Some(&token),
+            json!({ "url": format!("https://{}.example.com/hooks", slug(&store)), "event_types": ["*"] }),
+        )
+        .await
+        .expect(201);
     Tenant {
         ids: vec![
             ("category_id", id(&cat)),
@@ -79,6 +87,7 @@ async fn tenant(app: &TestApp, phone: &str, name: &str) -> Tenant {
             ("order_id", id(&order)),
             ("customer_id", id(&customers["items"][0])),
             ("key_id", key["key"]["id"].as_str().unwrap().to_string()),
+            ("webhook_id", id(&webhook)),
         ],
         token,
         store,
@@ -106,6 +115,9 @@ fn body_for(method: &Method, template: &str, victim: &Tenant) -> Option<Value> {
         ("POST", "/api/v1/storefront/{slug}/carts/{cart_id}/checkout") => shopper(),
         // Multipart in real use; the store check comes before the body is read.
         ("POST", "/api/v1/stores/{store_id}/media") => json!({}),
+        ("POST", "/api/v1/stores/{store_id}/webhooks") => {
+            json!({ "url": "https://hacked.example.com/hooks", "event_types": ["*"] })
+        }
         _ => return None,
     };
     Some(b)
@@ -255,6 +267,9 @@ async fn walk_every_route(shards: u32) {
     assert_eq!(coupon["active"], true);
     let cats = app.get(&format!("/api/v1/stores/{sid}/categories"), Some(&b.token)).await.expect(200);
     assert_eq!(cats["items"].as_array().unwrap().len(), 1);
+    let hooks = app.get(&format!("/api/v1/stores/{sid}/webhooks"), Some(&b.token)).await.expect(200);
+    assert_eq!(hooks["items"].as_array().unwrap().len(), 1, "B's webhook survived A's calls");
+    assert_eq!(hooks["items"][0]["id"], b.id("webhook_id").as_str());
     let cart = app
         .call(
             Method::GET,

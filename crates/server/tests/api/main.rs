@@ -11,3 +11,4 @@ mod checkout;
 mod isolation;
 mod orders;
 mod stores;
+mod webhooks;

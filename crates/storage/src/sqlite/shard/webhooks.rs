@@ -175,8 +175,11 @@ fn due(c: &Connection, now: Timestamp, limit: u32, skip: &[EndpointId]) -> Resul
     // Served by the partial index on pending rows' `next_attempt_at`; a store-less scan is the
     // point (the worker serves the whole shard). Busy endpoints are left out in the query, not
     // after it, so their backlog cannot fill the page and starve the others.
-    let skip_clause =
-        if skip.is_empty() { String::new() } else { format!("AND d.endpoint_id NOT IN ({})", placeholders(3, skip.len())) };
+    let skip_clause = if skip.is_empty() {
+        String::new()
+    } else {
+        format!("AND d.endpoint_id NOT IN ({})", placeholders(3, skip.len()))
+    };
     let sql = format!(
         "SELECT d.store_id, d.endpoint_id, d.event_id, d.event_type, d.payload, d.attempts, d.created_at, e.url, e.secret
          FROM webhook_deliveries d
@@ -322,7 +325,10 @@ fn record(c: &Connection, r: &AttemptRecord) -> Result<Recorded> {
         store,
         Uuid::now_v7(),
         STORE_OWNER,
-        format!("Your webhook {} was disabled after failing for a day. Fix it, then add it again.", truncate(&url, 200)),
+        format!(
+            "Your webhook {} was disabled after failing for a day. Fix it, then add it again.",
+            truncate(&url, 200)
+        ),
         r.at.millis()
     ])?;
     Ok(Recorded::Disabled(reason))
@@ -364,7 +370,12 @@ impl Webhooks for SqliteShard {
         self.db.read(|c| deliveries(c, scope.store_id(), id, page))
     }
 
-    async fn due_webhook_deliveries(&self, now: Timestamp, limit: u32, skip: &[EndpointId]) -> Result<Vec<DueDelivery>> {
+    async fn due_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        skip: &[EndpointId],
+    ) -> Result<Vec<DueDelivery>> {
         self.db.read(|c| due(c, now, limit, skip))
     }
 
