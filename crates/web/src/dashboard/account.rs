@@ -164,6 +164,9 @@ fn start_of_day(now: Timestamp) -> Timestamp {
 struct HomePage {
     d: Chrome,
     stats: DashboardStats,
+    /// The last seven days' sales from the analytics rollups, with each day's share of the best
+    /// day for the bars.
+    week: Vec<(kirana_domain::analytics::DaySales, u32)>,
     waiting: Vec<kirana_domain::order::Order>,
     products: usize,
     created: bool,
@@ -185,7 +188,11 @@ pub async fn store_home(
     let waiting = shard.orders(&o.scope, Some(kirana_domain::order::OrderStatus::Placed), first_page(10)?).await?.items;
     let products =
         shard.products(&o.scope, kirana_storage::ProductFilter::default(), first_page(1)?).await?.items.len();
-    let ctx = HomePage { d: o.chrome(&csrf, "home"), stats, waiting, products, created: q.created.is_some() };
+    let today = kirana_domain::analytics::day_of(s.clock.now().millis());
+    let days = shard.analytics(&o.scope, today - 6, today).await?.days;
+    let best = days.iter().map(|d| d.revenue).max().unwrap_or(0).max(1);
+    let week = days.into_iter().map(|d| (d.clone(), (d.revenue * 100 / best) as u32)).collect();
+    let ctx = HomePage { d: o.chrome(&csrf, "home"), stats, week, waiting, products, created: q.created.is_some() };
     page(&o.session.web, "dashboard/home.html", ctx, csrf.jar)
 }
 
