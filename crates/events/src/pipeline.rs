@@ -14,8 +14,19 @@ use crate::embedded::{Reader, ReaderConfig, trim};
 use crate::notify::{self, Messenger};
 use crate::status::Heartbeats;
 
+/// Where the events travel between the outbox and the consumers.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// The outbox is the log: readers per (consumer, shard), positions in the shard.
+    #[default]
+    Embedded,
+    /// A relay per shard into NATS JetStream, durable consumers per (consumer, partition).
+    JetStream(Box<crate::jetstream::JetStreamConfig>),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
+    pub backend: Backend,
     pub reader: ReaderConfig,
     pub webhooks: crate::webhooks::WebhookConfig,
 }
@@ -38,28 +49,59 @@ impl Pipeline {
         let (shutdown, rx) = watch::channel(false);
         let heartbeats = Arc::new(Heartbeats::default());
         let mut tasks = Vec::new();
-        for consumer in &consumers {
-            for shard in 0..storage.shard_count() {
-                let reader = Reader::new(consumer.clone(), storage.clone(), shard, cfg.reader, clock.clone());
-                tasks.push(tokio::spawn(reader.run(rx.clone(), heartbeats.clone())));
+        match cfg.backend {
+            Backend::Embedded => {
+                for consumer in &consumers {
+                    for shard in 0..storage.shard_count() {
+                        let reader = Reader::new(consumer.clone(), storage.clone(), shard, cfg.reader, clock.clone());
+                        tasks.push(tokio::spawn(reader.run(rx.clone(), heartbeats.clone())));
+                    }
+                }
+                let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
+                let (trim_storage, mut trim_rx, partitions) = (storage.clone(), rx.clone(), cfg.reader.partitions);
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = trim_rx.changed() => {}
+                        }
+                        if *trim_rx.borrow() {
+                            return;
+                        }
+                        if let Err(e) = trim(&trim_storage, &names, partitions).await {
+                            tracing::warn!(error = %e, "could not trim the outbox");
+                        }
+                    }
+                }));
+            }
+            Backend::JetStream(js) => {
+                // The relay trims the outbox in this backend: the stream is the consumers' log.
+                // Opening never waits for the server: a node whose NATS is down still starts,
+                // and orders wait in the outbox until it answers.
+                let (storage, consumers, clock, heartbeats, rx, retry) = (
+                    storage.clone(),
+                    consumers.clone(),
+                    clock.clone(),
+                    heartbeats.clone(),
+                    rx.clone(),
+                    cfg.reader.retry,
+                );
+                tasks.push(tokio::spawn(async move {
+                    let bus = match crate::jetstream::JetStreamBus::open(*js).await {
+                        Ok(bus) => bus.with_heartbeats(heartbeats),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the JetStream backend cannot start; events wait in the outbox");
+                            return;
+                        }
+                    };
+                    for t in crate::jetstream::start(bus, storage, consumers, clock, retry, rx) {
+                        if let Err(e) = t.await {
+                            tracing::error!(error = %e, "a JetStream task ended abnormally");
+                        }
+                    }
+                }));
             }
         }
-        let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
-        let (trim_storage, mut trim_rx, partitions) = (storage.clone(), rx.clone(), cfg.reader.partitions);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = trim_rx.changed() => {}
-                }
-                if *trim_rx.borrow() {
-                    return;
-                }
-                if let Err(e) = trim(&trim_storage, &names, partitions).await {
-                    tracing::warn!(error = %e, "could not trim the outbox");
-                }
-            }
-        }));
         tasks.push(tokio::spawn(crate::webhooks::run(storage.clone(), clock.clone(), cfg.webhooks, rx.clone())));
         tasks.push(tokio::spawn(notify::run(storage, messenger, clock, rx)));
         Pipeline { shutdown, tasks, heartbeats }

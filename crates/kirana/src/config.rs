@@ -27,6 +27,10 @@ pub struct GlobalArgs {
     /// Log format: `text` or `json`.
     #[arg(long, global = true, env = "KIRANA_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Where events travel: `embedded` (the outbox is the log) or `nats://HOST:PORT`
+    /// (NATS JetStream).
+    #[arg(long, global = true, env = "KIRANA_EVENTS")]
+    pub events: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,6 +70,7 @@ struct FileConfig {
     shards: Option<u32>,
     synchronous: Option<String>,
     log_format: Option<String>,
+    events: Option<String>,
     listen: Option<String>,
     trust_proxy: Option<bool>,
     secret_key: Option<String>,
@@ -82,6 +87,8 @@ pub struct Config {
     pub shards: u32,
     pub sqlite: SqliteOptions,
     pub json_logs: bool,
+    /// `None`: embedded; `Some(url)`: NATS JetStream at that URL.
+    pub nats_url: Option<String>,
     /// Only `serve` listens, so only `serve` requires a valid address.
     pub listen: Option<SocketAddr>,
     pub trust_proxy: bool,
@@ -130,7 +137,13 @@ impl Config {
         {
             bail!("the secret key must be 64 hex digits");
         }
+        let nats_url = match g.events.clone().or(file.events).as_deref().map(str::trim) {
+            None | Some("embedded") | Some("") => None,
+            Some(u) if u.starts_with("nats://") || u.starts_with("tls://") => Some(u.to_string()),
+            Some(other) => bail!("--events must be `embedded` or a nats:// URL, not {other:?}"),
+        };
         Ok(Config {
+            nats_url,
             data_dir,
             shards,
             sqlite: SqliteOptions { synchronous, ..SqliteOptions::default() },
@@ -159,7 +172,7 @@ mod tests {
     use super::*;
 
     fn globals() -> GlobalArgs {
-        GlobalArgs { data_dir: None, config: None, shards: None, synchronous: None, log_format: None }
+        GlobalArgs { data_dir: None, config: None, shards: None, synchronous: None, log_format: None, events: None }
     }
 
     #[test]

@@ -77,7 +77,10 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
     match command {
         EventsCommand::Bench { .. } => unreachable!("handled above"),
         EventsCommand::Status { json } => {
-            let s = kirana_events::status::status(&storage, &names, DEFAULT_PARTITIONS, clock.now()).await?;
+            // With JetStream the outbox only feeds the relay (its backlog and age say whether
+            // the relay keeps up); consumers' lag is read from the stream below.
+            let outbox_readers: &[&str] = if config.nats_url.is_some() { &[] } else { &names };
+            let s = kirana_events::status::status(&storage, outbox_readers, DEFAULT_PARTITIONS, clock.now()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
@@ -104,6 +107,29 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
                         worst.map(|w| w.partition.to_string()).unwrap_or_else(|| "—".into()),
                         worst.map(|w| w.lag_seconds).unwrap_or(0.0),
                         c.heartbeat_age_seconds.map(|a| format!("{a:.0} s ago")).unwrap_or_else(|| "never".into())
+                    );
+                }
+            }
+            if let Some(url) = &config.nats_url {
+                // In the JetStream backend the outbox only feeds the relay; consumers' lag is
+                // what the stream still holds for them.
+                let bus = kirana_events::jetstream::connect(kirana_events::jetstream::JetStreamConfig::new(url))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url}: {e}"))?;
+                let lag = kirana_events::jetstream::lag(&bus, &names, DEFAULT_PARTITIONS)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot read consumer lag from NATS: {e}"))?;
+                println!("JetStream at {url}:");
+                for name in &names {
+                    let mine: Vec<_> = lag.iter().filter(|(c, ..)| c == name).collect();
+                    let total: u64 = mine.iter().map(|(.., n)| n).sum();
+                    let worst = mine.iter().max_by_key(|(.., n)| *n);
+                    println!(
+                        "  {name:<14} pending {total:>6} events{}",
+                        worst
+                            .filter(|w| w.2 > 0)
+                            .map(|w| format!(", most in partition {} ({})", w.1, w.2))
+                            .unwrap_or_default()
                     );
                 }
             }

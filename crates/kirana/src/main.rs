@@ -172,6 +172,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         notifier.clone(),
         clock.clone(),
         kirana_events::PipelineConfig {
+            backend: match &config.nats_url {
+                None => kirana_events::pipeline::Backend::Embedded,
+                Some(url) => kirana_events::pipeline::Backend::JetStream(Box::new(
+                    kirana_events::jetstream::JetStreamConfig::new(url),
+                )),
+            },
             webhooks: kirana_events::webhooks::WebhookConfig {
                 allow_private_targets: config.webhooks_allow_private,
                 ..Default::default()

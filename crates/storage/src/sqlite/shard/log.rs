@@ -211,7 +211,8 @@ impl ShardLog for SqliteShard {
 
     async fn applied_times(&self, consumer: &str, limit: u32) -> Result<Vec<(EventId, Timestamp)>> {
         self.db.read(|c| {
-            let mut st = c.prepare_cached("SELECT event_id, applied_at FROM applied_events WHERE consumer = ?1 LIMIT ?2")?;
+            let mut st =
+                c.prepare_cached("SELECT event_id, applied_at FROM applied_events WHERE consumer = ?1 LIMIT ?2")?;
             let rows = st.query_map(params![consumer, limit], |r| {
                 Ok((EventId::from_uuid(r.get(0)?), Timestamp::from_millis(r.get(1)?)))
             })?;
