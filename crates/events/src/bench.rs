@@ -111,7 +111,15 @@ fn open(dir: &Path, shards: u32) -> anyhow::Result<Storage> {
     Ok(kirana_storage::sqlite::open(dir, shards, &SqliteOptions::default())?)
 }
 
-pub async fn run(work: &Path, orders: usize, store_count: usize, shards: u32) -> anyhow::Result<EventsBench> {
+/// `nats`: `None` for the embedded backend, or a NATS URL to run the pipeline on JetStream (a
+/// stream of its own, deleted afterwards).
+pub async fn run(
+    work: &Path,
+    orders: usize,
+    store_count: usize,
+    shards: u32,
+    nats: Option<&str>,
+) -> anyhow::Result<EventsBench> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let concurrency = 32;
 
@@ -127,17 +135,44 @@ pub async fn run(work: &Path, orders: usize, store_count: usize, shards: u32) ->
     let shops = stores(&storage, store_count, &*clock).await?;
     let consumers = all_consumers();
     let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
+    let js = nats.map(|url| {
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        let mut cfg = crate::jetstream::JetStreamConfig::new(url);
+        cfg.stream = format!("KIRANA_BENCH_{tag}");
+        cfg.dlq_stream = format!("KIRANA_BENCH_DLQ_{tag}");
+        cfg.subject_prefix = format!("bench{tag}.ev");
+        cfg.dlq_prefix = format!("bench{tag}.dlq");
+        cfg
+    });
+    let bus = match &js {
+        Some(cfg) => Some(crate::jetstream::connect(cfg.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let backend = match &js {
+        Some(cfg) => crate::pipeline::Backend::JetStream(Box::new(cfg.clone())),
+        None => crate::pipeline::Backend::Embedded,
+    };
     // Let the pipeline take the setup's events first, so only the checkouts are timed.
-    let pipeline =
-        Pipeline::start(storage.clone(), consumers.clone(), Arc::new(Silent), clock.clone(), PipelineConfig::default());
-    caught_up(&storage, &names).await?;
+    let cfg = PipelineConfig { backend, ..PipelineConfig::default() };
+    let pipeline = Pipeline::start(storage.clone(), consumers.clone(), Arc::new(Silent), clock.clone(), cfg);
+    let caught_up = async |storage: &Storage| -> anyhow::Result<()> {
+        match &bus {
+            None => caught_up(storage, &names).await,
+            Some(bus) => drained(storage, bus, &names).await,
+        }
+    };
+    caught_up(&storage).await?;
     let first: i64 = last_seqs(&storage).await?.iter().sum();
     let started = Instant::now();
     let orders_per_sec = checkouts(&storage, &shops, orders, concurrency).await?;
-    caught_up(&storage, &names).await?;
+    caught_up(&storage).await?;
     let elapsed = started.elapsed();
     let events = last_seqs(&storage).await?.iter().sum::<i64>() - first;
     pipeline.stop().await;
+    if let (Some(bus), Some(cfg)) = (&bus, &js) {
+        let _ = bus.jetstream().delete_stream(&cfg.stream).await;
+        let _ = bus.jetstream().delete_stream(&cfg.dlq_stream).await;
+    }
 
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
     for log in storage.logs() {
@@ -169,6 +204,32 @@ async fn last_seqs(storage: &Storage) -> anyhow::Result<Vec<i64>> {
         v.push(log.outbox_stats().await?.last_seq);
     }
     Ok(v)
+}
+
+/// JetStream: the relay has emptied every outbox and no consumer has anything pending.
+async fn drained(storage: &Storage, bus: &crate::jetstream::JetStreamBus, consumers: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut rows = 0;
+        for log in storage.logs() {
+            rows += log.outbox_stats().await?.rows;
+        }
+        let pending: u64 = if rows == 0 {
+            crate::jetstream::lag(bus, consumers, bus.config().partitions)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .iter()
+                .map(|(.., n)| n)
+                .sum()
+        } else {
+            1
+        };
+        if pending == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits until every consumer's every partition is at the shard's last position.

@@ -18,8 +18,9 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Measure the embedded pipeline: events/s through every consumer and commit-to-effect
-    /// latency, beside the same checkouts written with no pipeline (in a scratch directory).
+    /// Measure the pipeline (embedded, or JetStream with `--events nats://…`): events/s through
+    /// every consumer and commit-to-effect latency, beside the same checkouts written with no
+    /// pipeline (in a scratch directory).
     Bench {
         #[arg(long, default_value_t = 20_000)]
         orders: usize,
@@ -66,7 +67,7 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
             Some(d) => tempfile::tempdir_in(d)?,
             None => tempfile::tempdir()?,
         };
-        let report = kirana_events::bench::run(scratch.path(), orders, stores, shards).await?;
+        let report = kirana_events::bench::run(scratch.path(), orders, stores, shards, config.nats_url.as_deref()).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
