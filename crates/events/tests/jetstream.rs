@@ -148,6 +148,43 @@ impl Running {
     }
 }
 
+/// A merchant's webhook endpoint on 127.0.0.1 that records the event ids it is sent.
+struct Receiver {
+    url: String,
+    ids: Arc<Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = ids.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    if let Some(id) = headers.get("kirana-event-id").and_then(|v| v.to_str().ok()) {
+                        seen.lock().unwrap().push(id.to_string());
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, ids }
+    }
+
+    fn distinct(&self) -> usize {
+        self.ids.lock().unwrap().iter().collect::<HashSet<_>>().len()
+    }
+
+    fn requests(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+}
+
 /// Every consumer has finished every partition (acks are asynchronous, so this is polled).
 async fn caught_up(bus: &JetStreamBus, consumers: &[&str]) {
     eventually(Duration::from_secs(20), "no lag left", || async {
@@ -229,6 +266,24 @@ async fn a_nats_killed_mid_burst_loses_nothing_and_applies_nothing_twice() {
     let bus = jetstream::connect(test_config(&nats.url(), 4)).await.unwrap();
     let (consumers, sales) = watched_consumers();
     let list = names(&consumers);
+    // Every shop's merchant listens for every event on a webhook.
+    let receiver = Receiver::start().await;
+    for shop in &world.shops {
+        let new = kirana_storage::NewEndpoint::parse(&receiver.url, &["*".to_string()]).unwrap();
+        world.storage.shard(&shop.scope).webhooks().create_webhook(&shop.scope, new, world.clock.now()).await.unwrap();
+    }
+    let (stop_hooks, hooks_rx) = watch::channel(false);
+    let hooks = tokio::spawn(kirana_events::webhooks::run(
+        world.storage.clone(),
+        world.clock.clone(),
+        kirana_events::webhooks::WebhookConfig {
+            poll: Duration::from_millis(10),
+            backoff_base: Duration::from_millis(10),
+            allow_private_targets: true,
+            ..Default::default()
+        },
+        hooks_rx,
+    ));
     let running = Running::start(&bus, &world, consumers, patient());
 
     let w = world.clone();
@@ -258,6 +313,21 @@ async fn a_nats_killed_mid_burst_loses_nothing_and_applies_nothing_twice() {
     drained(&world).await;
     caught_up(&bus, &list).await;
     assert_eq!(sales.out_of_order.load(Ordering::SeqCst), 0, "a store's orders arrived out of order");
+    // Each receiver, deduplicating by the Kirana-Event-Id header, sees each event exactly once:
+    // two per order (the order and its customer), none missing, none extra.
+    let expected: i64 = (0..world.shops.len()).map(|i| 2 * world.taken(i).orders).sum();
+    eventually(Duration::from_secs(60), "every webhook delivered", || async {
+        let got = receiver.distinct() as i64;
+        if got == expected { Ok(()) } else { Err(format!("{got} distinct event ids of {expected}")) }
+    })
+    .await;
+    let _ = stop_hooks.send(true);
+    hooks.await.unwrap();
+    assert_eq!(receiver.distinct() as i64, expected, "no event delivered that should not have been");
+    println!(
+        "kill -9: {} webhook requests for {expected} events (duplicates absorbed by the id header)",
+        receiver.requests()
+    );
     println!(
         "kill -9: {} events written, {} messages in the stream, {} handed to the sales consumer again (absorbed)",
         world.events_written().await,

@@ -79,13 +79,14 @@ fn apply_effect(c: &Connection, event: &Event, effect: &Effect, now: Timestamp) 
             .execute(params![store, event.id.uuid(), recipient, message, now.millis()])?;
         }
         Effect::Webhooks => {
-            // One delivery per active endpoint subscribed to the type ("*" is every type).
+            // One delivery per active endpoint subscribed to the type ("*" is every type) that
+            // existed when the event happened: a new endpoint gets what happens after it.
             c.prepare_cached(
                 "INSERT OR IGNORE INTO webhook_deliveries
                    (store_id, endpoint_id, event_id, event_type, payload, status, attempts, next_attempt_at, created_at)
                  SELECT e.store_id, e.endpoint_id, ?2, ?3, ?4, 'pending', 0, ?5, ?5
                  FROM webhook_endpoints e
-                 WHERE e.store_id = ?1 AND e.active = 1
+                 WHERE e.store_id = ?1 AND e.active = 1 AND e.created_at <= ?6
                    AND EXISTS (SELECT 1 FROM json_each(e.event_types) t WHERE t.value IN (?3, '*'))",
             )?
             .execute(params![
@@ -93,7 +94,8 @@ fn apply_effect(c: &Connection, event: &Event, effect: &Effect, now: Timestamp) 
                 event.id.uuid(),
                 event.kind,
                 serde_json::to_string(event).map_err(|e| StorageError::Internal(e.to_string()))?,
-                now.millis()
+                now.millis(),
+                event.occurred_at.millis()
             ])?;
         }
     }
