@@ -15,12 +15,14 @@
 //! - [`webhooks`]: merchants' webhook endpoints, their delivery log, and the worker's queue.
 //! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
 //!   both (creating a store, renaming its slug).
+//! - [`postgres`]: the PostgreSQL backend, being built (issue 6): schemas so far.
 //! - [`sqlite`]: the embedded backend: one SQLite file for the directory and one per shard, each
 //!   with a single writer thread that group-commits and a pool of readers.
 
 pub mod directory;
 pub mod error;
 pub mod log;
+pub mod postgres;
 pub mod scope;
 pub mod shard;
 pub mod sqlite;

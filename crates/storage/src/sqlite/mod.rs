@@ -10,7 +10,7 @@
 pub mod baseline;
 mod db;
 mod directory;
-mod schema;
+pub(crate) mod schema;
 pub mod seed;
 mod shard;
 mod writer;
