@@ -67,7 +67,8 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
             Some(d) => tempfile::tempdir_in(d)?,
             None => tempfile::tempdir()?,
         };
-        let report = kirana_events::bench::run(scratch.path(), orders, stores, shards, config.nats_url.as_deref()).await?;
+        let report =
+            kirana_events::bench::run(scratch.path(), orders, stores, shards, config.nats_url.as_deref()).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }

@@ -1,6 +1,10 @@
 //! The PostgreSQL backend (being built, issue 6): shards that are a primary with streaming
 //! replicas, and the directory in a control database.
 //!
-//! - [`schema`]: the same tables as the SQLite backend, in PostgreSQL's types.
+//! - [`schema`]: the same tables as the SQLite backend, in PostgreSQL's types, and `migrate`.
+//! - [`replica`]: a replica's health as the router and `kirana doctor` see it: lag in bytes and
+//!   seconds, state (streaming, replay paused, receiver down, promoted), read-your-writes tokens,
+//!   and the rotation policy with hysteresis.
 
+pub mod replica;
 pub mod schema;
