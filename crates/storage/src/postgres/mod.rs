@@ -5,6 +5,12 @@
 //! - [`replica`]: a replica's health as the router and `kirana doctor` see it: lag in bytes and
 //!   seconds, state (streaming, replay paused, receiver down, promoted), read-your-writes tokens,
 //!   and the rotation policy with hysteresis.
+//! - [`pool`]: one connection pool per server and role, with a size, an acquire timeout that
+//!   becomes `Unavailable` (503) naming the pool, and its status for metrics.
+//! - [`directory`]: `PgDirectory`, the directory on the control database, behaving exactly as
+//!   the SQLite one (`tests/pg_directory.rs` runs the same checks against both).
 
+pub mod directory;
+pub mod pool;
 pub mod replica;
 pub mod schema;
