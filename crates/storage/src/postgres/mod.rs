@@ -9,8 +9,11 @@
 //!   becomes `Unavailable` (503) naming the pool, and its status for metrics.
 //! - [`directory`]: `PgDirectory`, the directory on the control database, behaving exactly as
 //!   the SQLite one (`tests/pg_directory.rs` runs the same checks against both).
+//! - [`shard`]: the shard's queries, one module per concern as on SQLite (stores and the
+//!   catalog so far, checked against SQLite by `tests/pg_catalog.rs`); `PgShard` comes next.
 
 pub mod directory;
 pub mod pool;
 pub mod replica;
 pub mod schema;
+pub mod shard;

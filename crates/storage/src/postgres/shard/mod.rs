@@ -1,0 +1,119 @@
+//! A shard on PostgreSQL (issue 6), being built one concern at a time. As on SQLite, the SQL
+//! lives in one module per concern, as free functions over a client and a store id; the
+//! `PgShard` that implements [`crate::Shard`] on top of them (unwrapping the scope, taking a
+//! connection, opening the transaction) comes next.
+//!
+//! Until it does, these modules are public so the behavioural tests (`tests/pg_catalog.rs`) can
+//! drive them; once `PgShard` exists they become private to this backend, like SQLite's, and the
+//! only way in is a `StoreScope` again. Callers pass a transaction for every write: a write is
+//! several statements and its outbox event, committed together or not at all.
+//!
+//! SQLite gets its atomicity from one writer thread; here writers run concurrently, so every
+//! read-then-write either locks what it read (`FOR UPDATE`, `FOR KEY SHARE`), serialises on a
+//! transaction-scoped advisory lock when what it counts may not exist yet, or is backed by a
+//! unique index whose violation maps to the same error SQLite's pre-check gives. It must never
+//! answer differently from SQLite: a difference is a bug in one of the two.
+//!
+//! - [`stores`]: the store's own row (name, settings, the order-number counter).
+//! - [`catalog`]: categories, products and their variants.
+
+pub mod catalog;
+pub mod stores;
+
+use deadpool_postgres::GenericClient;
+use kirana_domain::event::Event;
+use kirana_domain::{StoreId, Timestamp};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::pool::{PoolRole, query_error};
+use crate::Result;
+use crate::error::StorageError;
+
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Maps an error the caller did not expect: retryable when the connection or server went away,
+/// otherwise a bug. (The free functions do not know which shard they run on; `PgShard` names
+/// it in its logs.)
+pub(crate) fn pg(e: tokio_postgres::Error) -> StorageError {
+    let message = format!("shard primary: {e}");
+    match query_error(PoolRole::Directory, e) {
+        StorageError::Unavailable(_) => StorageError::Unavailable(message),
+        _ => StorageError::Internal(message),
+    }
+}
+
+/// The name of the unique index or constraint a statement violated, if that is what failed.
+pub(crate) fn unique_violation(e: &tokio_postgres::Error) -> Option<&str> {
+    let db = e.as_db_error()?;
+    (*db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION).then(|| db.constraint()).flatten()
+}
+
+pub(crate) async fn rows<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+    let st = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query(&st, params).await.map_err(pg)
+}
+
+pub(crate) async fn opt<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+    let st = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query_opt(&st, params).await.map_err(pg)
+}
+
+pub(crate) async fn one<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<Row> {
+    let st = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query_one(&st, params).await.map_err(pg)
+}
+
+/// Runs a statement, handing its raw error back so the caller can map the violations it
+/// expects (a unique index) before the rest go through [`pg`].
+pub(crate) async fn exec_raw<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.execute(&st, params).await
+}
+
+pub(crate) async fn exec<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Result<u64> {
+    exec_raw(c, sql, params).await.map_err(pg)
+}
+
+/// Serialises this transaction with every other holding the same key, until it ends.
+pub(crate) async fn lock<C: GenericClient>(c: &C, key: &str) -> Result<()> {
+    exec(c, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
+    Ok(())
+}
+
+/// Appends an event to the outbox, inside the caller's transaction.
+///
+/// `seq` is an identity column, so positions follow insertion, which on PostgreSQL is not
+/// commit order: a transaction that took seq 7 may commit after one that took seq 8, and a
+/// relay that read "everything after 6" in between would skip 7 for ever. The relay therefore
+/// must read by seq only up to a safe point: below the lowest seq any still-running transaction
+/// may hold (e.g. take the rows whose `xmin` precedes `pg_snapshot_xmin(pg_current_snapshot())`,
+/// or hold back rows newer than the oldest in-progress writer). SQLite has one writer, so there
+/// insertion order is commit order. See docs/decisions/0004-outbox.md.
+pub async fn emit<C: GenericClient>(
+    c: &C,
+    store: StoreId,
+    kind: &str,
+    now: Timestamp,
+    payload: serde_json::Value,
+) -> Result<()> {
+    let event = Event::new(store, kind, now, payload);
+    exec(
+        c,
+        "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &store.uuid(),
+            &event.id.uuid(),
+            &event.kind,
+            &i64::from(event.version),
+            &now.millis(),
+            &event.payload.to_string(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
