@@ -17,7 +17,11 @@
 //! - [`stores`]: the store's own row (name, settings, the order-number counter).
 //! - [`catalog`]: categories, products and their variants.
 
+pub mod carts;
 pub mod catalog;
+pub mod checkout;
+pub mod coupons;
+pub mod orders;
 pub mod stores;
 
 use deadpool_postgres::GenericClient;
