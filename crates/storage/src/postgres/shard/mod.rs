@@ -16,11 +16,18 @@
 //!
 //! - [`stores`]: the store's own row (name, settings, the order-number counter).
 //! - [`catalog`]: categories, products and their variants.
+//! - [`carts`], [`checkout`], [`orders`], [`coupons`]: buying, the order state machine, discounts.
+//! - [`log`]: the shard's event log as `ShardLog` defines it (outbox reads, positions, effects
+//!   applied once, dead letters, notifications). Its `outbox_after` has no commit-order safe
+//!   point yet: a relay must not read from it until it has one.
+//! - [`extras`]: themes, media, dashboard numbers, cache versions, analytics, a store's events.
 
 pub mod carts;
 pub mod catalog;
 pub mod checkout;
 pub mod coupons;
+pub mod extras;
+pub mod log;
 pub mod orders;
 pub mod stores;
 
