@@ -20,6 +20,8 @@
 //! - [`log`]: the shard's event log as `ShardLog` defines it (outbox reads, positions, effects
 //!   applied once, dead letters, notifications). Its `outbox_after` has no commit-order safe
 //!   point yet: a relay must not read from it until it has one.
+//! - [`webhooks`]: merchant webhook endpoints, their deliveries and attempts, for the API and
+//!   the delivery worker.
 //! - [`extras`]: themes, media, dashboard numbers, cache versions, analytics, a store's events.
 
 pub mod carts;
@@ -30,6 +32,7 @@ pub mod extras;
 pub mod log;
 pub mod orders;
 pub mod stores;
+pub mod webhooks;
 
 use deadpool_postgres::GenericClient;
 use kirana_domain::event::Event;
