@@ -6,6 +6,9 @@
 //! ids are replaced by their order of appearance. Then what only PostgreSQL can get wrong: the
 //! outbox rows of each write, and a SKU taken by a concurrent transaction.
 
+#[macro_use]
+mod pg_db;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -16,84 +19,12 @@ use kirana_domain::catalog::{
 use kirana_domain::page::{Cursor, Limit, Page, PageRequest};
 use kirana_domain::store::{NewStore, StoreChange, StoreSettings};
 use kirana_domain::{Amount, CategoryId, MerchantId, ProductId, StoreId, Timestamp};
-use kirana_storage::postgres::pool::{PgPool, PoolRole, PoolSettings};
-use kirana_storage::postgres::schema::{SHARD, migrate};
+use kirana_storage::postgres::pool::PgPool;
 use kirana_storage::postgres::shard::{catalog, stores};
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
-use kirana_storage::{ProductFilter, ShardId, Storage, StorageError, StoreScope};
+use kirana_storage::{ProductFilter, Storage, StorageError, StoreScope};
+use pg_db::{at, pg_shard};
 use serde_json::{Value, json};
-use tokio_postgres::NoTls;
-
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const START_HINT: &str = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
-const T0: i64 = 1_750_000_000_000;
-
-fn at(k: i64) -> Timestamp {
-    Timestamp::from_millis(T0 + k * 1000)
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(ADMIN, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {ADMIN} ({e}); {START_HINT}"));
-    tokio::spawn(conn);
-    client
-}
-
-/// A database of its own, dropped when the test ends — also when it fails.
-struct TempDb {
-    name: String,
-}
-
-impl TempDb {
-    async fn create() -> TempDb {
-        let name = format!("kirana_t_{}", uuid::Uuid::now_v7().simple());
-        admin().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        TempDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { admin().await.batch_execute(&sql).await })
-        })
-        .join();
-    }
-}
-
-/// A fresh shard database with the SHARD schema, and a pool on it.
-async fn pg_shard() -> (TempDb, PgPool) {
-    let db = TempDb::create().await;
-    let (mut c, conn) = tokio_postgres::connect(&db.url(), NoTls).await.unwrap();
-    tokio::spawn(conn);
-    migrate(&mut c, SHARD).await.unwrap();
-    let settings =
-        PoolSettings { max_size: 4, acquire_timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(5) };
-    let pool = PgPool::new(&db.url(), PoolRole::Primary(ShardId(0)), settings).unwrap();
-    (db, pool)
-}
-
-/// Runs `$body` (which uses `&$t`, a transaction) and commits if it succeeded, else rolls back.
-macro_rules! in_tx {
-    ($pool:expr, |$t:ident| $body:expr) => {{
-        let mut conn = $pool.get().await.unwrap();
-        let $t = conn.transaction().await.unwrap();
-        let r = $body;
-        if r.is_ok() {
-            $t.commit().await.unwrap();
-        } else {
-            $t.rollback().await.unwrap();
-        }
-        r
-    }};
-}
 
 /// The outbox after `seq`: (seq, type, payload).
 async fn outbox(pool: &PgPool, after: i64) -> Vec<(i64, String, Value)> {
@@ -575,7 +506,7 @@ async fn the_catalog_behaves_as_on_sqlite() {
     let sqlite = OnSqlite { storage, scope };
     let mut on_sqlite = Value::Array(scenario(&sqlite).await);
 
-    let (_db, pool) = pg_shard().await;
+    let (_db, pool) = pg_shard(4).await;
     let id = StoreId::generate();
     let row = in_tx!(pool, |t| stores::insert(&t, id, owner, "Corner Shop", &settings, at(0)).await).unwrap();
     assert_eq!((row.name.as_str(), row.owner, row.created_at), ("Corner Shop", owner, at(0)));
@@ -593,7 +524,7 @@ async fn the_catalog_behaves_as_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_leaves_its_outbox_row_and_refusals_none() {
-    let (_db, pool) = pg_shard().await;
+    let (_db, pool) = pg_shard(4).await;
     let (id, owner) = (StoreId::generate(), MerchantId::generate());
     let mut seen = 0;
     let mut expect = async |kinds: &[&str], pool: &PgPool| {
@@ -675,7 +606,7 @@ async fn every_write_leaves_its_outbox_row_and_refusals_none() {
 /// the unique index, not a database error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sku_taken_by_a_concurrent_writer_is_the_same_error() {
-    let (_db, pool) = pg_shard().await;
+    let (_db, pool) = pg_shard(4).await;
     let (id, owner) = (StoreId::generate(), MerchantId::generate());
     in_tx!(pool, |t| stores::insert(&t, id, owner, "Shop", &StoreSettings::default(), at(0)).await).unwrap();
     let mut products = vec![];

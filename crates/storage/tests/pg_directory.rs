@@ -3,6 +3,9 @@
 //! database of its own on the shared server at 127.0.0.1:5432, dropped at the end), so any
 //! difference between the two fails a test. Then the PostgreSQL pool's limits.
 
+#[macro_use]
+mod pg_db;
+
 use std::time::{Duration, Instant};
 
 use kirana_domain::merchant::TokenKind;
@@ -12,53 +15,12 @@ use kirana_storage::postgres::directory::PgDirectory;
 use kirana_storage::postgres::pool::{PgPool, PoolRole, PoolSettings};
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use kirana_storage::{ConflictKind, Directory, OtpPolicy, ShardId, StorageError};
-use tokio_postgres::NoTls;
-
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const START_HINT: &str = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+use pg_db::{ADMIN, TempDb, admin};
 
 const T0: Timestamp = Timestamp::from_millis(1_750_000_000_000);
 
 fn settings() -> PoolSettings {
     PoolSettings { max_size: 4, acquire_timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(5) }
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(ADMIN, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {ADMIN} ({e}); {START_HINT}"));
-    tokio::spawn(conn);
-    client
-}
-
-/// A database of its own, dropped when the test ends — also when it fails.
-struct TempDb {
-    name: String,
-}
-
-impl TempDb {
-    async fn create() -> TempDb {
-        let name = format!("kirana_t_{}", uuid::Uuid::now_v7().simple());
-        admin().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        TempDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime (and during a panic), so the cleanup gets a thread
-        // and a runtime of its own.
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { admin().await.batch_execute(&sql).await })
-        })
-        .join();
-    }
 }
 
 /// Runs each named check (an `async fn(&dyn Directory)`) once per backend.

@@ -4,99 +4,27 @@
 //! a database of its own on the shared server at 127.0.0.1:5432, dropped at the end), and the
 //! two transcripts must be equal once generated ids are replaced by their order of appearance.
 
+#[macro_use]
+mod pg_db;
+
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use kirana_domain::event::Event;
 use kirana_domain::page::{Cursor, Limit, Page, PageRequest};
 use kirana_domain::store::{NewStore, StoreSettings};
 use kirana_domain::{MerchantId, StoreId, Timestamp};
-use kirana_storage::postgres::pool::{PgPool, PoolRole, PoolSettings};
-use kirana_storage::postgres::schema::{SHARD, migrate};
+use kirana_storage::postgres::pool::PgPool;
 use kirana_storage::postgres::shard::{log, stores, webhooks};
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use kirana_storage::{
     Applied, AttemptRecord, Delivery, DeliveryKey, DueDelivery, Effect, Endpoint, EndpointId, NewEndpoint, Outcome,
-    Outgoing, Recorded, ShardId, StorageError, StoreScope,
+    Outgoing, Recorded, StorageError, StoreScope,
 };
+use pg_db::{at, pg_shard};
 use serde_json::{Value, json};
-use tokio_postgres::NoTls;
 
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const START_HINT: &str = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
-const T0: i64 = 1_750_000_000_000;
 const DAY_MS: i64 = 86_400_000;
-
-fn at(k: i64) -> Timestamp {
-    Timestamp::from_millis(T0 + k * 1000)
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(ADMIN, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {ADMIN} ({e}); {START_HINT}"));
-    tokio::spawn(conn);
-    client
-}
-
-/// A database of its own, dropped when the test ends — also when it fails.
-struct TempDb {
-    name: String,
-}
-
-impl TempDb {
-    async fn create() -> TempDb {
-        let name = format!("kirana_t_{}", uuid::Uuid::now_v7().simple());
-        admin().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        TempDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { admin().await.batch_execute(&sql).await })
-        })
-        .join();
-    }
-}
-
-/// A fresh shard database with the SHARD schema, and a pool of `size` connections on it.
-async fn pg_shard(size: usize) -> (TempDb, PgPool) {
-    let db = TempDb::create().await;
-    let (mut c, conn) = tokio_postgres::connect(&db.url(), NoTls).await.unwrap();
-    tokio::spawn(conn);
-    migrate(&mut c, SHARD).await.unwrap();
-    let settings = PoolSettings {
-        max_size: size,
-        acquire_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(5),
-    };
-    let pool = PgPool::new(&db.url(), PoolRole::Primary(ShardId(0)), settings).unwrap();
-    (db, pool)
-}
-
-/// Runs `$body` (which uses `&$t`, a transaction) and commits if it succeeded, else rolls back.
-macro_rules! in_tx {
-    ($pool:expr, |$t:ident| $body:expr) => {{
-        let mut conn = $pool.get().await.unwrap();
-        let $t = conn.transaction().await.unwrap();
-        let r = $body;
-        if r.is_ok() {
-            $t.commit().await.unwrap();
-        } else {
-            $t.rollback().await.unwrap();
-        }
-        r
-    }};
-}
 
 fn settings() -> StoreSettings {
     StoreSettings { cod_enabled: true, online_payment_enabled: false, ..StoreSettings::default() }
