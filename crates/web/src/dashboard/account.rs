@@ -86,12 +86,11 @@ pub async fn verify(State(s): State<AppState>, ip: ClientIp, form: Submitted) ->
             Ok(see_other(form.csrf.jar.clone().add(cookie), "/dashboard"))
         }
         // A wrong or expired code is the merchant's to fix; show it beside the code.
-        Err(WebError::Storage(kirana_storage::StorageError::Invalid(i))) | Err(WebError::Invalid(i)) => {
-            let errors: Errors = i.0.iter().map(|f| (f.field.clone(), f.message.clone())).collect();
+        Err(e) => {
+            let errors = form_errors(e)?;
             let ctx = CodePage { d: Chrome::bare(&form.csrf), phone, errors };
             Ok(unprocessable(page(&web, "dashboard/code.html", ctx, form.csrf.jar)?))
         }
-        Err(e) => Err(e),
     }
 }
 
