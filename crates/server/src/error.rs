@@ -153,6 +153,18 @@ fn from_storage(e: StorageError) -> (Problem, Option<i64>) {
                 Some(retry_after_secs),
             );
         }
+        StorageError::Moved { .. } => {
+            // A store move's cutover: the write was refused whole; the retry finds the new shard.
+            return (
+                Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "this store is being moved; retry in a moment",
+                ),
+                Some(1),
+            );
+        }
         StorageError::Unavailable(detail) => {
             tracing::error!(%detail, "storage unavailable");
             return (

@@ -145,5 +145,11 @@ pub trait Directory: Send + Sync {
     /// How many stores each shard holds (operators, placement).
     async fn shard_counts(&self) -> Result<Vec<(ShardId, i64)>>;
 
+    /// What placement weighs: stores per shard, with -1 for a shard dedicated to one store
+    /// (no new store goes there).
+    async fn placement_load(&self) -> Result<Vec<(ShardId, i64)>> {
+        self.shard_counts().await
+    }
+
     async fn ping(&self) -> Result<()>;
 }

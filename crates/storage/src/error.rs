@@ -36,6 +36,10 @@ pub enum StorageError {
     Coupon(CouponRejection),
     #[error("too many attempts; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: i64 },
+    /// The store moved to another shard while this node still routed to the old one: nothing
+    /// was written; the directory entry is refreshed and a retry goes to the new shard.
+    #[error("store {store} has moved to shard {}; retry", .to.0)]
+    Moved { store: kirana_domain::StoreId, to: crate::scope::ShardId },
     /// The storage cannot serve right now (shutting down, disk gone): retryable.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -19,6 +19,7 @@
 //! - [`sqlite`]: the embedded backend: one SQLite file for the directory and one per shard, each
 //!   with a single writer thread that group-commits and a pool of readers.
 
+pub mod consistency;
 pub mod directory;
 pub mod error;
 pub mod log;

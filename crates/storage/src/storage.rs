@@ -19,12 +19,102 @@ pub const MAX_STORES_PER_MERCHANT: i64 = 50;
 pub struct Storage {
     directory: Arc<dyn Directory>,
     shards: Arc<[Arc<dyn Shard>]>,
+    cache: Option<DirectoryCache>,
+    placement: Placement,
+}
+
+/// How a new store's shard is chosen. Either way the choice is recorded in the directory, so a
+/// change of rule (or of the number of shards) never moves an existing store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// By the store id's bits: no lookup, even spread (the embedded default).
+    Hash,
+    /// The shard holding the fewest stores, leaving out shards dedicated to one store
+    /// (`kirana shard pin`); the counts are cached for a few seconds.
+    LeastStores,
+}
+
+/// The node's copy of directory lookups (store → shard, slug → store). Entries live for `ttl`;
+/// a write that finds its store moved away drops the entry at once ([`Storage::forget`]), and
+/// renames drop it on the node that made them. Other nodes see a rename within `ttl`.
+#[derive(Clone)]
+struct DirectoryCache {
+    entries: moka::sync::Cache<StoreId, DirEntry>,
+    slugs: moka::sync::Cache<String, (DirEntry, bool)>,
+    placement: moka::sync::Cache<(), Arc<Vec<(ShardId, i64)>>>,
+}
+
+impl DirectoryCache {
+    fn forget(&self, store: StoreId) {
+        self.entries.invalidate(&store);
+        // Slugs are keyed by text; moves and renames are rare enough to drop them all.
+        self.slugs.invalidate_all();
+        self.placement.invalidate_all();
+    }
 }
 
 impl Storage {
     pub fn new(directory: Arc<dyn Directory>, shards: Vec<Arc<dyn Shard>>) -> Self {
         assert!(!shards.is_empty(), "storage needs at least one shard");
-        Storage { directory, shards: shards.into() }
+        Storage { directory, shards: shards.into(), cache: None, placement: Placement::Hash }
+    }
+
+    /// Caches directory lookups on this node for `ttl` (the PostgreSQL backend: the directory is
+    /// a network hop away).
+    pub fn with_directory_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.cache = Some(DirectoryCache {
+            entries: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(ttl).build(),
+            slugs: moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(ttl).build(),
+            placement: moka::sync::Cache::builder().time_to_live(ttl.min(std::time::Duration::from_secs(5))).build(),
+        });
+        self
+    }
+
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Drops what this node cached about a store (it moved, or was renamed).
+    pub fn forget(&self, store: StoreId) {
+        if let Some(c) = &self.cache {
+            c.forget(store);
+        }
+    }
+
+    /// [`Storage::forget`] as a callback for the shards (which must not hold the `Storage`
+    /// that holds them).
+    pub fn forgetter(&self) -> Arc<dyn Fn(StoreId) + Send + Sync> {
+        let cache = self.cache.clone();
+        Arc::new(move |store| {
+            if let Some(c) = &cache {
+                c.forget(store);
+            }
+        })
+    }
+
+    async fn entry(&self, store: StoreId) -> Result<Option<DirEntry>> {
+        let Some(c) = &self.cache else { return self.directory.entry(store).await };
+        if let Some(e) = c.entries.get(&store) {
+            return Ok(Some(e));
+        }
+        let found = self.directory.entry(store).await?;
+        if let Some(e) = &found {
+            c.entries.insert(store, e.clone());
+        }
+        Ok(found)
+    }
+
+    async fn resolve_slug(&self, slug: &str) -> Result<Option<(DirEntry, bool)>> {
+        let Some(c) = &self.cache else { return self.directory.resolve_slug(slug).await };
+        if let Some(hit) = c.slugs.get(slug) {
+            return Ok(Some(hit));
+        }
+        let found = self.directory.resolve_slug(slug).await?;
+        if let Some(hit) = &found {
+            c.slugs.insert(slug.to_owned(), hit.clone());
+        }
+        Ok(found)
     }
 
     pub fn directory(&self) -> &dyn Directory {
@@ -43,7 +133,7 @@ impl Storage {
     /// The event log of the shard that holds a store (consumers fed from a broker, whose
     /// partitions mix shards, find where to apply an event this way).
     pub async fn log_for_store(&self, store: StoreId) -> Result<&dyn crate::log::ShardLog> {
-        let entry = self.directory.entry(store).await?.ok_or(StorageError::NotFound)?;
+        let entry = self.entry(store).await?.ok_or(StorageError::NotFound)?;
         Ok(self.shard_at(entry.shard)?.log())
     }
 
@@ -58,8 +148,24 @@ impl Storage {
         self.shards.iter().map(|s| &**s)
     }
 
-    fn place(&self, id: StoreId) -> ShardId {
-        placement(id, self.shards.len())
+    async fn place(&self, id: StoreId) -> Result<ShardId> {
+        match self.placement {
+            Placement::Hash => Ok(placement(id, self.shards.len())),
+            Placement::LeastStores => {
+                let load = match &self.cache {
+                    Some(c) => match c.placement.get(&()) {
+                        Some(l) => l,
+                        None => {
+                            let l = Arc::new(self.directory.placement_load().await?);
+                            c.placement.insert((), l.clone());
+                            l
+                        }
+                    },
+                    None => Arc::new(self.directory.placement_load().await?),
+                };
+                Ok(least_loaded(&load, self.shards.len()).unwrap_or_else(|| placement(id, self.shards.len())))
+            }
+        }
     }
 
     fn shard_at(&self, shard: ShardId) -> Result<&dyn Shard> {
@@ -75,7 +181,7 @@ impl Storage {
     /// The scope of a store its owner asked for; `NotFound` for anyone else's, exactly as for a
     /// store that does not exist.
     pub async fn scope_for_owner(&self, owner: MerchantId, store_id: StoreId) -> Result<StoreScope> {
-        match self.directory.entry(store_id).await? {
+        match self.entry(store_id).await? {
             Some(e) if e.owner == owner => {
                 self.shard_at(e.shard)?;
                 Ok(e.scope())
@@ -86,7 +192,7 @@ impl Storage {
 
     /// The scope of a store by any of its slugs, and whether the slug is its current one.
     pub async fn scope_for_slug(&self, slug: &str) -> Result<(StoreScope, bool)> {
-        match self.directory.resolve_slug(slug).await? {
+        match self.resolve_slug(slug).await? {
             Some((e, canonical)) => {
                 self.shard_at(e.shard)?;
                 Ok((e.scope(), canonical))
@@ -101,7 +207,7 @@ impl Storage {
     /// a directory entry pointing at nothing.
     pub async fn create_store(&self, owner: MerchantId, new: NewStore, now: Timestamp) -> Result<Store> {
         let id = StoreId::generate();
-        let shard_id = self.place(id);
+        let shard_id = self.place(id).await?;
         let shard = self.shard_at(shard_id)?;
         let candidates = slug_candidates(&new, id);
         let row = shard.insert_store(id, owner, &new.name, &new.settings, now).await?;
@@ -122,7 +228,7 @@ impl Storage {
     }
 
     pub async fn store(&self, scope: &StoreScope) -> Result<Store> {
-        let entry = self.directory.entry(scope.store_id()).await?.ok_or(StorageError::NotFound)?;
+        let entry = self.entry(scope.store_id()).await?.ok_or(StorageError::NotFound)?;
         let row = self.shard(scope).store(scope).await?;
         Ok(assemble(&entry, row))
     }
@@ -137,6 +243,7 @@ impl Storage {
         let domain = change.custom_domain.as_ref().map(|d| d.as_deref());
         if slug.is_some() || domain.is_some() {
             self.directory.rename(scope.store_id(), slug, domain, now).await?;
+            self.forget(scope.store_id());
         }
         let row = self.shard(scope).update_store(scope, &change, now).await?;
         let entry = self.directory.entry(scope.store_id()).await?.ok_or(StorageError::NotFound)?;
@@ -174,6 +281,20 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// The open shard (not dedicated to one store) with the fewest stores; shards the directory has
+/// never counted hold none. `None` when every shard is dedicated.
+fn least_loaded(load: &[(ShardId, i64)], shards: usize) -> Option<ShardId> {
+    (0..shards as u32)
+        .map(ShardId)
+        .filter_map(|s| match load.iter().find(|(id, _)| *id == s) {
+            Some((_, n)) if *n < 0 => None, // dedicated
+            Some((_, n)) => Some((*n, s)),
+            None => Some((0, s)),
+        })
+        .min()
+        .map(|(_, s)| s)
 }
 
 /// Where a new store goes among `shards` shards. Placement is recorded in the directory, so

@@ -263,6 +263,7 @@ impl Backend for OnSqlite {
 struct OnPostgres {
     pool: PgPool,
     store: StoreId,
+    gaps: log::Gaps,
 }
 
 #[async_trait]
@@ -319,7 +320,8 @@ impl Backend for OnPostgres {
         out
     }
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<Logged>, StorageError> {
-        log::outbox_after(&self.pool.get().await.unwrap(), after, limit).await
+        let (rows, snapshot) = log::outbox_window(&self.pool.get().await.unwrap(), after, limit).await?;
+        Ok(self.gaps.safe_prefix(after, rows, snapshot))
     }
     async fn outbox_stats(&self) -> Result<OutboxStats, StorageError> {
         log::outbox_stats(&self.pool.get().await.unwrap()).await
@@ -670,7 +672,16 @@ async fn scenario(b: &dyn Backend) -> Vec<Value> {
     record(l, "stats after trim", &stats);
     let stats = stats.unwrap();
     assert_eq!((stats.rows, stats.last_seq), (all.len() as i64 - 4, last));
-    let rest = b.outbox_after(0, 1).await.unwrap();
+    // PostgreSQL may hold a read at a gap (here the trimmed rows) until every transaction that
+    // was running when it first saw it has ended — on a shared server, other tests' ones too.
+    let mut rest = b.outbox_after(0, 1).await.unwrap();
+    for _ in 0..500 {
+        if !rest.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        rest = b.outbox_after(0, 1).await.unwrap();
+    }
     assert_eq!(rest[0].seq, all[4].seq);
     record(l, "trim everything", &b.trim_outbox(last).await);
     record(l, "stats when empty", &b.outbox_stats().await);
@@ -726,7 +737,7 @@ async fn the_log_behaves_as_on_sqlite() {
     let (_db, pool) = pg_shard(4).await;
     let id = StoreId::generate();
     in_tx!(pool, |t| stores::insert(&t, id, owner, "Corner Shop", &settings(), at(0)).await).unwrap();
-    let postgres = OnPostgres { pool, store: id };
+    let postgres = OnPostgres { pool, store: id, gaps: Default::default() };
     let mut on_postgres = Value::Array(scenario(&postgres).await);
 
     normalise(&mut on_sqlite, &mut HashMap::new());

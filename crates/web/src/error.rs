@@ -59,7 +59,7 @@ impl IntoResponse for WebError {
                 "Too many attempts",
                 format!("Please wait {retry_after_secs} seconds and try again."),
             ),
-            WebError::Storage(StorageError::Unavailable(_)) => {
+            WebError::Storage(StorageError::Unavailable(_) | StorageError::Moved { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "Please try again in a moment.".into())
             }
             WebError::Storage(

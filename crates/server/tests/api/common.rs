@@ -15,7 +15,6 @@ use kirana_server::{AppState, ServerConfig};
 use kirana_storage::Storage;
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tower::ServiceExt;
 
 pub struct TestApp {
@@ -23,7 +22,42 @@ pub struct TestApp {
     pub notifier: Arc<MemoryNotifier>,
     pub clock: ManualClock,
     pub storage: Storage,
-    pub _dir: TempDir,
+    /// The databases: a temp directory (SQLite) or temp databases (PostgreSQL), removed with
+    /// the app.
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Which storage backend the suite runs on: `tests/api` runs it on SQLite, `tests/api_pg` on
+/// PostgreSQL (the same files, one `BACKEND` constant apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn open(shards: u32) -> (Storage, Box<dyn std::any::Any + Send + Sync>) {
+    match crate::BACKEND {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            // Tests need not survive power loss; the durability test runs the real binary with FULL.
+            let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
+            let storage = kirana_storage::sqlite::open(dir.path(), shards, &opts).expect("open storage");
+            (storage, Box::new(dir))
+        }
+        Backend::Postgres => {
+            use kirana_storage::postgres::cluster::{PgConfig, ShardUrls, open};
+            use kirana_storage::postgres::testing::TempDb;
+            let control = TempDb::create().await;
+            let mut dbs = Vec::new();
+            for _ in 0..shards {
+                dbs.push(TempDb::create().await);
+            }
+            let urls = dbs.iter().map(|d| ShardUrls { primary: d.url(), replicas: vec![] }).collect();
+            let cluster = open(&PgConfig::new(control.url(), urls)).await.expect("open the PostgreSQL backend");
+            dbs.push(control);
+            (cluster.storage, Box::new(dbs))
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -60,15 +94,12 @@ impl TestApp {
     }
 
     pub async fn with_config(shards: u32, config: ServerConfig) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // Tests need not survive power loss; the durability test runs the real binary with FULL.
-        let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
-        let storage = kirana_storage::sqlite::open(dir.path(), shards, &opts).expect("open storage");
+        let (storage, keep) = open(shards).await;
         let clock = ManualClock::new(Timestamp::from_millis(T0));
         let notifier = Arc::new(MemoryNotifier::default());
         let state = AppState::new(storage.clone(), Arc::new(clock.clone()), notifier.clone(), config);
         let router = kirana_server::app(state).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
-        TestApp { router, notifier, clock, storage, _dir: dir }
+        TestApp { router, notifier, clock, storage, _keep: keep }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {

@@ -3,6 +3,9 @@
 
 mod common;
 
+/// This binary runs the suite on the embedded default; `tests/api_pg` runs it on PostgreSQL.
+pub const BACKEND: common::Backend = common::Backend::Sqlite;
+
 mod analytics;
 mod auth;
 mod bad_input;

@@ -470,6 +470,10 @@ impl Directory for PgDirectory {
     }
 
     async fn resolve_slug(&self, slug: &str) -> Result<Option<(DirEntry, bool)>> {
+        // PostgreSQL text cannot hold NUL (SQLite's can): no slug has one, so nothing matches.
+        if slug.contains('\0') {
+            return Ok(None);
+        }
         // One statement: this runs on every storefront request.
         let c = self.pool.get().await?;
         let r = opt(
@@ -488,6 +492,9 @@ impl Directory for PgDirectory {
 
     async fn resolve_domain(&self, host: &str) -> Result<Option<DirEntry>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if host.contains('\0') {
+            return Ok(None);
+        }
         let c = self.pool.get().await?;
         let sql = format!("{ENTRY_SELECT} WHERE m.domain = $1");
         opt(&c, &sql, &[&host]).await?.as_ref().map(entry_row).transpose()

@@ -12,8 +12,11 @@
 //! - [`shard`]: the shard's queries, one module per concern as on SQLite (stores and the
 //!   catalog so far, checked against SQLite by `tests/pg_catalog.rs`); `PgShard` comes next.
 
+pub mod cluster;
 pub mod directory;
 pub mod pool;
 pub mod replica;
+pub mod replicas;
 pub mod schema;
 pub mod shard;
+pub mod testing;

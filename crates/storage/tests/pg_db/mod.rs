@@ -1,7 +1,7 @@
 //! What the PostgreSQL shard tests share: a database of their own on the shared server (dropped
 //! even when a test fails), the shard schema on it with a pool, fixed test times, and `in_tx!`.
 //! Each test binary uses a subset of it.
-#![allow(dead_code, unused_macros)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::time::Duration;
 
@@ -11,48 +11,12 @@ use kirana_storage::postgres::pool::{PgPool, PoolRole, PoolSettings};
 use kirana_storage::postgres::schema::{SHARD, migrate};
 use tokio_postgres::NoTls;
 
-pub const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const START_HINT: &str = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+pub use kirana_storage::postgres::testing::{ADMIN, START_HINT, TempDb, admin};
+
 pub const T0: i64 = 1_750_000_000_000;
 
 pub fn at(k: i64) -> Timestamp {
     Timestamp::from_millis(T0 + k * 1000)
-}
-
-pub async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(ADMIN, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {ADMIN} ({e}); {START_HINT}"));
-    tokio::spawn(conn);
-    client
-}
-
-/// A database of its own, dropped when the test ends — also when it fails.
-pub struct TempDb {
-    pub name: String,
-}
-
-impl TempDb {
-    pub async fn create() -> TempDb {
-        let name = format!("kirana_t_{}", uuid::Uuid::now_v7().simple());
-        admin().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        TempDb { name }
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { admin().await.batch_execute(&sql).await })
-        })
-        .join();
-    }
 }
 
 /// A fresh shard database with the SHARD schema, and a pool of `size` connections on it.

@@ -279,6 +279,10 @@ pub async fn products<C: GenericClient>(
         .as_deref()
         .map(|q| q.split_whitespace().take(8).map(|w| format!("%{}%", escape_like(w))).collect())
         .unwrap_or_default();
+    // PostgreSQL text cannot hold NUL; no title has one, so such a word matches nothing.
+    if words.iter().any(|w| w.contains('\0')) {
+        return Ok(Page { items: Vec::new(), next_cursor: None });
+    }
     let after = page.after.map(|a| a.uuid());
     let probe = page.limit.probe();
 

@@ -146,17 +146,77 @@ fn dead_letter_row(shard: u32, r: &Row) -> DeadLetter {
     }
 }
 
-/// Outbox rows after `after`, oldest first (by position; see [`super::emit`] on why the relay
-/// must not read past the oldest still-running writer).
-pub async fn outbox_after<C: GenericClient>(c: &C, after: i64, limit: u32) -> Result<Vec<Logged>> {
-    let rows = rows(
+/// Outbox rows after `after`, oldest first by position, with the snapshot they were read in
+/// (`pg_snapshot_xmin`, `pg_snapshot_xmax` of the same statement). Callers that walk the log
+/// must not use this directly: [`Gaps::safe_prefix`] cuts it at the first position a running
+/// transaction may still fill.
+pub async fn outbox_window<C: GenericClient>(c: &C, after: i64, limit: u32) -> Result<(Vec<Logged>, Snapshot)> {
+    let found = rows(
         c,
-        "SELECT seq, store_id, event_id, type, version, occurred_at, payload FROM outbox
-         WHERE seq > $1 ORDER BY seq LIMIT $2",
+        "SELECT o.seq, o.store_id, o.event_id, o.type, o.version, o.occurred_at, o.payload,
+                pg_snapshot_xmin(s)::text::BIGINT, pg_snapshot_xmax(s)::text::BIGINT
+         FROM pg_current_snapshot() s LEFT JOIN LATERAL
+              (SELECT * FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2) o ON true
+         ORDER BY o.seq",
         &[&after, &i64::from(limit)],
     )
     .await?;
-    Ok(rows.iter().map(logged).collect())
+    let snapshot = found.first().map_or(Snapshot { xmin: 0, xmax: 0 }, |r| Snapshot { xmin: r.get(7), xmax: r.get(8) });
+    let logged = found.iter().filter(|r| r.get::<_, Option<i64>>(0).is_some()).map(logged).collect();
+    Ok((logged, snapshot))
+}
+
+/// The transaction-id bounds of the snapshot a read saw: every transaction below `xmin` had
+/// ended; every one at or above `xmax` had not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub xmin: i64,
+    pub xmax: i64,
+}
+
+/// The outbox's commit-order safe point.
+///
+/// Positions come from an identity sequence, taken at insert, so they are not commit order: a
+/// transaction holding position 7 may commit after the one holding 8 was read, and a reader
+/// that moved past 8 would skip 7 for ever. A missing position is either held by a transaction
+/// still running or gone for good (rolled back, trimmed). Every writer has its transaction id
+/// before it takes a position (its first statement locks the store row, see
+/// `stores::fence`), and a position below a visible one was taken before that one committed, so
+/// its holder's id is below the `xmax` of the snapshot that saw the gap. Once the oldest
+/// running transaction (`xmin`) is at or past that `xmax`, the holder has ended: the position
+/// is visible now or never will be. So a read stops at the first gap until then.
+///
+/// The first sight of each gap is remembered here (per node, in memory): losing it only
+/// delays a reader by one more look.
+#[derive(Debug, Default)]
+pub struct Gaps {
+    first_seen: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+}
+
+impl Gaps {
+    /// The rows a reader may take: `rows` (read after `after`) up to the first gap that a
+    /// running transaction may still fill.
+    pub fn safe_prefix(&self, after: i64, rows: Vec<Logged>, snap: Snapshot) -> Vec<Logged> {
+        let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of distinct gaps is only forgotten (and looked at again).
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        let mut expect = after + 1;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.seq > expect {
+                let xmax_then = *seen.entry(expect).or_insert(snap.xmax);
+                if snap.xmin < xmax_then {
+                    break;
+                }
+                seen.remove(&expect);
+            }
+            expect = row.seq + 1;
+            out.push(row);
+        }
+        out
+    }
 }
 
 /// `last_seq` is the outbox identity sequence's last value (0 before its first use), which is

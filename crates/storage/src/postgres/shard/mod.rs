@@ -31,8 +31,11 @@ pub mod coupons;
 pub mod extras;
 pub mod log;
 pub mod orders;
+mod pg_shard;
 pub mod stores;
 pub mod webhooks;
+
+pub use pg_shard::{OnMoved, PgShard};
 
 use deadpool_postgres::GenericClient;
 use kirana_domain::event::Event;

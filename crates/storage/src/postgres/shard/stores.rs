@@ -45,6 +45,24 @@ pub async fn insert<C: GenericClient>(
     get(c, id).await
 }
 
+/// The first statement of every write transaction of a store: takes a KEY SHARE lock on the
+/// store's row (writers never block one another; a store move's `FOR UPDATE` waits for them and
+/// they wait for it) and refuses the write once the store has moved to another shard. A writer
+/// that waited out the move reads the row as the move left it (READ COMMITTED re-reads a locked
+/// row's newest version), so nothing is written to the source after the freeze.
+///
+/// It also gives the transaction its id before any outbox insert, which the outbox's safe
+/// point relies on (see `log::outbox_window`).
+pub async fn fence<C: GenericClient>(c: &C, id: StoreId) -> Result<()> {
+    let row = opt(c, "SELECT moved_to FROM stores WHERE store_id = $1 FOR KEY SHARE", &[&id.uuid()])
+        .await?
+        .ok_or(StorageError::NotFound)?;
+    match row.get::<_, Option<i64>>(0) {
+        None => Ok(()),
+        Some(to) => Err(StorageError::Moved { store: id, to: crate::ShardId(to as u32) }),
+    }
+}
+
 pub async fn discard<C: GenericClient>(c: &C, id: StoreId) -> Result<()> {
     exec(c, "DELETE FROM stores WHERE store_id = $1", &[&id.uuid()]).await?;
     // Its store.created event must not be published for a store that never came to be.

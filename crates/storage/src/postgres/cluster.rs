@@ -1,0 +1,94 @@
+//! Opening the PostgreSQL backend from its configuration: the directory on the control
+//! database, and each shard's primary and replicas, migrated and wired into a [`Storage`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::directory::PgDirectory;
+use super::pool::{PgPool, PoolRole, PoolSettings};
+use super::replicas::ReplicaSettings;
+use super::schema;
+use super::shard::PgShard;
+use crate::Result;
+use crate::scope::ShardId;
+use crate::storage::{Placement, Storage};
+
+/// One shard's servers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardUrls {
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// The control database (the directory).
+    pub directory: String,
+    /// Shards in order: shard `i` is `shards[i]`. Shards are only ever appended.
+    pub shards: Vec<ShardUrls>,
+    pub pool: PoolSettings,
+    pub replicas: ReplicaSettings,
+    /// How long a node trusts its cached directory lookups.
+    pub directory_ttl: Duration,
+}
+
+impl PgConfig {
+    pub fn new(directory: impl Into<String>, shards: Vec<ShardUrls>) -> PgConfig {
+        PgConfig {
+            directory: directory.into(),
+            shards,
+            pool: PoolSettings::default(),
+            replicas: ReplicaSettings::default(),
+            directory_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The opened backend: the `Storage` the application uses, and the parts operators look at.
+#[derive(Clone)]
+pub struct PgCluster {
+    pub storage: Storage,
+    pub directory: Arc<PgDirectory>,
+    pub shards: Vec<Arc<PgShard>>,
+}
+
+/// Connects to the control database and migrates it (that must succeed: without the directory
+/// nothing can be served), then builds every shard's pools and migrates each primary it can
+/// reach. A shard that is down is logged and left to answer 503 until it returns.
+pub async fn open(config: &PgConfig) -> Result<PgCluster> {
+    let directory = Arc::new(PgDirectory::connect(&config.directory, config.pool).await?);
+    let mut shards = Vec::with_capacity(config.shards.len());
+    for (i, urls) in config.shards.iter().enumerate() {
+        let id = ShardId(i as u32);
+        let primary = PgPool::new(&urls.primary, PoolRole::Primary(id), config.pool)?;
+        match primary.get().await {
+            Ok(mut c) => {
+                schema::migrate(&mut c, schema::SHARD).await?;
+            }
+            Err(e) => tracing::error!(shard = i, error = %e, "shard primary unreachable; its stores answer 503"),
+        }
+        let replicas = urls
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(r, url)| PgPool::new(url, PoolRole::Replica(id, r as u32), config.pool))
+            .collect::<Result<Vec<_>>>()?;
+        shards.push(Arc::new(PgShard::new(id, primary, replicas, config.replicas)));
+    }
+    let storage = Storage::new(directory.clone(), shards.iter().map(|s| s.clone() as Arc<dyn crate::Shard>).collect())
+        .with_directory_cache(config.directory_ttl)
+        .with_placement(Placement::LeastStores);
+    for s in &shards {
+        s.set_on_moved(storage.forgetter());
+    }
+    Ok(PgCluster { storage, directory, shards })
+}
+
+impl PgCluster {
+    /// Starts every shard's replica prober; they stop when `shutdown` turns true.
+    pub fn start_probers(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.shards.iter().map(|s| tokio::spawn(s.clone().run_prober(shutdown.clone()))).collect()
+    }
+}

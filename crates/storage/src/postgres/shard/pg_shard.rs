@@ -1,0 +1,576 @@
+//! [`PgShard`]: one PostgreSQL shard — a primary and its replicas — behind the [`Shard`],
+//! [`ShardLog`] and [`Webhooks`] traits, exactly as the SQLite shard answers them.
+//!
+//! Each method unwraps the scope, picks a server, and calls the concern's free function:
+//! - writes open a transaction on the primary whose first statement is the store's write fence
+//!   ([`stores::fence`]), commit, and, inside a request, record the primary's WAL position as
+//!   the caller's write token;
+//! - reads go where the request's [`Consistency`] allows: the primary for strong reads (and
+//!   outside any request), else a replica in rotation that has replayed the caller's token, else
+//!   the primary. A read that fails on a replica is retried once on the primary and the replica
+//!   leaves rotation until the prober sees it healthy;
+//! - the event log and the webhook worker's queue always use the primary.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::Object;
+use kirana_domain::analytics::Analytics;
+use kirana_domain::cart::{Cart, Checkout, Quantity};
+use kirana_domain::catalog::{Category, CategoryChange, Product, ProductChange};
+use kirana_domain::coupon::{Coupon, CouponChange};
+use kirana_domain::customer::Customer;
+use kirana_domain::event::Event;
+use kirana_domain::order::{Order, OrderStatus, TransitionRequest};
+use kirana_domain::page::{Page, PageRequest};
+use kirana_domain::store::{StoreChange, StoreSettings};
+use kirana_domain::{
+    CartId, CategoryId, CouponId, CustomerId, EventId, MerchantId, OrderId, ProductId, StoreId, Timestamp, VariantId,
+};
+
+use super::{carts, catalog, checkout, coupons, extras, log, orders, pg, stores, webhooks};
+use crate::Result;
+use crate::consistency::{self, Consistency, WriteToken};
+use crate::error::StorageError;
+use crate::log::{Applied, DeadLetter, Logged, OutboxStats, Outgoing, ShardLog};
+use crate::postgres::pool::{PgPool, PoolStatus};
+use crate::postgres::replicas::{ReplicaReport, ReplicaSet, ReplicaSettings};
+use crate::scope::{ShardId, StoreScope};
+use crate::shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
+use crate::webhooks::{
+    AttemptRecord, CreatedEndpoint, Delivery, DeliveryKey, DueDelivery, Endpoint, EndpointId, NewEndpoint, Recorded,
+    Webhooks,
+};
+
+/// Called with a store that a write found moved away: the node's directory cache drops it.
+pub type OnMoved = Arc<dyn Fn(StoreId) + Send + Sync>;
+
+pub struct PgShard {
+    id: ShardId,
+    primary: PgPool,
+    replicas: ReplicaSet,
+    gaps: log::Gaps,
+    on_moved: std::sync::RwLock<Option<OnMoved>>,
+}
+
+/// Where a read runs.
+enum Reader {
+    Primary(Object),
+    Replica(u32, Object),
+}
+
+/// Runs `$body` (an expression over the client `$c`) where the request's consistency allows,
+/// and once more on the primary if a replica failed it.
+macro_rules! read {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        match $self.reader().await? {
+            Reader::Primary(conn) => {
+                let $c = &conn;
+                $body.await
+            }
+            Reader::Replica(index, conn) => {
+                let first = {
+                    let $c = &conn;
+                    $body.await
+                };
+                match first {
+                    Err(StorageError::Unavailable(e)) => {
+                        $self.replicas.failed(index, &e);
+                        let conn = $self.primary.get().await?;
+                        let $c = &conn;
+                        $body.await
+                    }
+                    other => other,
+                }
+            }
+        }
+    }};
+}
+
+/// Runs `$body` in a transaction `$t` on the primary: the store's fence first (unless `$store`
+/// is `None`, for a store row that does not exist yet), commit if `$body` succeeded, then the
+/// write token.
+macro_rules! write {
+    ($self:ident, $store:expr, |$t:ident| $body:expr) => {{
+        let mut conn = $self.primary.get().await?;
+        let $t = conn.transaction().await.map_err(pg)?;
+        if let Some(store) = $store {
+            if let Err(e) = stores::fence(&$t, store).await {
+                if let StorageError::Moved { store, .. } = &e {
+                    $self.moved(*store);
+                }
+                return Err(e);
+            }
+        }
+        let out = $body.await?;
+        $t.commit().await.map_err(pg)?;
+        $self.token(&conn).await;
+        Ok(out)
+    }};
+}
+
+impl PgShard {
+    /// A shard over its primary's pool and its replicas' pools (in the configured order).
+    pub fn new(id: ShardId, primary: PgPool, replicas: Vec<PgPool>, settings: ReplicaSettings) -> PgShard {
+        PgShard {
+            id,
+            primary,
+            replicas: ReplicaSet::new(id, replicas, settings),
+            gaps: log::Gaps::default(),
+            on_moved: std::sync::RwLock::new(None),
+        }
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
+    }
+
+    /// Tells the node's directory cache about stores found moved away.
+    pub fn set_on_moved(&self, f: OnMoved) {
+        *self.on_moved.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Probes the replicas every `probe_every` until `shutdown` says so (no-op without
+    /// replicas).
+    pub async fn run_prober(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        if !self.replicas.is_empty() {
+            self.replicas.run_prober(&self.primary, shutdown).await;
+        }
+    }
+
+    /// Probes every replica once, now (tests and `kirana doctor`).
+    pub async fn probe_now(&self) {
+        self.replicas.probe_all(&self.primary).await;
+    }
+
+    /// Each replica's last probe and place in rotation.
+    pub fn replica_report(&self) -> Vec<ReplicaReport> {
+        self.replicas.report()
+    }
+
+    /// Replica-level reads the primary served because no replica qualified.
+    pub fn fallback_reads(&self) -> u64 {
+        self.replicas.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The pools' occupancy: the primary's, then each replica's.
+    pub fn pool_status(&self) -> (PoolStatus, Vec<PoolStatus>) {
+        (self.primary.status(), self.replicas.pool_status())
+    }
+
+    pub fn replica_settings(&self) -> ReplicaSettings {
+        self.replicas.settings()
+    }
+
+    fn moved(&self, store: StoreId) {
+        if let Some(f) = &*self.on_moved.read().unwrap_or_else(|p| p.into_inner()) {
+            f(store);
+        }
+    }
+
+    async fn reader(&self) -> Result<Reader> {
+        let after = match consistency::current() {
+            Consistency::Strong => return Ok(Reader::Primary(self.primary.get().await?)),
+            Consistency::Replica { after: None } => None,
+            Consistency::Replica { after: Some(t) } if t.shard == self.id => Some(t.lsn),
+            // A token from another shard: the store moved since the caller's write (or the
+            // token is not ours); only the primary is sure to have it.
+            Consistency::Replica { after: Some(_) } => return Ok(Reader::Primary(self.primary.get().await?)),
+        };
+        match self.replicas.pick(after).await {
+            Some((index, conn)) => Ok(Reader::Replica(index, conn)),
+            None => Ok(Reader::Primary(self.primary.get().await?)),
+        }
+    }
+
+    /// After a commit, inside a request, on a shard with replicas: the caller's token. A failure
+    /// only costs the caller read-your-writes on a replica (its later reads use the primary).
+    async fn token(&self, conn: &Object) {
+        if self.replicas.is_empty() || !consistency::wants_token() {
+            return;
+        }
+        match conn.query_one("SELECT pg_current_wal_lsn()", &[]).await {
+            Ok(row) => {
+                let lsn: tokio_postgres::types::PgLsn = row.get(0);
+                consistency::record_write(WriteToken { shard: self.id, lsn: u64::from(lsn) });
+            }
+            Err(e) => tracing::warn!(shard = self.id.0, error = %e, "could not read the write position"),
+        }
+    }
+}
+
+#[async_trait]
+impl Shard for PgShard {
+    async fn insert_store(
+        &self,
+        id: StoreId,
+        owner: MerchantId,
+        name: &str,
+        settings: &StoreSettings,
+        now: Timestamp,
+    ) -> Result<StoreRow> {
+        write!(self, None, |t| stores::insert(&t, id, owner, name, settings, now))
+    }
+
+    async fn discard_store(&self, id: StoreId) -> Result<()> {
+        write!(self, None, |t| stores::discard(&t, id))
+    }
+
+    async fn store(&self, scope: &StoreScope) -> Result<StoreRow> {
+        read!(self, |c| stores::get(c, scope.store_id()))
+    }
+
+    async fn stores(&self, scopes: &[StoreScope]) -> Result<Vec<StoreRow>> {
+        let ids: Vec<StoreId> = scopes.iter().map(|s| s.store_id()).collect();
+        read!(self, |c| stores::get_many(c, &ids))
+    }
+
+    async fn update_store(&self, scope: &StoreScope, change: &StoreChange, now: Timestamp) -> Result<StoreRow> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| stores::update(&t, s, change, now))
+    }
+
+    async fn create_category(&self, scope: &StoreScope, change: CategoryChange, now: Timestamp) -> Result<Category> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| catalog::create_category(&t, s, change, now))
+    }
+
+    async fn categories(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Category>> {
+        read!(self, |c| catalog::categories(c, scope.store_id(), page))
+    }
+
+    async fn category(&self, scope: &StoreScope, id: CategoryId) -> Result<Category> {
+        read!(self, |c| catalog::category(c, scope.store_id(), id))
+    }
+
+    async fn update_category(
+        &self,
+        scope: &StoreScope,
+        id: CategoryId,
+        change: CategoryChange,
+        now: Timestamp,
+    ) -> Result<Category> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| catalog::update_category(&t, s, id, change, now))
+    }
+
+    async fn delete_category(&self, scope: &StoreScope, id: CategoryId, now: Timestamp) -> Result<()> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| catalog::delete_category(&t, s, id, now))
+    }
+
+    async fn create_product(&self, scope: &StoreScope, change: ProductChange, now: Timestamp) -> Result<Product> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| catalog::create_product(&t, s, change, now))
+    }
+
+    async fn products(&self, scope: &StoreScope, filter: ProductFilter, page: PageRequest) -> Result<Page<Product>> {
+        read!(self, |c| catalog::products(c, scope.store_id(), &filter, page))
+    }
+
+    async fn product(&self, scope: &StoreScope, id: ProductId) -> Result<Product> {
+        read!(self, |c| catalog::product(c, scope.store_id(), id))
+    }
+
+    async fn update_product(
+        &self,
+        scope: &StoreScope,
+        id: ProductId,
+        change: ProductChange,
+        now: Timestamp,
+    ) -> Result<Product> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| catalog::update_product(&t, s, id, change, now))
+    }
+
+    async fn delete_product(&self, scope: &StoreScope, id: ProductId, now: Timestamp) -> Result<()> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| catalog::delete_product(&t, s, id, now))
+    }
+
+    async fn create_cart(&self, scope: &StoreScope, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| carts::create(&t, s, token_hash, now))
+    }
+
+    async fn cart(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
+        // A cart is read to be written next (items, checkout): always the primary.
+        let c = self.primary.get().await?;
+        carts::get(&c, scope.store_id(), id, token_hash, now).await
+    }
+
+    async fn set_cart_item(
+        &self,
+        scope: &StoreScope,
+        id: CartId,
+        token_hash: [u8; 32],
+        variant: VariantId,
+        quantity: Quantity,
+        now: Timestamp,
+    ) -> Result<Cart> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| carts::set_item(&t, s, id, token_hash, variant, quantity, now))
+    }
+
+    async fn checkout(
+        &self,
+        scope: &StoreScope,
+        id: CartId,
+        token_hash: [u8; 32],
+        req: Checkout,
+        idempotency: Option<IdempotencyKey>,
+        now: Timestamp,
+    ) -> Result<(Order, bool)> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| checkout::checkout(&t, s, id, token_hash, &req, idempotency.as_ref(), now))
+    }
+
+    async fn orders(&self, scope: &StoreScope, status: Option<OrderStatus>, page: PageRequest) -> Result<Page<Order>> {
+        read!(self, |c| orders::list(c, scope.store_id(), status, page))
+    }
+
+    async fn order(&self, scope: &StoreScope, id: OrderId) -> Result<Order> {
+        read!(self, |c| orders::get(c, scope.store_id(), id))
+    }
+
+    async fn order_for_shopper(&self, scope: &StoreScope, id: OrderId, token_hash: [u8; 32]) -> Result<Order> {
+        read!(self, |c| orders::get_for_shopper(c, scope.store_id(), id, token_hash))
+    }
+
+    async fn transition_order(
+        &self,
+        scope: &StoreScope,
+        id: OrderId,
+        request: TransitionRequest,
+        actor: String,
+        now: Timestamp,
+    ) -> Result<Order> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| orders::transition(&t, s, id, &request, &actor, now))
+    }
+
+    async fn customers(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Customer>> {
+        read!(self, |c| orders::customers(c, scope.store_id(), page))
+    }
+
+    async fn customer(&self, scope: &StoreScope, id: CustomerId) -> Result<Customer> {
+        read!(self, |c| orders::customer(c, scope.store_id(), id))
+    }
+
+    async fn create_coupon(&self, scope: &StoreScope, change: CouponChange, now: Timestamp) -> Result<Coupon> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| coupons::create(&t, s, change, now))
+    }
+
+    async fn coupons(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Coupon>> {
+        read!(self, |c| coupons::list(c, scope.store_id(), page))
+    }
+
+    async fn coupon(&self, scope: &StoreScope, id: CouponId) -> Result<Coupon> {
+        read!(self, |c| coupons::get(c, scope.store_id(), id))
+    }
+
+    async fn update_coupon(
+        &self,
+        scope: &StoreScope,
+        id: CouponId,
+        change: CouponChange,
+        now: Timestamp,
+    ) -> Result<Coupon> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| coupons::update(&t, s, id, change, now))
+    }
+
+    async fn theme_templates(&self, scope: &StoreScope) -> Result<Vec<(String, String)>> {
+        read!(self, |c| extras::theme_templates(c, scope.store_id()))
+    }
+
+    async fn set_theme_template(
+        &self,
+        scope: &StoreScope,
+        name: &str,
+        source: Option<String>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| extras::set_theme_template(&t, s, name, source.as_deref(), now))
+    }
+
+    async fn dashboard_stats(&self, scope: &StoreScope, since: Timestamp) -> Result<DashboardStats> {
+        read!(self, |c| extras::dashboard_stats(c, scope.store_id(), since))
+    }
+
+    async fn record_media(&self, scope: &StoreScope, media: MediaRecord, now: Timestamp) -> Result<MediaRecord> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| extras::record_media(&t, s, media, now))
+    }
+
+    async fn media_usage(&self, scope: &StoreScope) -> Result<(i64, i64)> {
+        read!(self, |c| extras::media_usage(c, scope.store_id()))
+    }
+
+    fn log(&self) -> &dyn ShardLog {
+        self
+    }
+
+    fn webhooks(&self) -> &dyn Webhooks {
+        self
+    }
+
+    async fn cache_version(&self, scope: &StoreScope) -> Result<i64> {
+        read!(self, |c| extras::cache_version(c, scope.store_id()))
+    }
+
+    async fn analytics(&self, scope: &StoreScope, from_day: i64, to_day: i64) -> Result<Analytics> {
+        read!(self, |c| extras::analytics(c, scope.store_id(), from_day, to_day))
+    }
+
+    async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>> {
+        let c = self.primary.get().await?;
+        extras::events(&c, scope.store_id(), after, limit).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let c = self.primary.get().await?;
+        c.simple_query("SELECT 1").await.map_err(pg)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ShardLog for PgShard {
+    fn shard_id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Only up to the commit-order safe point: see [`log::Gaps`].
+    async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<Logged>> {
+        let c = self.primary.get().await?;
+        let (rows, snapshot) = log::outbox_window(&c, after, limit).await?;
+        Ok(self.gaps.safe_prefix(after, rows, snapshot))
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        log::outbox_stats(&self.primary.get().await?).await
+    }
+
+    async fn trim_outbox(&self, upto: i64) -> Result<u64> {
+        log::trim_outbox(&self.primary.get().await?, upto).await
+    }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<(u32, i64)>> {
+        log::positions(&self.primary.get().await?, consumer).await
+    }
+
+    async fn all_positions(&self) -> Result<Vec<(String, u32, i64, Timestamp)>> {
+        log::all_positions(&self.primary.get().await?).await
+    }
+
+    async fn apply(
+        &self,
+        consumer: &str,
+        batch: Vec<Applied>,
+        positions: Vec<(u32, i64)>,
+        now: Timestamp,
+    ) -> Result<u32> {
+        write!(self, None::<StoreId>, |t| log::apply(&t, consumer, &batch, &positions, now))
+    }
+
+    async fn applied_times(&self, consumer: &str, limit: u32) -> Result<Vec<(EventId, Timestamp)>> {
+        log::applied_times(&self.primary.get().await?, consumer, limit).await
+    }
+
+    async fn park(
+        &self,
+        consumer: &str,
+        partition: u32,
+        logged: &Logged,
+        error: &str,
+        attempts: u32,
+        now: Timestamp,
+    ) -> Result<()> {
+        write!(self, None::<StoreId>, |t| log::park(&t, consumer, partition, logged, error, attempts, now))
+    }
+
+    async fn dead_letters(&self, include_replayed: bool, limit: u32) -> Result<Vec<DeadLetter>> {
+        log::dead_letters(&self.primary.get().await?, self.id.0, include_replayed, limit).await
+    }
+
+    async fn dead_letter(&self, id: i64) -> Result<DeadLetter> {
+        log::dead_letter(&self.primary.get().await?, self.id.0, id).await
+    }
+
+    async fn mark_replayed(&self, id: i64, now: Timestamp) -> Result<()> {
+        log::mark_replayed(&self.primary.get().await?, id, now).await
+    }
+
+    async fn due_notifications(&self, now: Timestamp, limit: u32) -> Result<Vec<Outgoing>> {
+        log::due_notifications(&self.primary.get().await?, now, limit).await
+    }
+
+    async fn notification_done(
+        &self,
+        store: StoreId,
+        event: EventId,
+        outcome: Result<(), (String, Option<Timestamp>)>,
+        now: Timestamp,
+    ) -> Result<()> {
+        log::notification_done(&self.primary.get().await?, store, event, outcome, now).await
+    }
+}
+
+#[async_trait]
+impl Webhooks for PgShard {
+    async fn create_webhook(&self, scope: &StoreScope, new: NewEndpoint, now: Timestamp) -> Result<CreatedEndpoint> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| webhooks::create(&t, s, &new, now))
+    }
+
+    async fn list_webhooks(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Endpoint>> {
+        read!(self, |c| webhooks::list(c, scope.store_id(), page))
+    }
+
+    async fn get_webhook(&self, scope: &StoreScope, id: EndpointId) -> Result<Endpoint> {
+        read!(self, |c| webhooks::get(c, scope.store_id(), id))
+    }
+
+    async fn delete_webhook(&self, scope: &StoreScope, id: EndpointId) -> Result<()> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| webhooks::delete(&t, s, id))
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        scope: &StoreScope,
+        id: EndpointId,
+        page: PageRequest,
+    ) -> Result<Page<Delivery>> {
+        read!(self, |c| webhooks::deliveries(c, scope.store_id(), id, page))
+    }
+
+    async fn due_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        skip: &[EndpointId],
+    ) -> Result<Vec<DueDelivery>> {
+        webhooks::due(&self.primary.get().await?, now, limit, skip).await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        keys: Vec<DeliveryKey>,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<DeliveryKey>> {
+        write!(self, None::<StoreId>, |t| webhooks::claim(&t, &keys, now, until))
+    }
+
+    async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
+        write!(self, None::<StoreId>, |t| webhooks::record(&t, &record))
+    }
+}

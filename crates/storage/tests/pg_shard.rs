@@ -1,0 +1,303 @@
+//! `PgShard` as the rest of kirana uses it: the outbox read only up to its commit-order safe
+//! point, the write fence a store move sets, and reads routed by consistency across a real
+//! primary and streaming replica (`pg_support`), with lag injected by pausing replay.
+
+mod pg_db;
+#[allow(dead_code)]
+mod pg_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kirana_domain::catalog::{CategoryChange, NewVariant, ProductChange};
+use kirana_domain::store::{NewStore, StoreSettings};
+use kirana_domain::{Amount, MerchantId, StoreId};
+use kirana_storage::consistency::{self, Consistency, ReadContext, WriteToken};
+use kirana_storage::postgres::cluster::{PgCluster, PgConfig, ShardUrls, open};
+use kirana_storage::postgres::pool::PoolRole;
+use kirana_storage::postgres::replica::LagPolicy;
+use kirana_storage::postgres::replicas::ReplicaSettings;
+use kirana_storage::postgres::shard::{PgShard, emit, stores};
+use kirana_storage::postgres::testing::TempDb;
+use kirana_storage::{ShardId, ShardLog, StorageError, StoreScope};
+use pg_db::{at, pg_shard};
+use pg_support::PgPair;
+
+async fn cluster(shards: Vec<ShardUrls>, replicas: ReplicaSettings) -> (PgCluster, TempDb) {
+    let control = TempDb::create().await;
+    let mut config = PgConfig::new(control.url(), shards);
+    config.replicas = replicas;
+    (open(&config).await.expect("open"), control)
+}
+
+async fn store(c: &PgCluster) -> (MerchantId, StoreScope) {
+    let owner = MerchantId::generate();
+    let new =
+        NewStore { name: "Corner Shop".into(), slug: None, custom_domain: None, settings: StoreSettings::default() };
+    let s = c.storage.create_store(owner, new, at(0)).await.unwrap();
+    (owner, c.storage.scope_for_owner(owner, s.id).await.unwrap())
+}
+
+fn product(title: &str) -> ProductChange {
+    ProductChange {
+        title: Some(title.into()),
+        variants: Some(vec![NewVariant {
+            id: None,
+            options: vec![],
+            sku: None,
+            price: Amount::from_stored(1000),
+            compare_at_price: None,
+            stock: None,
+        }]),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_read_only_up_to_what_no_running_transaction_can_still_fill() {
+    let (_db, pool) = pg_shard(8).await;
+    let shard = PgShard::new(ShardId(0), pool, vec![], ReplicaSettings::default());
+    let store = StoreId::generate();
+    {
+        let mut c = shard.primary().get().await.unwrap();
+        let t = c.transaction().await.unwrap();
+        stores::insert(&t, store, MerchantId::generate(), "s", &StoreSettings::default(), at(0)).await.unwrap();
+        t.commit().await.unwrap();
+    }
+    let base = shard.outbox_after(0, 100).await.unwrap().last().unwrap().seq;
+
+    // T1 takes the next position and stays open; T2 takes the one after and commits.
+    let mut c1 = shard.primary().get().await.unwrap();
+    let t1 = c1.transaction().await.unwrap();
+    stores::fence(&t1, store).await.unwrap();
+    emit(&t1, store, "test.first", at(1), serde_json::json!({})).await.unwrap();
+    {
+        let mut c2 = shard.primary().get().await.unwrap();
+        let t2 = c2.transaction().await.unwrap();
+        stores::fence(&t2, store).await.unwrap();
+        emit(&t2, store, "test.second", at(2), serde_json::json!({})).await.unwrap();
+        t2.commit().await.unwrap();
+    }
+    // A plain read by position would hand out T2's event and move past T1's for ever.
+    for _ in 0..3 {
+        assert_eq!(
+            shard.outbox_after(base, 100).await.unwrap(),
+            vec![],
+            "nothing past the open transaction's position"
+        );
+    }
+    t1.commit().await.unwrap();
+    let kinds: Vec<String> = shard.outbox_after(base, 100).await.unwrap().into_iter().map(|l| l.event.kind).collect();
+    assert_eq!(kinds, ["test.first", "test.second"]);
+
+    // A position given up by a rollback is passed over, but only once every transaction that
+    // was running when the gap was seen has ended.
+    let base = shard.outbox_stats().await.unwrap().last_seq;
+    {
+        let mut c3 = shard.primary().get().await.unwrap();
+        let t3 = c3.transaction().await.unwrap();
+        stores::fence(&t3, store).await.unwrap();
+        emit(&t3, store, "test.rolled-back", at(3), serde_json::json!({})).await.unwrap();
+        t3.rollback().await.unwrap();
+    }
+    let mut c5 = shard.primary().get().await.unwrap();
+    let bystander = c5.transaction().await.unwrap();
+    stores::fence(&bystander, store).await.unwrap(); // has a transaction id, holds no position
+    {
+        let mut c4 = shard.primary().get().await.unwrap();
+        let t4 = c4.transaction().await.unwrap();
+        stores::fence(&t4, store).await.unwrap();
+        emit(&t4, store, "test.after-gap", at(4), serde_json::json!({})).await.unwrap();
+        t4.commit().await.unwrap();
+    }
+    assert_eq!(shard.outbox_after(base, 100).await.unwrap(), vec![], "the gap may still be filled");
+    bystander.commit().await.unwrap();
+    let kinds: Vec<String> = shard.outbox_after(base, 100).await.unwrap().into_iter().map(|l| l.event.kind).collect();
+    assert_eq!(kinds, ["test.after-gap"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_store_that_moved_away_is_refused_whole_and_the_node_forgets_the_entry() {
+    let db = TempDb::create().await;
+    let (c, _control) = cluster(vec![ShardUrls { primary: db.url(), replicas: vec![] }], Default::default()).await;
+    let (_, scope) = store(&c).await;
+    let shard = c.storage.shard(&scope);
+    shard
+        .create_category(&scope, CategoryChange { name: Some("Tea".into()), ..Default::default() }, at(1))
+        .await
+        .unwrap();
+
+    let forgotten = Arc::new(Mutex::new(Vec::new()));
+    let seen = forgotten.clone();
+    c.shards[0].set_on_moved(Arc::new(move |s| seen.lock().unwrap().push(s)));
+    let admin = c.shards[0].primary().get().await.unwrap();
+    admin.execute("UPDATE stores SET moved_to = 7 WHERE store_id = $1", &[&scope.store_id().uuid()]).await.unwrap();
+
+    let before = shard.outbox_stats_for_test().await;
+    let refused = shard
+        .create_category(&scope, CategoryChange { name: Some("Coffee".into()), ..Default::default() }, at(2))
+        .await;
+    assert!(
+        matches!(refused, Err(StorageError::Moved { store, to: ShardId(7) }) if store == scope.store_id()),
+        "{refused:?}"
+    );
+    assert_eq!(*forgotten.lock().unwrap(), vec![scope.store_id()]);
+    assert_eq!(shard.outbox_stats_for_test().await, before, "nothing was written");
+    let names: Vec<String> =
+        shard.categories(&scope, Default::default()).await.unwrap().items.into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["Tea"]);
+}
+
+trait OutboxRows {
+    async fn outbox_stats_for_test(&self) -> i64;
+}
+
+impl OutboxRows for &dyn kirana_storage::Shard {
+    async fn outbox_stats_for_test(&self) -> i64 {
+        self.log().outbox_stats().await.unwrap().rows
+    }
+}
+
+/// Polls every 20 ms for at most 15 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "gave up waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn replica_reads(c: &PgCluster) -> u64 {
+    c.shards[0].replica_report()[0].reads
+}
+
+fn in_rotation(c: &PgCluster) -> bool {
+    c.shards[0].replica_report()[0].in_rotation
+}
+
+/// Runs `f` as a request at `level` would, returning its result and the write token it earned.
+async fn as_request<T>(level: Consistency, f: impl Future<Output = T>) -> (T, Option<WriteToken>) {
+    let ctx = ReadContext::new(level);
+    let out = consistency::scope(ctx.clone(), f).await;
+    (out, ctx.written())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_follow_consistency_and_lag_across_a_real_replica() {
+    let pair = PgPair::start();
+    let settings = ReplicaSettings {
+        policy: LagPolicy { max_bytes: 16 << 20, max_seconds: 5.0 },
+        probe_every: Duration::from_millis(50),
+        probe_timeout: Duration::from_secs(2),
+    };
+    let (c, _control) =
+        cluster(vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }], settings).await;
+    assert_eq!(c.shards[0].primary().role(), PoolRole::Primary(ShardId(0)));
+    let (_, scope) = store(&c).await;
+    let shard = c.storage.shard(&scope);
+    let p = shard.create_product(&scope, product("Masala chai"), at(1)).await.unwrap();
+    let bounded = Consistency::Replica { after: None };
+
+    // Streaming and caught up: storefront reads within the bound are served by the replica.
+    eventually("the replica is in rotation", async || {
+        c.shards[0].probe_now().await;
+        in_rotation(&c)
+    })
+    .await;
+    let before = replica_reads(&c);
+    let (title, _) = as_request(bounded, async { shard.product(&scope, p.id).await.map(|p| p.title) }).await;
+    // The replica may not have replayed the product yet (bounded staleness): poll until it has.
+    if title.is_err() {
+        eventually("the replica has the product", async || {
+            as_request(bounded, async { shard.product(&scope, p.id).await }).await.0.is_ok()
+        })
+        .await;
+    }
+    assert!(replica_reads(&c) > before, "a bounded read went to the replica");
+
+    // Strong reads never touch it.
+    let before = replica_reads(&c);
+    as_request(Consistency::Strong, async { shard.product(&scope, p.id).await.unwrap() }).await;
+    assert_eq!(replica_reads(&c), before);
+
+    // Replay paused: the replica falls behind and leaves rotation at the next probe.
+    pair.pause_replay();
+    let change = ProductChange { title: Some("Masala chai, 250 g".into()), ..Default::default() };
+    let (updated, token) =
+        as_request(Consistency::Strong, async { shard.update_product(&scope, p.id, change, at(2)).await.unwrap() })
+            .await;
+    let token = token.expect("a write inside a request earns a token");
+    assert_eq!(token.shard, ShardId(0));
+    eventually("the paused replica leaves rotation", async || {
+        c.shards[0].probe_now().await;
+        !in_rotation(&c)
+    })
+    .await;
+    let report = &c.shards[0].replica_report()[0];
+    let health = report.health.as_ref().expect("the paused replica still answers probes");
+    assert_eq!(health.state.to_string(), "replay paused", "{health}");
+
+    // The caller's read after its own write never sees the old value; neither does a bounded
+    // read: both go to the primary while the replica is out.
+    let before = (replica_reads(&c), c.shards[0].fallback_reads());
+    for level in [Consistency::Replica { after: Some(token) }, bounded] {
+        let (title, _) = as_request(level, async { shard.product(&scope, p.id).await.unwrap().title }).await;
+        assert_eq!(title, updated.title, "{level:?}");
+    }
+    assert_eq!(replica_reads(&c), before.0, "the laggard served nothing");
+    assert_eq!(c.shards[0].fallback_reads(), before.1 + 2);
+
+    // Replay resumed: it returns once caught up, and then serves the caller's token.
+    pair.resume_replay();
+    eventually("the replica is back in rotation past the token", async || {
+        c.shards[0].probe_now().await;
+        in_rotation(&c) && c.shards[0].replica_report()[0].health.as_ref().is_some_and(|h| h.caught_up_with(token.lsn))
+    })
+    .await;
+    let before = replica_reads(&c);
+    let (title, _) = as_request(Consistency::Replica { after: Some(token) }, async {
+        shard.product(&scope, p.id).await.unwrap().title
+    })
+    .await;
+    assert_eq!(title, updated.title);
+    assert_eq!(replica_reads(&c), before + 1, "the caught-up replica served the caller's read");
+
+    // Every replica gone: reads still succeed, on the primary.
+    pair.kill_replica();
+    eventually("the dead replica leaves rotation", async || {
+        c.shards[0].probe_now().await;
+        !in_rotation(&c)
+    })
+    .await;
+    let (title, _) = as_request(bounded, async { shard.product(&scope, p.id).await.unwrap().title }).await;
+    assert_eq!(title, updated.title);
+    assert!(c.shards[0].replica_report()[0].error.is_some(), "the report says why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_fails_a_read_is_left_for_the_primary_at_once() {
+    let pair = PgPair::start();
+    let settings = ReplicaSettings { probe_timeout: Duration::from_secs(2), ..Default::default() };
+    let (c, _control) =
+        cluster(vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }], settings).await;
+    let (_, scope) = store(&c).await;
+    let shard = c.storage.shard(&scope);
+    let p = shard.create_product(&scope, product("Ginger tea"), at(1)).await.unwrap();
+    eventually("the replica has the product and is in rotation", async || {
+        c.shards[0].probe_now().await;
+        in_rotation(&c)
+            && as_request(Consistency::Replica { after: None }, async { shard.product(&scope, p.id).await })
+                .await
+                .0
+                .is_ok()
+    })
+    .await;
+    // The prober has not noticed yet: the next read finds the replica dead and retries on the
+    // primary, and the replica is out of rotation without waiting for a probe.
+    pair.kill_replica();
+    let (title, _) =
+        as_request(Consistency::Replica { after: None }, async { shard.product(&scope, p.id).await.unwrap().title })
+            .await;
+    assert_eq!(title, "Ginger tea");
+    assert!(!in_rotation(&c));
+}
