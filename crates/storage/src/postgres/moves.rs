@@ -76,9 +76,11 @@ const SETTLED: u64 = 100;
 const MAX_ROUNDS: u32 = 50;
 /// How long the move waits for the transactions older than the capture to end.
 const OLD_TRANSACTIONS_WAIT: Duration = Duration::from_secs(60);
-/// How long the freeze waits for the store's in-flight writers (every new writer queues
-/// behind it meanwhile, so this bounds the pause a stuck writer can cause).
-const FREEZE_LOCK_TIMEOUT: &str = "10s";
+/// How long the freeze may wait for the row lock of a checkout taking an order number.
+const FREEZE_LOCK_TIMEOUT: &str = "5s";
+/// How long the frozen store waits for the writers that passed its fence before the freeze;
+/// its writes are refused meanwhile, so past this it thaws and the move stops (resumable).
+const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a move is, as its journal row says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -545,6 +547,11 @@ impl Move<'_> {
         )
         .await
         .map_err(self.src_err())?;
+        self.wait_for_older_transactions(&c, OLD_TRANSACTIONS_WAIT).await
+    }
+
+    /// Waits until every transaction running on the source now has ended (within `limit`).
+    async fn wait_for_older_transactions(&self, c: &tokio_postgres::Client, limit: Duration) -> Result<()> {
         let horizon: i64 = c
             .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint", &[])
             .await
@@ -560,13 +567,13 @@ impl Move<'_> {
             if oldest >= horizon {
                 return Ok(());
             }
-            if since.elapsed() > OLD_TRANSACTIONS_WAIT {
+            if since.elapsed() > limit {
                 return Err(StorageError::Unavailable(format!(
-                    "shard {}: a transaction older than the move's capture is still running after {:?}",
-                    self.from.0, OLD_TRANSACTIONS_WAIT
+                    "shard {}: a transaction is still running after {limit:?}",
+                    self.from.0
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -756,27 +763,42 @@ impl Move<'_> {
         Ok(Some(ids.len() as u64))
     }
 
-    /// Refuses every later write of the store on the source: waits out its writers (they hold
-    /// the row `FOR KEY SHARE`; new ones queue behind this lock) and sets `moved_to`, which
-    /// they read first thing. Other stores' rows are not touched. Idempotent.
+    /// Refuses every later write of the store on the source, then waits out the writers that
+    /// got past the fence before it. Other stores' rows are not touched. Idempotent.
+    ///
+    /// Not `SELECT … FOR UPDATE` first, as one would think: PostgreSQL does not queue a
+    /// `FOR KEY SHARE` locker behind a waiting `FOR UPDATE` when the row's current lockers are
+    /// all `KEY SHARE` too, so under a steady stream of writers the freeze starves (seen with
+    /// eight checkout loops: never granted). The `UPDATE` takes `FOR NO KEY UPDATE`, which
+    /// KEY SHARE does not block, and once it commits every fence reads `moved_to`. A writer
+    /// that read the fence just before that is still running, with its transaction id
+    /// assigned by its row lock; waiting until every transaction older than the commit has
+    /// ended waits it out, exactly as the capture's start does.
     async fn freeze(&self) -> Result<()> {
-        let mut c = self.src.get().await?;
-        let t = c.transaction().await.map_err(self.src_err())?;
-        t.batch_execute(&format!("SET LOCAL lock_timeout = '{FREEZE_LOCK_TIMEOUT}'")).await.map_err(self.src_err())?;
-        let found = t
-            .query_opt("SELECT 1 FROM stores WHERE store_id = $1 FOR UPDATE", &[&self.store.uuid()])
-            .await
-            .map_err(self.src_err())?;
-        if found.is_none() {
+        let c = self.src.get().await?;
+        c.batch_execute(&format!("SET lock_timeout = '{FREEZE_LOCK_TIMEOUT}'")).await.map_err(self.src_err())?;
+        let frozen = c
+            .execute(
+                "UPDATE stores SET moved_to = $2 WHERE store_id = $1",
+                &[&self.store.uuid(), &i64::from(self.to.0)],
+            )
+            .await;
+        c.batch_execute("RESET lock_timeout").await.map_err(self.src_err())?;
+        if frozen.map_err(self.src_err())? != 1 {
             return Err(StorageError::Internal(format!(
                 "store {} has no row on its source shard {}",
                 self.store, self.from.0
             )));
         }
-        t.execute("UPDATE stores SET moved_to = $2 WHERE store_id = $1", &[&self.store.uuid(), &i64::from(self.to.0)])
-            .await
-            .map_err(self.src_err())?;
-        t.commit().await.map_err(self.src_err())
+        if let Err(e) = self.wait_for_older_transactions(&c, FREEZE_WAIT).await {
+            // Refusing the store's writes for longer than this is worse than trying again
+            // later: thaw (the journal still says `frozen`, so a resume freezes again).
+            c.execute("UPDATE stores SET moved_to = NULL WHERE store_id = $1", &[&self.store.uuid()])
+                .await
+                .map_err(self.src_err())?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Points the directory at the target, in the same control transaction as the journal's
