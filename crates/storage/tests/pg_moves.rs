@@ -531,11 +531,12 @@ async fn a_move_stopped_in_any_state_resumes_to_the_same_rows() {
         let e = w.mover.move_store(store, TWO).await.unwrap_err();
         assert!(matches!(e, StorageError::Unavailable(_)), "{state}: {e:?}");
         let j = w.mover.moves().await.unwrap().into_iter().find(|m| m.store == store).unwrap();
-        assert_eq!(j.state, state);
+        assert_eq!((j.store, j.from, j.to, j.state), (store, ONE, TWO, state));
         assert!(j.error.as_deref().unwrap_or("").contains("test hook"), "{j:?}");
-        // A new move of it is refused while this one is unfinished.
+        // A new move of it is refused while this one is unfinished, and leaves the journal be.
         let e = w.mover.move_store(store, TWO).await.unwrap_err();
         assert!(matches!(e, StorageError::Conflict { kind: ConflictKind::TooMany, .. }), "{e:?}");
+        assert_eq!(w.mover.moves().await.unwrap().into_iter().find(|m| m.store == store).unwrap(), j);
 
         match state {
             MoveState::Copying | MoveState::CatchingUp => {

@@ -278,6 +278,8 @@ impl Mover {
                     &format!("the store's shard {} is not one this mover knows", from.0),
                 ));
             }
+            // Both shards must run the same schema: checked before the journal has a move to resume.
+            Move { store, from, to, src: &self.shards[&from], dst: &self.shards[&to] }.tables().await?;
             ctl.execute(
                 &format!(
                     "INSERT INTO store_moves (store_id, from_shard, to_shard, state, started_at, updated_at, rows_copied)
@@ -344,9 +346,26 @@ impl Mover {
         Ok(ctl)
     }
 
-    /// Notes a failure in the journal and lets the lock go; both best effort (a lost control
-    /// connection loses the session lock anyway).
+    /// Lets the move lock go; best effort (a lost control connection loses it anyway).
     async fn finish(&self, ctl: ClientWrapper, store: StoreId, result: Result<MoveReport>) -> Result<MoveReport> {
+        let _ = ctl.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&lock_key(store)]).await;
+        result
+    }
+
+    /// Runs the move's steps from `state`, noting in the journal why they stopped if they did
+    /// (best effort: the journal's state is what a resume goes by, the error is for people).
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        ctl: &mut ClientWrapper,
+        store: StoreId,
+        from: ShardId,
+        to: ShardId,
+        state: MoveState,
+        rows_copied: u64,
+        started: Instant,
+    ) -> Result<MoveReport> {
+        let result = self.steps(ctl, store, from, to, state, rows_copied, started).await;
         if let Err(e) = &result {
             let _ = ctl
                 .execute(
@@ -354,14 +373,13 @@ impl Mover {
                     &[&store.uuid(), &e.to_string()],
                 )
                 .await;
-            tracing::warn!(store_id = %store, error = %e, "store move stopped");
+            tracing::warn!(store_id = %store, from = from.0, to = to.0, error = %e, "store move stopped");
         }
-        let _ = ctl.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&lock_key(store)]).await;
         result
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run(
+    async fn steps(
         &self,
         ctl: &mut ClientWrapper,
         store: StoreId,
