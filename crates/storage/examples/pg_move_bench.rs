@@ -202,7 +202,7 @@ async fn bench(names: &[String], products: i64, moves: usize) -> Result<(), Fail
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
         println!("`cargo run --release -p kirana-storage --example pg_move_bench -- {products} {moves}`\n");
         println!(
-            "| moves | rows per move | copy rate p50 (min) | cutover pause p50 | pause max | move total p50 | checkouts during | fenced retries | slowest checkout |"
+            "| moves | rows (last move) | copy rate p50 (min) | cutover pause p50 | pause max | move total p50 | checkouts during | fenced retries | slowest checkout |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
         println!(
