@@ -64,7 +64,7 @@ async fn schemas_apply_once_and_refuse_a_newer_database() {
             .unwrap();
         for r in rows {
             let (t, first): (String, String) = (r.get(0), r.get(1));
-            let shard_infra = ["outbox", "consumer_positions", "dead_letters", "kirana_schema"];
+            let shard_infra = ["outbox", "consumer_positions", "dead_letters", "kirana_schema", "move_changes"];
             if migrations.len() == SHARD.len() && !shard_infra.contains(&t.as_str()) {
                 assert_eq!(first, "store_id", "{t}'s primary key must start with store_id");
             }

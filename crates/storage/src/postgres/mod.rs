@@ -11,9 +11,12 @@
 //!   the SQLite one (`tests/pg_directory.rs` runs the same checks against both).
 //! - [`shard`]: the shard's queries, one module per concern as on SQLite (stores and the
 //!   catalog so far, checked against SQLite by `tests/pg_catalog.rs`); `PgShard` comes next.
+//! - [`moves`]: moving a store between shards while it sells (change capture, `COPY`, a short
+//!   freeze, the directory flip) and the journal that lets a stopped move resume.
 
 pub mod cluster;
 pub mod directory;
+pub mod moves;
 pub mod pool;
 pub mod replica;
 pub mod replicas;

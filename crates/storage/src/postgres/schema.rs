@@ -77,6 +77,24 @@ CREATE TABLE seed_progress (
     next_index BIGINT NOT NULL
 );
 "#,
+    // PostgreSQL only from here: store moves (docs/decisions/0017-store-moves.md).
+    r#"
+-- The journal of store moves between shards, one row per store (its latest move), so a move
+-- that stopped half-way (crash, deploy) is resumed from the step it reached. `state` goes
+-- copying -> catching_up -> frozen -> flipped -> cleaned; the flip to `flipped` commits in the
+-- same transaction as the directory's `stores.shard`.
+CREATE TABLE store_moves (
+    store_id    UUID PRIMARY KEY,
+    from_shard  BIGINT NOT NULL,
+    to_shard    BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    started_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    rows_copied BIGINT NOT NULL DEFAULT 0,
+    cutover_ms  BIGINT,                  -- from the freeze's start to the flip's commit
+    error       TEXT                     -- the last failure, cleared when the move goes on
+);
+"#,
 ];
 
 pub const SHARD: &[Migration] = &[
@@ -430,6 +448,93 @@ CREATE TABLE webhook_attempts (
 -- FOR UPDATE sees the store has gone and is refused (and retried on the new shard).
 ALTER TABLE stores ADD COLUMN moved_to BIGINT;
 "#,
+    r#"
+-- Change capture for store moves (postgres::moves). While a store is in `moving_stores`, every
+-- write to one of its rows leaves the row's table and primary key in `move_changes`; the mover
+-- re-reads the current row by that key and replays it on the target. Only keys are kept, not
+-- values, so a change is replayed by its latest state, in any order, any number of times.
+CREATE TABLE moving_stores (
+    store_id   UUID PRIMARY KEY,
+    target     BIGINT NOT NULL,
+    started_at BIGINT NOT NULL
+);
+
+CREATE TABLE move_changes (
+    id       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    store_id UUID NOT NULL,
+    tbl      TEXT NOT NULL,
+    key      JSONB NOT NULL
+);
+CREATE INDEX move_changes_by_store ON move_changes (store_id, id);
+
+-- The arguments are the table's primary-key columns. A store that is not moving costs one probe
+-- of `moving_stores`, which is empty but for the few stores moving right now.
+CREATE FUNCTION capture_move() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    store UUID;
+    r     JSONB;
+    k     JSONB;
+    old_k JSONB;
+    i     INT;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        store := OLD.store_id;
+    ELSE
+        store := NEW.store_id;
+    END IF;
+    PERFORM 1 FROM moving_stores WHERE store_id = store;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        r := to_jsonb(NEW);
+        k := '{}';
+        FOR i IN 0 .. TG_NARGS - 1 LOOP
+            k := k || jsonb_build_object(TG_ARGV[i], r -> TG_ARGV[i]);
+        END LOOP;
+        INSERT INTO move_changes (store_id, tbl, key) VALUES (store, TG_TABLE_NAME, k);
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        r := to_jsonb(OLD);
+        old_k := '{}';
+        FOR i IN 0 .. TG_NARGS - 1 LOOP
+            old_k := old_k || jsonb_build_object(TG_ARGV[i], r -> TG_ARGV[i]);
+        END LOOP;
+        -- An update that kept its key is already recorded under the new one.
+        IF k IS DISTINCT FROM old_k THEN
+            INSERT INTO move_changes (store_id, tbl, key) VALUES (store, TG_TABLE_NAME, old_k);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Every table holding a store's rows, except `dead_letters` (the shard's own bookkeeping about
+-- its outbox, which stays with the shard). postgres::moves::STORE_TABLES is the same list.
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON stores FOR EACH ROW EXECUTE FUNCTION capture_move('store_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON categories FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'category_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON products FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'product_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON variants FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'variant_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON carts FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'cart_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON cart_items FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'cart_id', 'variant_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON customers FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'customer_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON coupons FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'coupon_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON orders FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'order_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON order_items FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'order_id', 'line');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON order_history FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'order_id', 'seq');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON outbox FOR EACH ROW EXECUTE FUNCTION capture_move('seq');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON theme_templates FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'name');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON media FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'hash');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON applied_events FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'consumer', 'event_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON sales_hourly FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'hour');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON sales_daily FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'day');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON product_sales_daily FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'day', 'product_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON cache_versions FOR EACH ROW EXECUTE FUNCTION capture_move('store_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON notifications FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'event_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_endpoints FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'endpoint_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_deliveries FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'endpoint_id', 'event_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_attempts FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'endpoint_id', 'event_id', 'attempt');
+"#,
 ];
 
 /// Applies the migrations the database has not seen, each in its own transaction, under an
@@ -474,8 +579,8 @@ mod tests {
 
     #[test]
     fn every_sqlite_migration_has_its_postgres_twin() {
-        assert_eq!(DIRECTORY.len(), crate::sqlite::schema::DIRECTORY.len());
-        // The shard may have PostgreSQL-only migrations after the shared ones (store moves).
+        // Both may have PostgreSQL-only migrations after the shared ones (store moves).
+        assert!(DIRECTORY.len() >= crate::sqlite::schema::DIRECTORY.len());
         assert!(SHARD.len() >= crate::sqlite::schema::SHARD.len());
         for m in DIRECTORY.iter().chain(SHARD) {
             assert!(!m.contains("BLOB") && !m.contains("WITHOUT ROWID") && !m.contains("AUTOINCREMENT"), "{m}");
