@@ -1,16 +1,13 @@
 //! The replica lag probe against a real PostgreSQL primary and its streaming replica (see
 //! `pg_support`). Each test has its own pair, and waits by bounded polling, never by sleeping.
 
-#[allow(dead_code)]
-mod pg_support;
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use kirana_storage::postgres::replica::{
     LagPolicy, ReplicaHealth, ReplicaState, Rotation, caught_up, probe, write_token,
 };
-use pg_support::PgPair;
+use kirana_storage::postgres::testing::PgPair;
 use tokio_postgres::{Client, NoTls};
 
 /// Comfortable bounds for a replica on the same machine.

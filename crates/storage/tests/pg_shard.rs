@@ -3,8 +3,6 @@
 //! primary and streaming replica (`pg_support`), with lag injected by pausing replay.
 
 mod pg_db;
-#[allow(dead_code)]
-mod pg_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +16,10 @@ use kirana_storage::postgres::pool::PoolRole;
 use kirana_storage::postgres::replica::LagPolicy;
 use kirana_storage::postgres::replicas::ReplicaSettings;
 use kirana_storage::postgres::shard::{PgShard, emit, stores};
+use kirana_storage::postgres::testing::PgPair;
 use kirana_storage::postgres::testing::TempDb;
 use kirana_storage::{ShardId, ShardLog, StorageError, StoreScope};
 use pg_db::{at, pg_shard};
-use pg_support::PgPair;
 
 async fn cluster(shards: Vec<ShardUrls>, replicas: ReplicaSettings) -> (PgCluster, TempDb) {
     let control = TempDb::create().await;

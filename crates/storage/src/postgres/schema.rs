@@ -444,8 +444,8 @@ CREATE TABLE webhook_attempts (
     // PostgreSQL only from here: store moves (docs/decisions/0017-store-moves.md).
     r#"
 -- Set on the source shard when a store's move freezes it: every write transaction of a store
--- starts by reading this column under FOR KEY SHARE, so a write that waited out the move's
--- FOR UPDATE sees the store has gone and is refused (and retried on the new shard).
+-- starts by reading this column under FOR KEY SHARE and is refused once it is set (the node
+-- re-reads the directory and the client retries on the new shard).
 ALTER TABLE stores ADD COLUMN moved_to BIGINT;
 "#,
     r#"

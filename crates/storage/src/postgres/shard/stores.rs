@@ -46,10 +46,12 @@ pub async fn insert<C: GenericClient>(
 }
 
 /// The first statement of every write transaction of a store: takes a KEY SHARE lock on the
-/// store's row (writers never block one another; a store move's `FOR UPDATE` waits for them and
-/// they wait for it) and refuses the write once the store has moved to another shard. A writer
-/// that waited out the move reads the row as the move left it (READ COMMITTED re-reads a locked
-/// row's newest version), so nothing is written to the source after the freeze.
+/// store's row (writers never block one another) and refuses the write once a store move has
+/// frozen the store (`moved_to` set). A writer that locked the row before the freeze committed
+/// has its transaction id by then, and the move waits for every such transaction to end before
+/// its last catch-up; one that locks it after reads the frozen version (READ COMMITTED follows
+/// an updated row to its newest version). So nothing reaches the source after the last
+/// catch-up. See `moves.rs`.
 ///
 /// It also gives the transaction its id before any outbox insert, which the outbox's safe
 /// point relies on (see `log::outbox_window`).

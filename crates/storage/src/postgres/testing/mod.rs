@@ -1,7 +1,11 @@
-//! Throwaway databases on a PostgreSQL server, for tests of this crate and of the crates above
-//! it: each test gets databases of its own, dropped when it ends (also when it fails), and a
-//! server that is down fails the test with the command that starts it.
+//! Throwaway PostgreSQL for tests of this crate and of the crates above it: databases of a
+//! test's own on the shared server, dropped when it ends (also when it fails; a server that is
+//! down fails the test with the command that starts it), and [`PgPair`], a primary with a
+//! streaming replica of a test's own, on its own ports, for tests that pause, stop or kill it.
 
+mod pair;
+
+pub use pair::PgPair;
 use tokio_postgres::NoTls;
 
 /// The shared server the test suites use (trust auth, as the machines run it).
