@@ -5,6 +5,7 @@
 //! - [`error`]: the single mapping from any error to `application/problem+json`.
 //! - [`auth`]: tokens, sign-in codes and how codes are delivered.
 //! - [`state`]: what handlers share.
+//! - [`read_routing`]: how fresh each request's reads must be; write tokens for read-your-writes.
 //!
 //! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
 
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod media;
+pub mod read_routing;
 pub mod routes;
 pub mod state;
 
@@ -43,6 +45,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .method_not_allowed_fallback(error::no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(limit_uri))
+        .layer(axum::middleware::from_fn(read_routing::route_reads))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {

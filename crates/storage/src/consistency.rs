@@ -87,8 +87,9 @@ pub(crate) fn wants_token() -> bool {
     CONTEXT.try_with(|_| ()).is_ok()
 }
 
-/// Records a committed write's position for the running request.
-pub(crate) fn record_write(token: WriteToken) {
+/// Records a committed write's position for the running request (called by shards with
+/// replicas after each commit).
+pub fn record_write(token: WriteToken) {
     let _ = CONTEXT.try_with(|c| {
         let mut w = c.written.lock().unwrap_or_else(|p| p.into_inner());
         // Positions only grow; keep the furthest (one request touches one shard).

@@ -22,6 +22,12 @@ pub struct TestApp {
     pub notifier: Arc<MemoryNotifier>,
     pub clock: ManualClock,
     pub storage: Storage,
+    /// The PostgreSQL backend's parts (replica reports, probes), when the suite runs on it.
+    #[allow(dead_code)] // only the replica tests look
+    pub cluster: Option<kirana_storage::postgres::cluster::PgCluster>,
+    /// The replica's URL, with `Backend::PostgresWithReplica`.
+    #[allow(dead_code)]
+    pub replica_url: Option<String>,
     /// The databases: a temp directory (SQLite) or temp databases (PostgreSQL), removed with
     /// the app.
     _keep: Box<dyn std::any::Any + Send + Sync>,
@@ -33,16 +39,27 @@ pub struct TestApp {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// One shard whose primary has a streaming replica of the test's own (`PgPair`).
+    PostgresWithReplica,
 }
 
-async fn open(shards: u32) -> (Storage, Box<dyn std::any::Any + Send + Sync>) {
+type Keep = Box<dyn std::any::Any + Send + Sync>;
+
+struct Opened {
+    storage: Storage,
+    cluster: Option<kirana_storage::postgres::cluster::PgCluster>,
+    replica_url: Option<String>,
+    keep: Keep,
+}
+
+async fn open(shards: u32) -> Opened {
     match crate::BACKEND {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             // Tests need not survive power loss; the durability test runs the real binary with FULL.
             let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
             let storage = kirana_storage::sqlite::open(dir.path(), shards, &opts).expect("open storage");
-            (storage, Box::new(dir))
+            Opened { storage, cluster: None, replica_url: None, keep: Box::new(dir) }
         }
         Backend::Postgres => {
             use kirana_storage::postgres::cluster::{PgConfig, ShardUrls, open};
@@ -55,7 +72,24 @@ async fn open(shards: u32) -> (Storage, Box<dyn std::any::Any + Send + Sync>) {
             let urls = dbs.iter().map(|d| ShardUrls { primary: d.url(), replicas: vec![] }).collect();
             let cluster = open(&PgConfig::new(control.url(), urls)).await.expect("open the PostgreSQL backend");
             dbs.push(control);
-            (cluster.storage, Box::new(dbs))
+            Opened { storage: cluster.storage.clone(), cluster: Some(cluster), replica_url: None, keep: Box::new(dbs) }
+        }
+        Backend::PostgresWithReplica => {
+            use kirana_storage::postgres::cluster::{PgConfig, ShardUrls, open};
+            use kirana_storage::postgres::testing::{PgPair, TempDb};
+            assert_eq!(shards, 1, "the replica harness has one shard");
+            let pair = tokio::task::spawn_blocking(PgPair::start).await.expect("start a primary and a replica");
+            let control = TempDb::create().await;
+            let urls = vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }];
+            let mut config = PgConfig::new(control.url(), urls);
+            config.replicas.probe_every = std::time::Duration::from_millis(50);
+            let cluster = open(&config).await.expect("open the PostgreSQL backend");
+            Opened {
+                storage: cluster.storage.clone(),
+                cluster: Some(cluster),
+                replica_url: Some(pair.replica_url()),
+                keep: Box::new((pair, control)),
+            }
         }
     }
 }
@@ -94,12 +128,12 @@ impl TestApp {
     }
 
     pub async fn with_config(shards: u32, config: ServerConfig) -> TestApp {
-        let (storage, keep) = open(shards).await;
+        let Opened { storage, cluster, replica_url, keep } = open(shards).await;
         let clock = ManualClock::new(Timestamp::from_millis(T0));
         let notifier = Arc::new(MemoryNotifier::default());
         let state = AppState::new(storage.clone(), Arc::new(clock.clone()), notifier.clone(), config);
         let router = kirana_server::app(state).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
-        TestApp { router, notifier, clock, storage, _keep: keep }
+        TestApp { router, notifier, clock, storage, cluster, replica_url, _keep: keep }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {
