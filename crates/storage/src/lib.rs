@@ -15,7 +15,10 @@
 //! - [`webhooks`]: merchants' webhook endpoints, their delivery log, and the worker's queue.
 //! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
 //!   both (creating a store, renaming its slug).
-//! - [`postgres`]: the PostgreSQL backend, being built (issue 6): schemas so far.
+//! - [`consistency`]: how fresh a request's reads must be (strong, read-your-writes by write
+//!   token, bounded staleness), carried with the request.
+//! - [`postgres`]: the PostgreSQL backend: shards of a primary and streaming replicas, reads
+//!   routed by consistency and lag, the directory in a control database, online store moves.
 //! - [`sqlite`]: the embedded backend: one SQLite file for the directory and one per shard, each
 //!   with a single writer thread that group-commits and a pool of readers.
 

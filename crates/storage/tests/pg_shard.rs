@@ -299,3 +299,158 @@ async fn a_replica_that_fails_a_read_is_left_for_the_primary_at_once() {
     assert_eq!(title, "Ginger tea");
     assert!(!in_rotation(&c));
 }
+
+fn buyer(n: usize) -> kirana_domain::cart::Checkout {
+    use kirana_domain::cart::{Checkout, CheckoutCustomer};
+    use kirana_domain::order::{Address, PaymentMethod};
+    Checkout {
+        customer: CheckoutCustomer {
+            name: format!("Buyer {n}"),
+            phone: kirana_domain::Phone::parse(&format!("+9198{:08}", n)).unwrap(),
+            email: None,
+        },
+        address: Address {
+            line1: "12 MG Road".into(),
+            line2: None,
+            landmark: None,
+            city: "Bengaluru".into(),
+            state: Some("KA".into()),
+            postal_code: "560001".into(),
+            country: "IN".into(),
+        },
+        payment_method: PaymentMethod::Cod,
+        coupon_code: None,
+        note: None,
+    }
+}
+
+/// The whole path a node takes: checkouts through `Storage` and `PgShard` (fence, `Moved`,
+/// directory cache dropped, retried with the same idempotency key on the new shard) while the
+/// store moves. Nodes cache the directory for a minute here, so only the fence can send a
+/// writer to the new shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_through_storage_keep_going_while_the_store_moves() {
+    use kirana_domain::cart::Quantity;
+    use kirana_storage::IdempotencyKey;
+    use kirana_storage::postgres::moves::Mover;
+    use kirana_storage::postgres::pool::PgPool;
+
+    let (a, b) = (TempDb::create().await, TempDb::create().await);
+    let control = TempDb::create().await;
+    let mut config = PgConfig::new(
+        control.url(),
+        vec![ShardUrls { primary: a.url(), replicas: vec![] }, ShardUrls { primary: b.url(), replicas: vec![] }],
+    );
+    config.directory_ttl = Duration::from_secs(60);
+    let c = open(&config).await.unwrap();
+    let (owner, scope) = store(&c).await;
+    let from = scope.shard();
+    let to = ShardId(1 - from.0);
+    let mut change = product("Flash sale tea");
+    change.variants.as_mut().unwrap()[0].stock = Some(500);
+    let p = c.storage.shard(&scope).create_product(&scope, change, at(1)).await.unwrap();
+    let variant = p.variants[0].id;
+    let store_id = scope.store_id();
+
+    let buyers = 6;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..buyers {
+        let (storage, stop) = (c.storage.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            let mut refused = 0;
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = IdempotencyKey { key: format!("w{w}-{n}"), fingerprint: [w as u8; 32] };
+                let token = [n as u8; 32];
+                // Each step retried on a refusal: the node re-reads the directory first.
+                let mut step = 0;
+                let mut cart = None;
+                loop {
+                    let scope = storage.scope_for_owner(owner, store_id).await.unwrap();
+                    let shard = storage.shard(&scope);
+                    let r = match step {
+                        0 => shard.create_cart(&scope, token, at(2)).await.map(|c| {
+                            cart = Some(c.id);
+                        }),
+                        1 => shard
+                            .set_cart_item(&scope, cart.unwrap(), token, variant, Quantity::parse(1).unwrap(), at(2))
+                            .await
+                            .map(|_| ()),
+                        _ => match shard
+                            .checkout(&scope, cart.unwrap(), token, buyer(w * 10_000 + n), Some(key.clone()), at(3))
+                            .await
+                        {
+                            Ok((order, _)) => {
+                                placed.push(order.id);
+                                break;
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match r {
+                        Ok(()) => step += 1,
+                        Err(StorageError::Moved { .. }) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(e) => panic!("buyer {w}: {e}"),
+                    }
+                }
+            }
+            (placed, refused)
+        }));
+    }
+    // Let the buyers get going, then move the store under them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pool = |url: String, role| Arc::new(PgPool::new(&url, role, Default::default()).unwrap());
+    let mover = Mover::new(
+        pool(control.url(), PoolRole::Directory),
+        [(ShardId(0), pool(a.url(), PoolRole::Primary(ShardId(0)))), (ShardId(1), pool(b.url(), PoolRole::Primary(ShardId(1))))]
+            .into_iter()
+            .collect(),
+    )
+    .with_cleanup_delay(Duration::ZERO);
+    let report = mover.move_store(scope.store_id(), to).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    let mut refusals = 0;
+    for t in tasks {
+        let (placed, refused) = t.await.unwrap();
+        acknowledged.extend(placed);
+        refusals += refused;
+    }
+
+    let now = c.storage.scope_for_owner(owner, scope.store_id()).await.unwrap();
+    assert_eq!(now.shard(), to, "the directory names the new shard");
+    let shard = c.storage.shard(&now);
+    let mut on_target = Vec::new();
+    let mut page = kirana_domain::page::PageRequest::default();
+    loop {
+        let got = shard.orders(&now, None, page).await.unwrap();
+        on_target.extend(got.items.iter().map(|o| o.id));
+        match got.next_cursor {
+            Some(next) => {
+                page = kirana_domain::page::PageRequest {
+                    after: Some(kirana_domain::page::Cursor::parse(&next).unwrap()),
+                    ..page
+                }
+            }
+            None => break,
+        }
+    }
+    acknowledged.sort();
+    on_target.sort();
+    assert!(acknowledged.len() > buyers, "checkouts ran during the move: {}", acknowledged.len());
+    assert_eq!(on_target, acknowledged, "every acknowledged order is on the new shard, once");
+    let stock = shard.product(&now, p.id).await.unwrap().variants[0].stock.unwrap();
+    assert_eq!(stock + acknowledged.len() as i64, 500, "stock + units sold = the stock there was");
+    eprintln!(
+        "{} orders, {refusals} writes refused during the cutover and retried; pause {:?}",
+        acknowledged.len(),
+        report.cutover_pause
+    );
+}

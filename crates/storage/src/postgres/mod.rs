@@ -1,6 +1,7 @@
-//! The PostgreSQL backend (being built, issue 6): shards that are a primary with streaming
-//! replicas, and the directory in a control database.
+//! The PostgreSQL backend: shards that are a primary with streaming replicas, and the
+//! directory in a control database.
 //!
+//! - [`cluster`]: opening it all from configuration (`PgConfig`) into a `Storage`.
 //! - [`schema`]: the same tables as the SQLite backend, in PostgreSQL's types, and `migrate`.
 //! - [`replica`]: a replica's health as the router and `kirana doctor` see it: lag in bytes and
 //!   seconds, state (streaming, replay paused, receiver down, promoted), read-your-writes tokens,
@@ -9,10 +10,12 @@
 //!   becomes `Unavailable` (503) naming the pool, and its status for metrics.
 //! - [`directory`]: `PgDirectory`, the directory on the control database, behaving exactly as
 //!   the SQLite one (`tests/pg_directory.rs` runs the same checks against both).
-//! - [`shard`]: the shard's queries, one module per concern as on SQLite (stores and the
-//!   catalog so far, checked against SQLite by `tests/pg_catalog.rs`); `PgShard` comes next.
+//! - [`shard`]: `PgShard`, and the shard's queries, one module per concern as on SQLite.
+//! - [`replicas`]: a shard's replicas as its router sees them, the prober that keeps their
+//!   lag current, and the choice of a replica for a read.
 //! - [`moves`]: moving a store between shards while it sells (change capture, `COPY`, a short
 //!   freeze, the directory flip) and the journal that lets a stopped move resume.
+//! - [`testing`]: throwaway databases and replica pairs for the test suites.
 
 pub mod cluster;
 pub mod directory;

@@ -1,12 +1,12 @@
-//! A shard on PostgreSQL (issue 6), being built one concern at a time. As on SQLite, the SQL
-//! lives in one module per concern, as free functions over a client and a store id; the
-//! `PgShard` that implements [`crate::Shard`] on top of them (unwrapping the scope, taking a
-//! connection, opening the transaction) comes next.
+//! A shard on PostgreSQL: [`PgShard`] (the `Shard`, `ShardLog` and `Webhooks` traits over a
+//! primary and its replicas) on top of one module per concern, as on SQLite, each a set of free
+//! functions over a client and a store id.
 //!
-//! Until it does, these modules are public so the behavioural tests (`tests/pg_catalog.rs`) can
-//! drive them; once `PgShard` exists they become private to this backend, like SQLite's, and the
-//! only way in is a `StoreScope` again. Callers pass a transaction for every write: a write is
-//! several statements and its outbox event, committed together or not at all.
+//! The concern modules are public so the behavioural tests (`tests/pg_catalog.rs`,
+//! `pg_orders.rs`, `pg_log.rs`, `pg_webhooks.rs`) can record each one against SQLite; the
+//! application only ever reaches them through `PgShard`, with a `StoreScope`. Callers pass a
+//! transaction for every write: a write is several statements and its outbox event, committed
+//! together or not at all.
 //!
 //! SQLite gets its atomicity from one writer thread; here writers run concurrently, so every
 //! read-then-write either locks what it read (`FOR UPDATE`, `FOR KEY SHARE`), serialises on a
@@ -17,9 +17,8 @@
 //! - [`stores`]: the store's own row (name, settings, the order-number counter).
 //! - [`catalog`]: categories, products and their variants.
 //! - [`carts`], [`checkout`], [`orders`], [`coupons`]: buying, the order state machine, discounts.
-//! - [`log`]: the shard's event log as `ShardLog` defines it (outbox reads, positions, effects
-//!   applied once, dead letters, notifications). Its `outbox_after` has no commit-order safe
-//!   point yet: a relay must not read from it until it has one.
+//! - [`log`]: the shard's event log as `ShardLog` defines it (outbox reads up to the
+//!   commit-order safe point, positions, effects applied once, dead letters, notifications).
 //! - [`webhooks`]: merchant webhook endpoints, their deliveries and attempts, for the API and
 //!   the delivery worker.
 //! - [`extras`]: themes, media, dashboard numbers, cache versions, analytics, a store's events.
@@ -105,12 +104,10 @@ pub(crate) async fn lock<C: GenericClient>(c: &C, key: &str) -> Result<()> {
 /// Appends an event to the outbox, inside the caller's transaction.
 ///
 /// `seq` is an identity column, so positions follow insertion, which on PostgreSQL is not
-/// commit order: a transaction that took seq 7 may commit after one that took seq 8, and a
-/// relay that read "everything after 6" in between would skip 7 for ever. The relay therefore
-/// must read by seq only up to a safe point: below the lowest seq any still-running transaction
-/// may hold (e.g. take the rows whose `xmin` precedes `pg_snapshot_xmin(pg_current_snapshot())`,
-/// or hold back rows newer than the oldest in-progress writer). SQLite has one writer, so there
-/// insertion order is commit order. See docs/decisions/0004-outbox.md.
+/// commit order: a transaction that took seq 7 may commit after one that took seq 8. Readers
+/// therefore stop at the first position a running transaction may still fill
+/// ([`log::Gaps`]); SQLite has one writer, so there insertion order is commit order. See
+/// docs/decisions/0018-postgres-shards-and-read-routing.md.
 pub async fn emit<C: GenericClient>(
     c: &C,
     store: StoreId,
