@@ -5,6 +5,7 @@
 //! - [`error`]: the single mapping from any error to `application/problem+json`.
 //! - [`auth`]: tokens, sign-in codes and how codes are delivered.
 //! - [`state`]: what handlers share.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`read_routing`]: how fresh each request's reads must be; write tokens for read-your-writes.
 //!
 //! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod media;
+pub mod metrics;
 pub mod read_routing;
 pub mod routes;
 pub mod state;

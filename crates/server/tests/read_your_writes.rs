@@ -69,8 +69,18 @@ async fn a_caller_with_its_write_token_never_reads_an_older_value() {
     assert_eq!(read.body["title"], "Masala chai, 250 g");
     assert_eq!(replica_reads(&app), before, "the paused replica is behind the token");
 
-    // Out of rotation once probed: reads without a token go to the primary too.
+    // Out of rotation once probed: reads without a token go to the primary too, and the
+    // metrics say so.
     until_rotation(&app, false).await;
+    let metrics = app.get("/metrics", None).await.body;
+    let metrics = metrics.as_str().expect("text");
+    assert!(metrics.contains(r#"kirana_replica_in_rotation{shard="0",replica="0"} 0"#), "{metrics}");
+    assert!(metrics.contains(r#"kirana_db_pool_max{shard="0",role="replica-0"}"#), "{metrics}");
+    let lag = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"kirana_replica_lag_bytes{shard="0",replica="0"} "#))
+        .expect("a lag gauge");
+    assert!(lag.parse::<f64>().unwrap() > 0.0, "the paused replica is behind: {lag}");
     let read = app.get(&uri, Some(&token)).await;
     assert_eq!(read.body["title"], "Masala chai, 250 g");
     assert_eq!(replica_reads(&app), before);

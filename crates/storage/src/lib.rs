@@ -37,7 +37,7 @@ pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 pub use error::{ConflictKind, Shortage, StorageError};
 pub use log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing, ProductSale, ShardLog};
 pub use scope::{ShardId, StoreScope};
-pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
+pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, PoolGauge, ProductFilter, Shard, ShardHealth, StoreRow};
 pub use storage::Storage;
 pub use webhooks::{
     Attempt, AttemptRecord, CreatedEndpoint, Delivery, DeliveryKey, DeliveryStatus, DueDelivery, Endpoint, EndpointId,

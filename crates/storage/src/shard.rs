@@ -68,6 +68,27 @@ pub struct IdempotencyKey {
     pub fingerprint: [u8; 32],
 }
 
+/// A shard's servers as an operator watches them: its pools' occupancy and its replicas' lag
+/// and place in rotation (empty for an embedded shard). Read at scrape time, never waits.
+#[derive(Debug, Clone, Default)]
+pub struct ShardHealth {
+    pub pools: Vec<PoolGauge>,
+    pub replicas: Vec<crate::postgres::replicas::ReplicaReport>,
+    /// Replica-level reads the primary served because no replica qualified.
+    pub fallback_reads: u64,
+}
+
+/// One connection pool's occupancy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolGauge {
+    /// `primary` or `replica-N`.
+    pub role: String,
+    pub size: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    pub max_size: usize,
+}
+
 #[async_trait]
 pub trait Shard: Send + Sync {
     /// Creates a store's row. Called before the directory knows the store, so it takes an id
@@ -206,4 +227,9 @@ pub trait Shard: Send + Sync {
     async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>>;
 
     async fn ping(&self) -> Result<()>;
+
+    /// Pools and replicas, for metrics and `kirana doctor` (nothing for an embedded shard).
+    fn health(&self) -> ShardHealth {
+        ShardHealth::default()
+    }
 }

@@ -408,9 +408,12 @@ async fn checkouts_through_storage_keep_going_while_the_store_moves() {
     let pool = |url: String, role| Arc::new(PgPool::new(&url, role, Default::default()).unwrap());
     let mover = Mover::new(
         pool(control.url(), PoolRole::Directory),
-        [(ShardId(0), pool(a.url(), PoolRole::Primary(ShardId(0)))), (ShardId(1), pool(b.url(), PoolRole::Primary(ShardId(1))))]
-            .into_iter()
-            .collect(),
+        [
+            (ShardId(0), pool(a.url(), PoolRole::Primary(ShardId(0)))),
+            (ShardId(1), pool(b.url(), PoolRole::Primary(ShardId(1)))),
+        ]
+        .into_iter()
+        .collect(),
     )
     .with_cleanup_delay(Duration::ZERO);
     let report = mover.move_store(scope.store_id(), to).await.unwrap();

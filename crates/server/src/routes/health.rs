@@ -18,7 +18,11 @@ use crate::state::AppState;
 pub(crate) static OPENAPI: OnceLock<String> = OnceLock::new();
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(openapi))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi))
+        .routes(routes!(metrics))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -57,4 +61,19 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
 async fn openapi() -> Response {
     let body = OPENAPI.get().cloned().unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Prometheus metrics (text exposition format): database pools per shard and role, replica lag
+/// and rotation per replica, reads the primary served for want of a replica. Meant for the
+/// operator's network, not the public.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 503, body = Health)))]
+async fn metrics(State(s): State<AppState>) -> Response {
+    match crate::metrics::render(&s.storage) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health { status: "unavailable", reason: Some("another metrics recorder is installed".into()) }),
+        )
+            .into_response(),
+    }
 }

@@ -70,7 +70,12 @@ async fn open(shards: u32) -> Opened {
                 dbs.push(TempDb::create().await);
             }
             let urls = dbs.iter().map(|d| ShardUrls { primary: d.url(), replicas: vec![] }).collect();
-            let cluster = open(&PgConfig::new(control.url(), urls)).await.expect("open the PostgreSQL backend");
+            let mut config = PgConfig::new(control.url(), urls);
+            // The racing-checkout tests queue hundreds of writers on one row; on a shared, busy
+            // machine the default 2 s wait for a connection would turn some into 503s (which is
+            // the overload answer, but not what those tests are about).
+            config.pool.acquire_timeout = std::time::Duration::from_secs(60);
+            let cluster = open(&config).await.expect("open the PostgreSQL backend");
             dbs.push(control);
             Opened { storage: cluster.storage.clone(), cluster: Some(cluster), replica_url: None, keep: Box::new(dbs) }
         }

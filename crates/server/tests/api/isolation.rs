@@ -152,6 +152,7 @@ const NOT_STORE_SCOPED: &[(&str, &str, &str)] = &[
     ("GET", "/media/{store_id}/{name}/{file}", "public image bytes named by their content hash"),
     ("GET", "/healthz", "probe"),
     ("GET", "/readyz", "probe"),
+    ("GET", "/metrics", "operations: per shard and replica, never per store"),
     ("GET", "/openapi.json", "the API description"),
 ];
 

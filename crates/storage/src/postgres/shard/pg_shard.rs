@@ -36,7 +36,9 @@ use crate::log::{Applied, DeadLetter, Logged, OutboxStats, Outgoing, ShardLog};
 use crate::postgres::pool::{PgPool, PoolStatus};
 use crate::postgres::replicas::{ReplicaReport, ReplicaSet, ReplicaSettings};
 use crate::scope::{ShardId, StoreScope};
-use crate::shard::{DashboardStats, IdempotencyKey, MediaRecord, ProductFilter, Shard, StoreRow};
+use crate::shard::{
+    DashboardStats, IdempotencyKey, MediaRecord, PoolGauge, ProductFilter, Shard, ShardHealth, StoreRow,
+};
 use crate::webhooks::{
     AttemptRecord, CreatedEndpoint, Delivery, DeliveryKey, DueDelivery, Endpoint, EndpointId, NewEndpoint, Recorded,
     Webhooks,
@@ -438,6 +440,20 @@ impl Shard for PgShard {
         let c = self.primary.get().await?;
         c.simple_query("SELECT 1").await.map_err(pg)?;
         Ok(())
+    }
+
+    fn health(&self) -> ShardHealth {
+        let (primary, replicas) = self.pool_status();
+        let gauge = |role: String, p: PoolStatus| PoolGauge {
+            role,
+            size: p.size,
+            idle: p.available,
+            waiting: p.waiting,
+            max_size: p.max_size,
+        };
+        let mut pools = vec![gauge("primary".into(), primary)];
+        pools.extend(replicas.into_iter().enumerate().map(|(i, p)| gauge(format!("replica-{i}"), p)));
+        ShardHealth { pools, replicas: self.replica_report(), fallback_reads: self.fallback_reads() }
     }
 }
 
