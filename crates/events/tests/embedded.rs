@@ -23,10 +23,21 @@ use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use kirana_storage::{Applied, Effect, Storage, StoreScope};
 use serde_json::json;
 
+/// Which storage the suite runs on: this file on SQLite; `embedded_pg.rs` includes it and runs
+/// it on PostgreSQL (where the outbox is read only up to its commit-order safe point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[allow(dead_code)] // the crate root's when this file is the suite of embedded_pg.rs
+pub const BACKEND: Backend = Backend::Sqlite;
+
 struct World {
     storage: Storage,
     clock: Arc<dyn Clock>,
-    _dir: tempfile::TempDir,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 struct Shop {
@@ -36,11 +47,26 @@ struct Shop {
 }
 
 impl World {
-    fn new(shards: u32) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
-        let storage = kirana_storage::sqlite::open(dir.path(), shards, &opts).unwrap();
-        World { storage, clock: Arc::new(SystemClock), _dir: dir }
+    async fn new(shards: u32) -> World {
+        let (storage, keep): (Storage, Box<dyn std::any::Any + Send + Sync>) = match crate::BACKEND {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
+                (kirana_storage::sqlite::open(dir.path(), shards, &opts).unwrap(), Box::new(dir))
+            }
+            Backend::Postgres => {
+                use kirana_storage::postgres::cluster::{PgConfig, ShardUrls, open};
+                use kirana_storage::postgres::testing::TempDb;
+                let mut dbs = vec![TempDb::create().await];
+                for _ in 0..shards {
+                    dbs.push(TempDb::create().await);
+                }
+                let urls = dbs[1..].iter().map(|d| ShardUrls { primary: d.url(), replicas: vec![] }).collect();
+                let cluster = open(&PgConfig::new(dbs[0].url(), urls)).await.unwrap();
+                (cluster.storage, Box::new(dbs))
+            }
+        };
+        World { storage, clock: Arc::new(SystemClock), _keep: keep }
     }
 
     async fn merchant(&self, n: u32) -> (MerchantId, Phone) {
@@ -127,7 +153,7 @@ fn small_batches() -> ReaderConfig {
 
 #[tokio::test]
 async fn every_event_is_applied_once_across_restarts_and_redelivery() {
-    let w = World::new(2);
+    let w = World::new(2).await;
     let mut shops = Vec::new();
     for n in 0..8 {
         shops.push(w.shop(n).await);
@@ -212,7 +238,7 @@ async fn two_partitions(w: &World) -> (Shop, Shop) {
 
 #[tokio::test]
 async fn a_poison_event_holds_back_only_its_partition_then_is_parked_and_replays_after_the_fix() {
-    let w = World::new(1);
+    let w = World::new(1).await;
     let (a, b) = two_partitions(&w).await;
     let flaky = Arc::new(Flaky { poison: a.scope.store_id(), broken: AtomicBool::new(true) });
     let retry = RetryPolicy { attempts: 4, base: Duration::from_millis(1), max: Duration::from_millis(5) };
@@ -268,7 +294,7 @@ async fn a_poison_event_holds_back_only_its_partition_then_is_parked_and_replays
 
 #[tokio::test]
 async fn the_outbox_is_trimmed_only_behind_every_consumer() {
-    let w = World::new(1);
+    let w = World::new(1).await;
     let shop = w.shop(1).await;
     for _ in 0..5 {
         w.order(&shop, 1).await;
@@ -290,7 +316,7 @@ async fn the_outbox_is_trimmed_only_behind_every_consumer() {
 
 #[tokio::test]
 async fn status_shows_lag_per_partition_and_raises_alerts() {
-    let w = World::new(1);
+    let w = World::new(1).await;
     let (a, b) = two_partitions(&w).await;
     let now = w.clock.now();
     let s = kirana_events::status::status(&w.storage, &["cache"], 16, now).await.unwrap();
@@ -335,7 +361,7 @@ impl Messenger for Outbox {
 
 #[tokio::test]
 async fn the_pipeline_turns_orders_into_rollups_notifications_and_cache_versions() {
-    let w = World::new(2);
+    let w = World::new(2).await;
     let shops = [w.shop(1).await, w.shop(2).await];
     let outbox = Arc::new(Outbox::default());
     let pipeline =
