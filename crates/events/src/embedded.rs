@@ -10,14 +10,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kirana_domain::Clock;
-use kirana_storage::{Applied, Logged, ShardLog, Storage};
+use kirana_domain::{Clock, StoreId};
+use kirana_storage::{Applied, Logged, Residence, ShardId, ShardLog, Storage};
 use rand::Rng;
 use tokio::sync::watch;
 
 use crate::consumers::Consumer;
 use crate::partition::partition_of;
 use crate::status::Heartbeats;
+
+/// The "failure" that holds a partition at an event of a store still moving to this shard.
+const ARRIVING: &str = "the store is moving to this shard; waiting for the directory to flip";
+/// How often a partition held for an arriving store looks again.
+const ARRIVING_RECHECK: Duration = Duration::from_secs(1);
 
 /// How a failing event is retried before it is parked.
 #[derive(Debug, Clone, Copy)]
@@ -130,15 +135,44 @@ impl Reader {
         self.pos[p as usize] < self.cursor
     }
 
+    /// Where each store of `rows` lives, for [`Reader::take`]: on this shard (almost always),
+    /// moved away, or moving here (see `Storage::residence`).
+    async fn residences<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a Logged>,
+    ) -> kirana_storage::Result<HashMap<StoreId, Residence>> {
+        let mut out = HashMap::new();
+        for row in rows {
+            let store = row.event.store_id;
+            if let std::collections::hash_map::Entry::Vacant(slot) = out.entry(store) {
+                slot.insert(self.storage.residence(store, ShardId(self.shard as u32)).await?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Turns a partition's rows into applied events, stopping at the first that fails.
     /// Returns the events, the last good position, and the failing row if any.
+    ///
+    /// A store moved away is skipped: its new shard's outbox holds copies of these events, and
+    /// the consumer applies them there (once, by event id). A store still moving here stops the
+    /// partition like a failure, without counting an attempt, until the directory flips.
     fn take<'a>(
         &self,
         rows: impl Iterator<Item = &'a Logged>,
+        residences: &HashMap<StoreId, Residence>,
     ) -> (Vec<Applied>, Option<i64>, Option<(Logged, String)>) {
         let mut out = Vec::new();
         let mut last = None;
         for row in rows {
+            match residences.get(&row.event.store_id).copied().unwrap_or(Residence::Here) {
+                Residence::Here => {}
+                Residence::Away => {
+                    last = Some(row.seq);
+                    continue;
+                }
+                Residence::Arriving => return (out, last, Some((row.clone(), ARRIVING.to_owned()))),
+            }
             match self.consumer.effects(&row.event) {
                 Ok(effects) => {
                     out.push(Applied { event: row.event.clone(), effects });
@@ -153,6 +187,15 @@ impl Reader {
     /// Records a failure of partition `p` at `row`: retry later, or park it after the last
     /// attempt. Returns whether it was parked.
     async fn failed(&mut self, p: u32, row: Logged, error: String) -> kirana_storage::Result<bool> {
+        if error == ARRIVING {
+            // Not a failure: the move will flip soon. Look again in a second, for as long as it
+            // takes (an abandoned move shows in `kirana shard moves` and `kirana doctor`).
+            tracing::debug!(consumer = self.consumer.name(), shard = self.shard, partition = p, seq = row.seq,
+                store_id = %row.event.store_id, "waiting for a store moving here");
+            let retry_at = tokio::time::Instant::now() + ARRIVING_RECHECK;
+            self.failing.insert(p, Failing { seq: row.seq, attempts: 0, retry_at });
+            return Ok(false);
+        }
         let attempts = match self.failing.get(&p) {
             Some(f) if f.seq == row.seq => f.attempts + 1,
             _ => 1,
@@ -193,7 +236,8 @@ impl Reader {
                     .collect();
                 step.read += mine.len();
                 let scanned_to = rows.last().map(|r| r.seq).unwrap_or(self.cursor).min(self.cursor);
-                let (batch, last, failure) = self.take(mine.into_iter());
+                let residences = self.residences(mine.iter().copied()).await?;
+                let (batch, last, failure) = self.take(mine.into_iter(), &residences);
                 let reached = match (&failure, last) {
                     (Some(_), Some(l)) => l,
                     (Some(_), None) => self.pos[p as usize],
@@ -223,10 +267,11 @@ impl Reader {
                 by_partition.entry(p).or_default().push(r);
             }
         }
+        let residences = self.residences(rows.iter()).await?;
         let mut batch = Vec::new();
         let mut failures = Vec::new();
         for (p, list) in by_partition {
-            let (mut applied, last, failure) = self.take(list.into_iter());
+            let (mut applied, last, failure) = self.take(list.into_iter(), &residences);
             batch.append(&mut applied);
             if let Some(f) = failure {
                 // This partition stays where its last good event left it; the cursor moves on.

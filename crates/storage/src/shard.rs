@@ -228,6 +228,15 @@ pub trait Shard: Send + Sync {
 
     async fn ping(&self) -> Result<()>;
 
+    /// Whether this shard still holds `store` for writing: `Some(true)` yes, `Some(false)` its
+    /// row here is a moved store's tombstone (or a frozen source), `None` no row here. Shard
+    /// infrastructure (event readers) asks this, not request handlers. Embedded shards never
+    /// move stores.
+    async fn holds(&self, store: StoreId) -> Result<Option<bool>> {
+        let _ = store;
+        Ok(Some(true))
+    }
+
     /// Pools and replicas, for metrics and `kirana doctor` (nothing for an embedded shard).
     fn health(&self) -> ShardHealth {
         ShardHealth::default()

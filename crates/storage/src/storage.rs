@@ -21,6 +21,21 @@ pub struct Storage {
     shards: Arc<[Arc<dyn Shard>]>,
     cache: Option<DirectoryCache>,
     placement: Placement,
+    /// Whether stores may move between these shards (PostgreSQL): only then do event readers
+    /// ask where a store lives.
+    moves: bool,
+}
+
+/// Where the events of a store read from one shard's outbox belong, while stores move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// The store lives on this shard: apply its events here.
+    Here,
+    /// The store moved to another shard, whose outbox has copies of these events: skip them.
+    Away,
+    /// The store is being moved here and the directory has not flipped yet: its copied events
+    /// must wait (applying them now would race the catch-up that is still copying rollups).
+    Arriving,
 }
 
 /// How a new store's shard is chosen. Either way the choice is recorded in the directory, so a
@@ -56,7 +71,7 @@ impl DirectoryCache {
 impl Storage {
     pub fn new(directory: Arc<dyn Directory>, shards: Vec<Arc<dyn Shard>>) -> Self {
         assert!(!shards.is_empty(), "storage needs at least one shard");
-        Storage { directory, shards: shards.into(), cache: None, placement: Placement::Hash }
+        Storage { directory, shards: shards.into(), cache: None, placement: Placement::Hash, moves: false }
     }
 
     /// Caches directory lookups on this node for `ttl` (the PostgreSQL backend: the directory is
@@ -72,6 +87,12 @@ impl Storage {
 
     pub fn with_placement(mut self, placement: Placement) -> Self {
         self.placement = placement;
+        self
+    }
+
+    /// Declares that stores may move between these shards (see [`Storage::residence`]).
+    pub fn with_store_moves(mut self) -> Self {
+        self.moves = true;
         self
     }
 
@@ -135,6 +156,23 @@ impl Storage {
     pub async fn log_for_store(&self, store: StoreId) -> Result<&dyn crate::log::ShardLog> {
         let entry = self.entry(store).await?.ok_or(StorageError::NotFound)?;
         Ok(self.shard_at(entry.shard)?.log())
+    }
+
+    /// Where `store`'s events in `shard`'s outbox belong (see [`Residence`]). One cached
+    /// directory lookup, plus one query on the shard only when the directory places the store
+    /// elsewhere (during and after a move).
+    pub async fn residence(&self, store: StoreId, shard: ShardId) -> Result<Residence> {
+        if !self.moves {
+            return Ok(Residence::Here);
+        }
+        let Some(entry) = self.entry(store).await? else { return Ok(Residence::Here) };
+        if entry.shard == shard {
+            return Ok(Residence::Here);
+        }
+        Ok(match self.shard_at(shard)?.holds(store).await? {
+            Some(true) => Residence::Arriving,
+            Some(false) | None => Residence::Away,
+        })
     }
 
     /// Every shard's event log, in shard order (for the relay and consumers).

@@ -79,7 +79,8 @@ pub async fn open(config: &PgConfig) -> Result<PgCluster> {
     }
     let storage = Storage::new(directory.clone(), shards.iter().map(|s| s.clone() as Arc<dyn crate::Shard>).collect())
         .with_directory_cache(config.directory_ttl)
-        .with_placement(Placement::LeastStores);
+        .with_placement(Placement::LeastStores)
+        .with_store_moves();
     for s in &shards {
         s.set_on_moved(storage.forgetter());
     }

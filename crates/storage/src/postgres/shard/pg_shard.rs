@@ -442,6 +442,15 @@ impl Shard for PgShard {
         Ok(())
     }
 
+    async fn holds(&self, store: StoreId) -> Result<Option<bool>> {
+        let c = self.primary.get().await?;
+        let row = c
+            .query_opt("SELECT moved_to IS NULL FROM stores WHERE store_id = $1", &[&store.uuid()])
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     fn health(&self) -> ShardHealth {
         let (primary, replicas) = self.pool_status();
         let gauge = |role: String, p: PoolStatus| PoolGauge {
