@@ -206,11 +206,21 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
     for (i, shard) in cluster.shards.iter().enumerate() {
         let stores = counts.iter().find(|(s, _)| s.0 as usize == i).map_or(0, |(_, n)| *n);
         let dedicated = dedications.iter().find(|(s, ..)| s.0 as usize == i).map(|(_, st, _)| *st);
-        if dedicated.is_some() && stores > 1 {
-            problems.push(format!(
-                "shard {i} is dedicated to store {} but holds {stores} stores: move the others away",
-                dedicated.map(|d| d.to_string()).unwrap_or_default()
-            ));
+        if let Some(owner) = dedicated {
+            // A node with placement counts cached from before the pin may have put a store here.
+            let owner_here = match cluster.directory.entry(owner).await {
+                Ok(e) => e.is_some_and(|e| e.shard.0 as usize == i),
+                Err(_) => true, // unknown: do not accuse the shard on a failed lookup
+            };
+            let others = stores - i64::from(owner_here);
+            if others > 0 {
+                problems.push(format!(
+                    "shard {i} is dedicated to store {owner} but holds {others} other store{}: move {} away \
+                     (kirana shard move)",
+                    if others == 1 { "" } else { "s" },
+                    if others == 1 { "it" } else { "them" }
+                ));
+            }
         }
         let (reachable, error, schema_version) = match version(shard.primary().get().await).await {
             Ok(v) => {

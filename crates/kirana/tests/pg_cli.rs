@@ -421,6 +421,17 @@ async fn a_store_moved_while_the_server_runs_keeps_its_products_and_orders_and_s
     eprintln!("{}\n{}", list.stdout, doctor.stdout);
     ensure!(doctor.stdout.contains("healthy") && doctor.stdout.contains(&format!("dedicated to store {store}")));
 
+    // Pinning a store that lives elsewhere moves it there: free shard 1 first.
+    let unpinned = cluster.run(&["shard", "unpin", "1"]).await?.ok("kirana shard unpin")?;
+    ensure!(unpinned.stdout.contains("no longer dedicated"), "{}", unpinned.describe());
+    cluster.run(&["shard", "move", &store, "0", "--cleanup-delay", "1"]).await?.ok("moving the store back")?;
+    let pinned =
+        cluster.run(&["shard", "pin", &neighbours[2], "1", "--cleanup-delay", "1"]).await?.ok("pin with a move")?;
+    ensure!(pinned.stdout.contains("moved store"), "{}", pinned.describe());
+    ensure!(cluster.shard_of(&neighbours[2]).await? == 1, "the pinned store moved to its shard");
+    api.settled(&token, &format!("/api/v1/stores/{store}/products/{product_id}"), |p| p["title"] == "Masala chai")
+        .await?;
+
     ensure!(server.stop().await?.success(), "serve exits cleanly after SIGTERM");
     Ok(())
 }
