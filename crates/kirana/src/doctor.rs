@@ -200,7 +200,7 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
         vec![]
     });
     // Every shard's replicas at once: a probe waits up to its timeout on a silent server.
-    futures_join(cluster).await;
+    probe_replicas(cluster).await;
     let expected_shard = schema::SHARD.len() as i64;
     let mut shards = Vec::new();
     for (i, shard) in cluster.shards.iter().enumerate() {
@@ -280,7 +280,7 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
 }
 
 /// Probes every shard's replicas now, concurrently.
-async fn futures_join(cluster: &PgCluster) {
+async fn probe_replicas(cluster: &PgCluster) {
     let mut set = tokio::task::JoinSet::new();
     for s in &cluster.shards {
         let s = s.clone();

@@ -74,7 +74,7 @@ impl Finished {
 /// A cluster of the test's own: a control database and shard databases, and the TOML file
 /// that names them (with a 1 s directory TTL, so other nodes' caches matter within a test).
 struct Cluster {
-    _control: TempDb,
+    control: TempDb,
     _shards: Vec<TempDb>,
     root: tempfile::TempDir,
     config: PathBuf,
@@ -103,7 +103,7 @@ impl Cluster {
         }
         let config = root.path().join("kirana.toml");
         std::fs::write(&config, toml)?;
-        Ok(Cluster { _control: control, _shards: shards, root, config })
+        Ok(Cluster { control, _shards: shards, root, config })
     }
 
     /// Runs `kirana --config <file> ARGS…` to its end.
@@ -128,7 +128,7 @@ impl Cluster {
 
     /// The shard the directory records for a store, read from the control database itself.
     async fn shard_of(&self, store_id: &str) -> Result<i64> {
-        let (c, conn) = tokio_postgres::connect(&self._control.url(), tokio_postgres::NoTls).await?;
+        let (c, conn) = tokio_postgres::connect(&self.control.url(), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         let row = c.query_opt("SELECT shard FROM stores WHERE store_id::text = $1", &[&store_id]).await?;
         Ok(row.with_context(|| format!("store {store_id} is not in the directory"))?.get(0))
@@ -486,6 +486,56 @@ async fn doctor_reports_a_paused_replica_out_of_rotation_and_fails() -> Result<(
     );
 
     tokio::task::block_in_place(|| pair.resume_replay());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_names_the_cluster_with_semicolons_between_shards() -> Result<()> {
+    let (control, s0, s1) = (TempDb::create().await, TempDb::create().await, TempDb::create().await);
+    let root = tempfile::tempdir()?;
+    let shards = format!("{};{}", s0.url(), s1.url());
+    let out = kirana(root.path(), &["migrate"])
+        .env("KIRANA_POSTGRES", control.url())
+        .env("KIRANA_PG_SHARDS", &shards)
+        .env("KIRANA_DATA_DIR", root.path().join("data"))
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && stdout.contains("control ")
+            && stdout.contains("shard 0 ")
+            && stdout.contains("shard 1 "),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_calls_a_move_stuck_when_no_mover_runs_it() -> Result<()> {
+    let cluster = Cluster::new(2).await?;
+    cluster.run(&["migrate"]).await?.ok("kirana migrate")?;
+    // What a `kirana shard move` killed mid-copy leaves: a journal row, and nobody holding the
+    // store's move lock.
+    let (c, conn) = tokio_postgres::connect(&cluster.control.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    c.execute(
+        "INSERT INTO store_moves (store_id, from_shard, to_shard, state, started_at, updated_at, rows_copied, error)
+         VALUES ('0192f0c8-0000-7000-8000-00000000abcd', 0, 1, 'catching_up', 1, 1, 10, 'shard 1 primary: gone')",
+        &[],
+    )
+    .await?;
+    let out = cluster.run(&["doctor"]).await?;
+    ensure!(!out.status.success(), "a stuck move is unhealthy: {}", out.describe());
+    ensure!(
+        out.stdout.contains("STUCK")
+            && out.stdout.contains("kirana shard resume 0192f0c8-0000-7000-8000-00000000abcd")
+            && out.stdout.contains("shard 1 primary: gone"),
+        "{}",
+        out.describe()
+    );
     Ok(())
 }
 
