@@ -40,13 +40,16 @@ pub async fn open(config: &Config) -> anyhow::Result<Backend> {
                 .with_context(|| format!("cannot open the databases in {}", config.data_dir.display()))?;
             Ok(Backend::Sqlite(storage))
         }
-        Some(pg) => {
-            let cluster = cluster::open(pg)
-                .await
-                .with_context(|| format!("cannot open the PostgreSQL control database {}", redact(&pg.directory)))?;
-            Ok(Backend::Postgres(cluster))
-        }
+        Some(pg) => Ok(Backend::Postgres(open_postgres(pg).await?)),
     }
+}
+
+/// Opens (and migrates) the PostgreSQL cluster; fails only when the control database cannot
+/// be, as a shard that is down is left to answer 503 (and to `kirana doctor`).
+pub async fn open_postgres(pg: &PgConfig) -> anyhow::Result<PgCluster> {
+    cluster::open(pg)
+        .await
+        .with_context(|| format!("cannot open the PostgreSQL control database {}", redact(&pg.directory)))
 }
 
 /// The [`Storage`] of whichever backend is configured.

@@ -18,7 +18,7 @@ use kirana_storage::postgres::schema;
 use kirana_storage::{Directory, Storage};
 use serde::Serialize;
 
-use crate::backend::{self, Backend, host_of};
+use crate::backend::{self, host_of};
 use crate::config::Config;
 
 /// An unfinished move whose journal has not changed for this long, with no mover holding its
@@ -121,9 +121,8 @@ struct MoveJson {
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let report = match &config.postgres {
-        Some(pg) => match backend::open(config).await {
-            Ok(Backend::Postgres(cluster)) => postgres(pg, &cluster).await,
-            Ok(Backend::Sqlite(_)) => unreachable!("postgres is configured"),
+        Some(pg) => match backend::open_postgres(pg).await {
+            Ok(cluster) => postgres(pg, &cluster).await,
             Err(e) => unreachable_control(pg, &e),
         },
         None => sqlite(config).await?,

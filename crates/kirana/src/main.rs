@@ -286,10 +286,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     };
     // Opening the cluster migrates too, but passes over a shard that is down (a serving node
     // must start anyway); `migrate` must not, so each database is migrated here explicitly.
-    let cluster = match backend::open(config).await? {
-        Backend::Postgres(c) => c,
-        Backend::Sqlite(_) => unreachable!("postgres is configured"),
-    };
+    let cluster = backend::open_postgres(pg).await?;
     let mut c = cluster.directory.pool().get().await.context("cannot reach the control database")?;
     let v = schema::migrate(&mut c, schema::DIRECTORY).await.context("cannot migrate the control database")?;
     println!("control {}: schema version {v}", redact(&pg.directory));
