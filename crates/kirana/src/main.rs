@@ -1,4 +1,10 @@
 //! The `kirana` binary: parse the command line, build the application, run it.
+//!
+//! - [`config`]: the layered settings (defaults < TOML < `KIRANA_*` < flags), SQLite or PostgreSQL.
+//! - [`backend`]: opening whichever storage backend is configured.
+//! - [`doctor`]: `kirana doctor`, the databases' health with an exit code.
+//! - [`shard_cli`]: `kirana shard …`, listing, moving and pinning stores (moves on PostgreSQL).
+//! - [`events_cli`], [`seed`]: the event pipeline's and the bulk loader's commands.
 
 mod backend;
 mod config;
