@@ -3,9 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use kirana_storage::postgres::cluster::{PgConfig, ShardUrls};
+use kirana_storage::postgres::pool::PoolSettings;
+use kirana_storage::postgres::replica::LagPolicy;
+use kirana_storage::postgres::replicas::ReplicaSettings;
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use serde::Deserialize;
 
@@ -31,6 +36,14 @@ pub struct GlobalArgs {
     /// (NATS JetStream).
     #[arg(long, global = true, env = "KIRANA_EVENTS")]
     pub events: Option<String>,
+    /// The PostgreSQL control database (the directory), e.g. postgres://kirana@db0/kirana.
+    /// Absent: the embedded SQLite databases in the data directory.
+    #[arg(long, global = true, env = "KIRANA_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// One PostgreSQL shard: `PRIMARY_URL[,REPLICA_URL...]`; repeat in shard order (shard 0
+    /// first). In the environment, shards are separated by `;`. Replaces the file's shards.
+    #[arg(long = "pg-shard", global = true, env = "KIRANA_PG_SHARDS", value_delimiter = ';', hide_env_values = true)]
+    pub pg_shards: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,6 +91,21 @@ struct FileConfig {
     public_url: Option<String>,
     media_url: Option<String>,
     webhooks_allow_private: Option<bool>,
+    postgres: Option<FilePostgres>,
+}
+
+/// `[postgres]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePostgres {
+    control: Option<String>,
+    directory_ttl_secs: Option<u64>,
+    pool_size: Option<usize>,
+    acquire_timeout_ms: Option<u64>,
+    lag_max_seconds: Option<f64>,
+    lag_max_bytes: Option<u64>,
+    #[serde(default)]
+    shards: Vec<ShardUrls>,
 }
 
 /// Resolved settings.
@@ -98,6 +126,8 @@ pub struct Config {
     /// Where uploaded images live (an object_store URL); `None`: `<data-dir>/media`.
     pub media_url: Option<String>,
     pub webhooks_allow_private: bool,
+    /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
+    pub postgres: Option<PgConfig>,
 }
 
 impl Config {
@@ -142,7 +172,9 @@ impl Config {
             Some(u) if u.starts_with("nats://") || u.starts_with("tls://") => Some(u.to_string()),
             Some(other) => bail!("--events must be `embedded` or a nats:// URL, not {other:?}"),
         };
+        let postgres = postgres_config(g, file.postgres)?;
         Ok(Config {
+            postgres,
             nats_url,
             data_dir,
             shards,
@@ -162,6 +194,105 @@ impl Config {
     }
 }
 
+/// The PostgreSQL backend's settings, if any layer names it. The control URL comes from the
+/// flag or environment, else the file; shards given as flags (or in the environment) replace the
+/// file's list as a whole, since shard numbers are positions in it.
+fn postgres_config(g: &GlobalArgs, file: Option<FilePostgres>) -> anyhow::Result<Option<PgConfig>> {
+    let file_given = file.is_some();
+    let file = file.unwrap_or_default();
+    let control = g.postgres.clone().or(file.control).map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+    let flag_shards: Vec<&str> = g.pg_shards.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+    let shards = if flag_shards.is_empty() {
+        file.shards
+    } else {
+        flag_shards.iter().map(|raw| parse_shard(raw)).collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let Some(control) = control else {
+        if file_given || !shards.is_empty() {
+            bail!(
+                "PostgreSQL shards are configured but no control database: pass --postgres URL (KIRANA_POSTGRES) \
+                 or set `control` under [postgres]"
+            );
+        }
+        return Ok(None);
+    };
+    check_url("the control database (--postgres)", &control)?;
+    if shards.is_empty() {
+        bail!(
+            "the PostgreSQL backend needs at least one shard: pass --pg-shard PRIMARY_URL[,REPLICA_URL...] \
+             (KIRANA_PG_SHARDS, `;` between shards) or add [[postgres.shards]] with `primary = \"...\"`"
+        );
+    }
+    for (i, s) in shards.iter().enumerate() {
+        check_url(&format!("shard {i}'s primary"), &s.primary)?;
+        for (r, url) in s.replicas.iter().enumerate() {
+            check_url(&format!("shard {i}'s replica {r}"), url)?;
+        }
+    }
+    let mut pg = PgConfig::new(control, shards);
+    if let Some(secs) = file.directory_ttl_secs {
+        pg.directory_ttl = Duration::from_secs(secs);
+    }
+    let defaults = PoolSettings::default();
+    let pool_size = file.pool_size.unwrap_or(defaults.max_size);
+    if pool_size == 0 || pool_size > 10_000 {
+        bail!("postgres.pool_size must be between 1 and 10000, not {pool_size}");
+    }
+    let acquire_timeout = file.acquire_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.acquire_timeout);
+    if acquire_timeout.is_zero() {
+        bail!("postgres.acquire_timeout_ms must be more than 0");
+    }
+    pg.pool = PoolSettings { max_size: pool_size, acquire_timeout, ..defaults };
+    let policy = ReplicaSettings::default().policy;
+    let max_seconds = file.lag_max_seconds.unwrap_or(policy.max_seconds);
+    if !(max_seconds.is_finite() && max_seconds >= 0.0) {
+        bail!("postgres.lag_max_seconds must be a number of seconds, 0 or more, not {max_seconds}");
+    }
+    pg.replicas = ReplicaSettings {
+        policy: LagPolicy { max_bytes: file.lag_max_bytes.unwrap_or(policy.max_bytes), max_seconds },
+        ..ReplicaSettings::default()
+    };
+    Ok(Some(pg))
+}
+
+/// `PRIMARY_URL[,REPLICA_URL...]`, as `--pg-shard` takes it.
+fn parse_shard(raw: &str) -> anyhow::Result<ShardUrls> {
+    let mut urls = raw.split(',').map(str::trim);
+    let primary = urls
+        .next()
+        .filter(|p| !p.is_empty())
+        .with_context(|| format!("--pg-shard {raw:?} has no primary URL; the form is PRIMARY_URL[,REPLICA_URL...]"))?;
+    let replicas: Vec<String> = urls.map(str::to_string).collect();
+    if replicas.iter().any(String::is_empty) {
+        bail!("--pg-shard {raw:?} has an empty replica URL (a stray comma?)");
+    }
+    Ok(ShardUrls { primary: primary.to_string(), replicas })
+}
+
+/// A PostgreSQL URL in the form kirana's pools accept; `what` names it in the message.
+fn check_url(what: &str, url: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("{what} must be a postgres:// or postgresql:// URL, not {:?}", redact(url));
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| anyhow::anyhow!("{what} is not a valid PostgreSQL URL ({}): {e}", redact(url)))?;
+    Ok(())
+}
+
+/// A URL fit for a message: any password replaced.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
@@ -172,7 +303,16 @@ mod tests {
     use super::*;
 
     fn globals() -> GlobalArgs {
-        GlobalArgs { data_dir: None, config: None, shards: None, synchronous: None, log_format: None, events: None }
+        GlobalArgs {
+            data_dir: None,
+            config: None,
+            shards: None,
+            synchronous: None,
+            log_format: None,
+            events: None,
+            postgres: None,
+            pg_shards: vec![],
+        }
     }
 
     #[test]
@@ -228,5 +368,120 @@ mod tests {
         let mut g = globals();
         g.config = Some(path);
         assert!(Config::resolve(&g, None).is_err(), "unknown keys are typos, not ignored");
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, GlobalArgs) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kirana.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut g = globals();
+        g.config = Some(path);
+        (dir, g)
+    }
+
+    #[test]
+    fn without_postgres_settings_the_backend_is_sqlite() {
+        assert!(Config::resolve(&globals(), None).unwrap().postgres.is_none());
+    }
+
+    #[test]
+    fn postgres_comes_from_flags_with_replicas_after_commas() {
+        let mut g = globals();
+        g.postgres = Some("postgres://kirana@db0/control".into());
+        g.pg_shards = vec![
+            "postgres://kirana@db1/shard0,postgresql://kirana@db1r/shard0".into(),
+            " postgres://kirana@db2/shard1 ".into(),
+        ];
+        let pg = Config::resolve(&g, None).unwrap().postgres.expect("postgres");
+        assert_eq!(pg.directory, "postgres://kirana@db0/control");
+        assert_eq!(pg.shards.len(), 2);
+        assert_eq!(pg.shards[0].replicas, vec!["postgresql://kirana@db1r/shard0".to_string()]);
+        assert_eq!(pg.shards[1].primary, "postgres://kirana@db2/shard1");
+        assert!(pg.shards[1].replicas.is_empty());
+        assert_eq!(pg.directory_ttl, Duration::from_secs(5), "the default TTL");
+    }
+
+    #[test]
+    fn postgres_comes_from_the_file_and_flags_replace_its_shards() {
+        let (_dir, mut g) = with_file(
+            r#"
+[postgres]
+control = "postgres://kirana@db0/control"
+directory_ttl_secs = 1
+pool_size = 4
+acquire_timeout_ms = 750
+lag_max_seconds = 2.5
+lag_max_bytes = 1048576
+
+[[postgres.shards]]
+primary = "postgres://kirana@db1/s0"
+replicas = ["postgres://kirana@db1r/s0"]
+
+[[postgres.shards]]
+primary = "postgres://kirana@db2/s1"
+"#,
+        );
+        let pg = Config::resolve(&g, None).unwrap().postgres.expect("postgres");
+        assert_eq!(pg.directory_ttl, Duration::from_secs(1));
+        assert_eq!(pg.pool.max_size, 4);
+        assert_eq!(pg.pool.acquire_timeout, Duration::from_millis(750));
+        assert_eq!(pg.replicas.policy, LagPolicy { max_bytes: 1 << 20, max_seconds: 2.5 });
+        assert_eq!(pg.shards.len(), 2);
+        assert_eq!(pg.shards[0].replicas.len(), 1);
+
+        g.postgres = Some("postgres://other@db9/control".into());
+        g.pg_shards = vec!["postgres://other@db9/only".into()];
+        let pg = Config::resolve(&g, None).unwrap().postgres.expect("postgres");
+        assert_eq!(pg.directory, "postgres://other@db9/control", "the flag wins over the file");
+        assert_eq!(pg.shards, vec![ShardUrls { primary: "postgres://other@db9/only".into(), replicas: vec![] }]);
+        assert_eq!(pg.pool.max_size, 4, "the file's other settings still apply");
+    }
+
+    #[test]
+    fn postgres_settings_are_checked_with_clear_messages() {
+        let mut g = globals();
+        g.postgres = Some("postgres://kirana@db0/control".into());
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("at least one shard"), "{e}");
+
+        g.pg_shards = vec!["mysql://db1/s0".into()];
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("shard 0's primary must be a postgres://"), "{e}");
+
+        g.pg_shards = vec!["postgres://db1/s0,".into()];
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("empty replica URL"), "{e}");
+
+        g.pg_shards = vec!["postgres://db1/s0".into()];
+        g.postgres = Some("db0".into());
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("control database"), "{e}");
+
+        let mut g = globals();
+        g.pg_shards = vec!["postgres://db1/s0".into()];
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("no control database"), "{e}");
+
+        let (_dir, g) = with_file(
+            "[postgres]\ncontrol = \"postgres://db0/c\"\npool_size = 0\n[[postgres.shards]]\nprimary = \"postgres://db1/s\"\n",
+        );
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("pool_size"), "{e}");
+
+        let (_dir, g) = with_file(
+            "[postgres]\ncontrol = \"postgres://db0/c\"\n[[postgres.shards]]\nprimery = \"postgres://db1/s\"\n",
+        );
+        assert!(Config::resolve(&g, None).is_err(), "a misspelt shard key is refused");
+    }
+
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        assert_eq!(redact("postgres://kirana:s3cret@db0/c"), "postgres://kirana:***@db0/c");
+        assert_eq!(redact("postgres://kirana@db0/c"), "postgres://kirana@db0/c");
+        let mut g = globals();
+        g.postgres = Some("postgres://kirana:s3cret@db0:notaport/c".into());
+        g.pg_shards = vec!["postgres://db1/s0".into()];
+        let e = format!("{:#}", Config::resolve(&g, None).unwrap_err());
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }

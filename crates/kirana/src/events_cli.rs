@@ -72,7 +72,7 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let storage = crate::open_storage(config)?;
+    let storage = crate::backend::open_storage(config).await?;
     let consumers = kirana_events::all_consumers();
     let names: Vec<&str> = consumers.iter().map(|c| c.name()).collect();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -1,8 +1,17 @@
 //! The `kirana` binary: parse the command line, build the application, run it.
+//!
+//! - [`config`]: the layered settings (defaults < TOML < `KIRANA_*` < flags), SQLite or PostgreSQL.
+//! - [`backend`]: opening whichever storage backend is configured.
+//! - [`doctor`]: `kirana doctor`, the databases' health with an exit code.
+//! - [`shard_cli`]: `kirana shard …`, listing, moving and pinning stores (moves on PostgreSQL).
+//! - [`events_cli`], [`seed`]: the event pipeline's and the bulk loader's commands.
 
+mod backend;
 mod config;
+mod doctor;
 mod events_cli;
 mod seed;
+mod shard_cli;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -15,9 +24,10 @@ use kirana_domain::merchant::TokenKind;
 use kirana_domain::{Clock, Phone, SystemClock};
 use kirana_server::auth::{DevOutbox, hash_token, load_or_create_key, new_token, parse_key};
 use kirana_server::{AppState, ServerConfig};
-use kirana_storage::Storage;
+use kirana_storage::postgres::schema;
 
-use crate::config::{Config, GlobalArgs, ServeArgs};
+use crate::backend::Backend;
+use crate::config::{Config, GlobalArgs, ServeArgs, redact};
 
 #[derive(Debug, Parser)]
 #[command(name = "kirana", version, about = "Online stores for a million merchants")]
@@ -52,6 +62,18 @@ enum Command {
     Bench(Box<kirana_loadgen::BenchArgs>),
     /// Nodes, shards, replicas and monthly cost for a load, from a bench report.
     Capacity(kirana_loadgen::CapacityArgs),
+    /// Check the databases: shards, replicas, moves and the event backlog. Exits non-zero when
+    /// something needs an operator.
+    Doctor {
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shards and the stores on them: list, move, pin (PostgreSQL).
+    Shard {
+        #[command(subcommand)]
+        command: shard_cli::ShardCommand,
+    },
     /// Measure the storage engine's own insert rates next to the data (a benchmark baseline).
     Baseline {
         /// Seconds per measurement.
@@ -94,7 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(_) => serve(config).await,
-            Command::Migrate => migrate(&config),
+            Command::Migrate => migrate(&config).await,
+            Command::Doctor { json } => doctor::run(&config, json).await,
+            Command::Shard { command } => shard_cli::run(&config, command).await,
             Command::Openapi => {
                 println!("{}", kirana_server::openapi_json());
                 Ok(())
@@ -129,7 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_logs(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -138,16 +163,20 @@ fn init_logs(json: bool) {
     }
 }
 
-pub(crate) fn open_storage(config: &Config) -> anyhow::Result<Storage> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
-    kirana_storage::sqlite::open(&config.data_dir, config.shards, &config.sqlite)
-        .with_context(|| format!("cannot open the databases in {}", config.data_dir.display()))
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen.context("serve needs a listen address")?;
-    let storage = open_storage(&config)?;
+    // The data directory still holds the secret key, the dev outbox and local media.
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let backend = backend::open(&config).await?;
+    // Replica probers (PostgreSQL only) run until the HTTP drain ends; `true` stops them.
+    let (stop_probers, probers_stop) = tokio::sync::watch::channel(false);
+    let probers = match &backend {
+        Backend::Postgres(cluster) => cluster.start_probers(probers_stop),
+        Backend::Sqlite(_) => Vec::new(),
+    };
+    let storage = backend.storage().clone();
+    let shard_count = storage.shard_count();
     let otp_key = match &config.secret_key {
         Some(hex) => parse_key(hex).context("the secret key must be 64 hex digits")?,
         None => {
@@ -191,7 +220,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = kirana_web::app(state.clone(), web);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), shards = config.shards, "kirana is serving");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        backend = if config.postgres.is_some() { "postgres" } else { "sqlite" },
+        shards = shard_count,
+        "kirana is serving"
+    );
     println!("kirana listening on http://{addr}");
     let drain = Duration::from_secs(config.drain_secs);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -201,6 +236,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Requests have finished; the pipeline finishes its current step. Whatever it had not
     // read stays in the outbox for the next start.
     pipeline.stop().await;
+    // Nothing reads replicas any more: stop probing them.
+    let _ = stop_probers.send(true);
+    for p in probers {
+        let _ = p.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -242,10 +282,38 @@ fn baseline(config: &Config, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn migrate(config: &Config) -> anyhow::Result<()> {
-    drop(open_storage(config)?);
-    for (file, version) in kirana_storage::sqlite::describe(&config.data_dir, config.shards)? {
-        println!("{file}: schema version {version}");
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let Some(pg) = &config.postgres else {
+        drop(backend::open_storage(config).await?);
+        for (file, version) in kirana_storage::sqlite::describe(&config.data_dir, config.shards)? {
+            println!("{file}: schema version {version}");
+        }
+        return Ok(());
+    };
+    // Opening the cluster migrates too, but passes over a shard that is down (a serving node
+    // must start anyway); `migrate` must not, so each database is migrated here explicitly.
+    let cluster = backend::open_postgres(pg).await?;
+    let mut c = cluster.directory.pool().get().await.context("cannot reach the control database")?;
+    let v = schema::migrate(&mut c, schema::DIRECTORY).await.context("cannot migrate the control database")?;
+    println!("control {}: schema version {v}", redact(&pg.directory));
+    let mut failed = 0;
+    for (i, shard) in cluster.shards.iter().enumerate() {
+        let url = redact(&pg.shards[i].primary);
+        let migrated = async {
+            let mut c = shard.primary().get().await?;
+            schema::migrate(&mut c, schema::SHARD).await
+        }
+        .await;
+        match migrated {
+            Ok(v) => println!("shard {i} {url}: schema version {v}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("shard {i} {url}: NOT migrated: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} shard(s) could not be migrated; run `kirana migrate` again once they are reachable");
     }
     Ok(())
 }
@@ -253,7 +321,7 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
 async fn mint_token(config: &Config, phone: &str, name: &str) -> anyhow::Result<()> {
     let phone = Phone::parse(phone).map_err(|m| anyhow::anyhow!("--phone {m}"))?;
     let name = kirana_domain::text::line(name, 1, 120).map_err(|m| anyhow::anyhow!("--name {m}"))?;
-    let storage = open_storage(config)?;
+    let storage = backend::open_storage(config).await?;
     let now = SystemClock.now();
     let (merchant, created) = storage.directory().merchant_for_phone(&phone, now).await?;
     let token = new_token("kir");

@@ -75,6 +75,12 @@ struct FlashSale {
 pub async fn run(config: &Config, args: &SeedArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.stores > 0, "--stores must be at least 1");
     anyhow::ensure!((0..=1_000_000).contains(&args.flash_stock), "--flash-stock must be between 0 and 1000000");
+    // The bulk loader writes SQLite files directly (that is what makes it fast).
+    anyhow::ensure!(
+        config.postgres.is_none(),
+        "seed is not supported on PostgreSQL yet: it bulk-loads the embedded SQLite files; run it without \
+         --postgres/--pg-shard (or [postgres])"
+    );
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let plan = SeedPlan {
@@ -116,7 +122,7 @@ pub async fn run(config: &Config, args: &SeedArgs) -> anyhow::Result<()> {
     }
     eprintln!("seed: {} stores, {} rows written in {}", summary.stores, summary.rows, human(summary.elapsed));
 
-    let storage = crate::open_storage(config)?;
+    let storage = crate::backend::open_storage(config).await?;
     let now = SystemClock.now();
     let mut merchants = Vec::new();
     for index in 0..args.merchant_tokens.min(args.stores) {

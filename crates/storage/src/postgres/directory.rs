@@ -44,6 +44,85 @@ impl PgDirectory {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Dedicates `shard` to `store` (`kirana shard pin`): from now on placement leaves the shard
+    /// out. Refused when another store is on the shard or the shard is dedicated to another
+    /// store, or the store already has a shard of its own; re-dedicating the same pair is a
+    /// no-op. Checks and insert share one transaction, serialised per shard, so two pins cannot
+    /// both win. It does not move the store: the caller does that next.
+    ///
+    /// A node whose placement counts were cached before this commit may still place one new
+    /// store here for a few seconds; `kirana doctor` reports a dedicated shard holding others.
+    pub async fn dedicate(&self, shard: ShardId, store: StoreId, now: Timestamp) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        lock(&tx, &format!("dedication:{}", shard.0)).await?;
+        let shard_raw = i64::from(shard.0);
+        let holder: Option<Uuid> =
+            opt(&tx, "SELECT store_id FROM shard_dedications WHERE shard = $1", &[&shard_raw]).await?.map(|r| r.get(0));
+        match holder {
+            Some(h) if h == store.uuid() => return Ok(()),
+            Some(h) => {
+                return Err(StorageError::conflict(
+                    ConflictKind::TooMany,
+                    Some("shard"),
+                    format!("shard {} is already dedicated to store {h}; unpin it first", shard.0),
+                ));
+            }
+            None => {}
+        }
+        let own: Option<i64> = opt(&tx, "SELECT shard FROM shard_dedications WHERE store_id = $1", &[&store.uuid()])
+            .await?
+            .map(|r| r.get(0));
+        if let Some(other) = own {
+            return Err(StorageError::conflict(
+                ConflictKind::TooMany,
+                Some("store_id"),
+                format!("store {store} already has shard {other} to itself; unpin that shard first"),
+            ));
+        }
+        let others: i64 =
+            one(&tx, "SELECT count(*) FROM stores WHERE shard = $1 AND store_id <> $2", &[&shard_raw, &store.uuid()])
+                .await?
+                .get(0);
+        if others > 0 {
+            return Err(StorageError::conflict(
+                ConflictKind::TooMany,
+                Some("shard"),
+                format!(
+                    "shard {} holds {others} other store{}; move {} elsewhere first (kirana shard move)",
+                    shard.0,
+                    if others == 1 { "" } else { "s" },
+                    if others == 1 { "it" } else { "them" }
+                ),
+            ));
+        }
+        exec(
+            &tx,
+            "INSERT INTO shard_dedications (shard, store_id, created_at) VALUES ($1, $2, $3)",
+            &[&shard_raw, &store.uuid(), &now.millis()],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    /// Ends a shard's dedication; returns the store it was dedicated to, if any. The store stays
+    /// where it is; the shard takes new stores again.
+    pub async fn undedicate(&self, shard: ShardId) -> Result<Option<StoreId>> {
+        let c = self.pool.get().await?;
+        let gone = opt(&c, "DELETE FROM shard_dedications WHERE shard = $1 RETURNING store_id", &[&i64::from(shard.0)])
+            .await?;
+        Ok(gone.map(|r| StoreId::from_uuid(r.get(0))))
+    }
+
+    /// Every dedicated shard with its store and when it was dedicated, in shard order.
+    pub async fn dedications(&self) -> Result<Vec<(ShardId, StoreId, Timestamp)>> {
+        let c = self.pool.get().await?;
+        let rows = rows(&c, "SELECT shard, store_id, created_at FROM shard_dedications ORDER BY shard", &[]).await?;
+        rows.iter()
+            .map(|r| Ok((shard_of(r.get(0))?, StoreId::from_uuid(r.get(1)), Timestamp::from_millis(r.get(2)))))
+            .collect()
+    }
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -539,6 +618,23 @@ impl Directory for PgDirectory {
     async fn shard_counts(&self) -> Result<Vec<(ShardId, i64)>> {
         let c = self.pool.get().await?;
         let rows = rows(&c, "SELECT shard, count(*) FROM stores GROUP BY shard ORDER BY shard", &[]).await?;
+        rows.iter().map(|r| Ok((shard_of(r.get(0))?, r.get(1)))).collect()
+    }
+
+    /// Stores per shard, but -1 for a dedicated shard, which placement must skip. Every shard
+    /// that holds a store or is dedicated appears; the others hold none.
+    async fn placement_load(&self) -> Result<Vec<(ShardId, i64)>> {
+        let c = self.pool.get().await?;
+        let rows = rows(
+            &c,
+            "SELECT s.shard, CASE WHEN d.shard IS NULL THEN coalesce(n.stores, 0) ELSE -1 END
+             FROM (SELECT shard FROM stores UNION SELECT shard FROM shard_dedications) s
+             LEFT JOIN (SELECT shard, count(*) AS stores FROM stores GROUP BY shard) n ON n.shard = s.shard
+             LEFT JOIN shard_dedications d ON d.shard = s.shard
+             ORDER BY s.shard",
+            &[],
+        )
+        .await?;
         rows.iter().map(|r| Ok((shard_of(r.get(0))?, r.get(1)))).collect()
     }
 

@@ -95,6 +95,15 @@ CREATE TABLE store_moves (
     error       TEXT                     -- the last failure, cleared when the move goes on
 );
 "#,
+    r#"
+-- Shards given to one store (`kirana shard pin`): placement never puts a new store there
+-- (PgDirectory::placement_load reports them as -1), and one store holds at most one.
+CREATE TABLE shard_dedications (
+    shard      BIGINT PRIMARY KEY,
+    store_id   UUID NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+"#,
 ];
 
 pub const SHARD: &[Migration] = &[
