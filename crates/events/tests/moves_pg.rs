@@ -37,7 +37,8 @@ async fn rollups_count_every_order_once_across_a_move() {
     let to = ShardId(1 - from.0);
     let input: ProductInput =
         serde_json::from_value(json!({ "title": "Tea", "price": 25_000, "stock": 100_000 })).unwrap();
-    let product = storage.shard(&scope).create_product(&scope, input.into_change(true).unwrap(), clock.now()).await.unwrap();
+    let product =
+        storage.shard(&scope).create_product(&scope, input.into_change(true).unwrap(), clock.now()).await.unwrap();
     let variant = product.variants[0].id;
 
     // Readers on both shards, stepping all along.
@@ -76,7 +77,14 @@ async fn rollups_count_every_order_once_across_a_move() {
                     let r = match step {
                         0 => shard.create_cart(&scope, token, clock.now()).await.map(|c| cart = Some(c.id)),
                         1 => shard
-                            .set_cart_item(&scope, cart.unwrap(), token, variant, Quantity::parse(2).unwrap(), clock.now())
+                            .set_cart_item(
+                                &scope,
+                                cart.unwrap(),
+                                token,
+                                variant,
+                                Quantity::parse(2).unwrap(),
+                                clock.now(),
+                            )
                             .await
                             .map(|_| ()),
                         _ => {
@@ -87,7 +95,14 @@ async fn rollups_count_every_order_once_across_a_move() {
                             }))
                             .unwrap();
                             shard
-                                .checkout(&scope, cart.unwrap(), token, input.parse().unwrap(), Some(key.clone()), clock.now())
+                                .checkout(
+                                    &scope,
+                                    cart.unwrap(),
+                                    token,
+                                    input.parse().unwrap(),
+                                    Some(key.clone()),
+                                    clock.now(),
+                                )
                                 .await
                                 .map(|_| ())
                         }
