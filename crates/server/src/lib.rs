@@ -5,6 +5,7 @@
 //! - [`error`]: the single mapping from any error to `application/problem+json`.
 //! - [`auth`]: tokens, sign-in codes and how codes are delivered.
 //! - [`state`]: what handlers share.
+//! - [`http_cache`]: `Cache-Control`, strong ETags and 304s for the API.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`read_routing`]: how fresh each request's reads must be; write tokens for read-your-writes.
 //!
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod http_cache;
 pub mod media;
 pub mod metrics;
 pub mod read_routing;
@@ -47,6 +49,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .method_not_allowed_fallback(error::no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(limit_uri))
+        .layer(axum::middleware::from_fn(http_cache::http_cache))
         .layer(axum::middleware::from_fn(read_routing::route_reads))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))
         .layer(TraceLayer::new_for_http())

@@ -45,15 +45,19 @@ async fn a_caller_with_its_write_token_never_reads_an_older_value() {
         app.create_product(&token, &store, json!({ "title": "Masala chai", "variants": [{ "price": 12000 }] })).await;
     let uri = format!("/api/v1/stores/{}/products/{}", store["id"].as_str().unwrap(), product["id"].as_str().unwrap());
 
-    // A read without a token, with the replica streaming: served by the replica.
-    until_rotation(&app, true).await;
-    let before = replica_reads(&app);
+    // A read without a token, with the replica streaming: served by the replica (once it has
+    // replayed the product; until then a bounded read may 404 or, on a busy machine with the
+    // replica briefly out of rotation, come from the primary).
     let deadline = Instant::now() + Duration::from_secs(15);
-    while app.get(&uri, Some(&token)).await.status != 200 {
-        assert!(Instant::now() < deadline, "the replica never showed the product");
+    loop {
+        until_rotation(&app, true).await;
+        let before = replica_reads(&app);
+        if app.get(&uri, Some(&token)).await.status == 200 && replica_reads(&app) > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bounded-staleness reads never came from the replica");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(replica_reads(&app) > before, "bounded-staleness reads use the replica");
 
     // Replay paused, then the merchant edits: the response carries the write's token.
     pause(&app).await;
@@ -87,7 +91,16 @@ async fn a_caller_with_its_write_token_never_reads_an_older_value() {
 
     // `X-Kirana-Consistency: strong` always reads the primary.
     resume(&app).await;
-    until_rotation(&app, true).await;
+    let lsn = kirana_storage::consistency::WriteToken::parse(&write_token).unwrap().lsn;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        until_rotation(&app, true).await;
+        if cluster(&app).shards[0].replica_report()[0].health.as_ref().is_some_and(|h| h.caught_up_with(lsn)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the resumed replica never replayed the token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let before = replica_reads(&app);
     let read = app.call(Method::GET, &uri, Some(&token), &[("x-kirana-consistency", "strong")], None).await;
     assert_eq!(read.body["title"], "Masala chai, 250 g");

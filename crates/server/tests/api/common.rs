@@ -88,6 +88,10 @@ async fn open(shards: u32) -> Opened {
             let urls = vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }];
             let mut config = PgConfig::new(control.url(), urls);
             config.replicas.probe_every = std::time::Duration::from_millis(50);
+            // Roomy bounds: on a busy shared machine a healthy replica can be a second behind;
+            // the tests pause replay to make a laggard, which no bound admits.
+            config.replicas.policy =
+                kirana_storage::postgres::replica::LagPolicy { max_bytes: 64 << 20, max_seconds: 10.0 };
             let cluster = open(&config).await.expect("open the PostgreSQL backend");
             Opened {
                 storage: cluster.storage.clone(),

@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod catalog;
 mod checkout;
+mod http_cache;
 mod isolation;
 mod orders;
 mod stores;

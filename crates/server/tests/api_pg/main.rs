@@ -17,6 +17,8 @@ mod bad_input;
 mod catalog;
 #[path = "../api/checkout.rs"]
 mod checkout;
+#[path = "../api/http_cache.rs"]
+mod http_cache;
 #[path = "../api/isolation.rs"]
 mod isolation;
 #[path = "../api/orders.rs"]
