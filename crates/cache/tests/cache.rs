@@ -40,6 +40,50 @@ fn counted(
     }
 }
 
+/// Counts what the cache reports through the `metrics` facade, for the test's thread only.
+#[derive(Default)]
+struct Counts(Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>);
+
+struct CountOne(Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>, String);
+
+impl metrics::CounterFn for CountOne {
+    fn increment(&self, value: u64) {
+        *self.0.lock().unwrap().entry(self.1.clone()).or_default() += value;
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.lock().unwrap().insert(self.1.clone(), value);
+    }
+}
+
+impl metrics::Recorder for Counts {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        metrics::Counter::from_arc(Arc::new(CountOne(
+            self.0.clone(),
+            format!("{}{{{}}}", key.name(), labels.join(",")),
+        )))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+impl Counts {
+    fn get(&self, name: &str) -> u64 {
+        self.0.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
 /// Yields until `cond` holds, failing after many rounds rather than hanging.
 async fn until(mut cond: impl FnMut() -> bool) {
     for _ in 0..100_000 {
@@ -155,6 +199,9 @@ async fn a_stale_value_is_served_at_once_while_one_refresh_runs_then_the_fresh_o
 
 #[tokio::test(start_paused = true)]
 async fn when_the_loader_fails_a_stale_value_is_served_and_counted_as_a_loader_error() {
+    // A current-thread runtime: the cache's spawned loads report on this thread too.
+    let counts = Counts::default();
+    let _recording = metrics::set_default_local_recorder(&counts);
     let cache = cache();
     let key = CacheKey::new(StoreId::generate(), 1, "page:/").unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -179,6 +226,11 @@ async fn when_the_loader_fails_a_stale_value_is_served_and_counted_as_a_loader_e
     assert_eq!(served.source, Source::Stale(StaleReason::LoaderError));
     assert_eq!(&served.value.body[..], b"v1");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(counts.get("kirana_cache_stale_served_total{reason=revalidating}"), 1);
+    assert_eq!(counts.get("kirana_cache_stale_served_total{reason=loader_error}"), 1);
+    assert_eq!(counts.get("kirana_cache_load_errors_total{}"), 1);
+    assert_eq!(counts.get("kirana_cache_loads_total{}"), 2);
+    assert_eq!(counts.get("kirana_cache_requests_total{level=l1,result=stale}"), 2);
 
     tokio::time::advance(Config::default().refresh_retry).await;
     cache.get_or_load(&key, TTL, failing(&calls)).await.unwrap();
@@ -189,6 +241,8 @@ async fn when_the_loader_fails_a_stale_value_is_served_and_counted_as_a_loader_e
     tokio::time::advance(TTL.stale).await;
     let err = cache.get_or_load(&key, TTL, failing(&calls)).await.unwrap_err();
     assert_eq!(*err, DbDown);
+    assert_eq!(counts.get("kirana_cache_load_errors_total{}"), 3);
+    assert_eq!(counts.get("kirana_cache_requests_total{level=l1,result=miss}"), 2, "the first load and this one");
 }
 
 #[tokio::test(start_paused = true)]
