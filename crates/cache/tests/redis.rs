@@ -19,6 +19,7 @@ use kirana_domain::StoreId;
 
 const TTL: Ttl = Ttl::new(Duration::from_secs(10), Duration::from_secs(60));
 const SHARED: &str = "127.0.0.1:6379";
+const COOL_OFF: Duration = Duration::from_millis(300);
 
 #[derive(Debug)]
 struct DbDown;
@@ -41,13 +42,16 @@ fn shared_redis() -> String {
     format!("redis://{SHARED}")
 }
 
+/// A node whose L2 is at `url`. Tests that expect Redis to answer give it a generous deadline, so
+/// a CI machine busy with other suites cannot turn a slow answer into an open breaker; the
+/// blackhole test keeps the production deadline.
+fn node_with_deadline(url: &str, l2_timeout: Duration) -> Cache {
+    Cache::new(Config { redis_url: Some(url.to_owned()), l2_timeout, breaker_cool_off: COOL_OFF, ..Config::default() })
+        .unwrap()
+}
+
 fn node(url: &str) -> Cache {
-    Cache::new(Config {
-        redis_url: Some(url.to_owned()),
-        breaker_cool_off: Duration::from_millis(300),
-        ..Config::default()
-    })
-    .unwrap()
+    node_with_deadline(url, Duration::from_secs(2))
 }
 
 fn counted(
@@ -182,7 +186,8 @@ async fn with_redis_stopped_gets_still_succeed_and_the_breaker_spares_later_call
 
     // Redis comes back on the same port; after the cool-off one probe finds it and L2 is used again.
     redis.restart();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The cool-off is measured on the clock; there is no other signal to wait for.
+    tokio::time::sleep(COOL_OFF).await;
     let back = cache.get_or_load(&key("page:/back"), TTL, counted(&calls, "back")).await.unwrap();
     assert_eq!(back.source, Source::Loaded);
     assert_eq!(cache.l2_state(), Some(BreakerState::Closed));
@@ -203,7 +208,7 @@ async fn a_blackholed_redis_costs_one_timeout_then_the_breaker_opens() {
             sockets.push(socket);
         }
     });
-    let cache = node(&format!("redis://127.0.0.1:{port}"));
+    let cache = node_with_deadline(&format!("redis://127.0.0.1:{port}"), Config::default().l2_timeout);
     let store = StoreId::generate();
     let calls = Arc::new(AtomicUsize::new(0));
 
