@@ -13,6 +13,21 @@
 //! - `metrics`: the `kirana_cache_*` metrics.
 //!
 //! Decision 0020 says why it is built this way and what it costs.
+//!
+//! A page handler, roughly (the version read is the shard's `cache_version`):
+//! ```
+//! # use std::{sync::Arc, time::Duration};
+//! # use kirana_cache::{Cache, CacheKey, Ttl, Value, Versions};
+//! # use kirana_domain::StoreId;
+//! # async fn page(cache: &Cache, versions: &Versions, store: StoreId) -> Result<(), Arc<std::io::Error>> {
+//! let version = versions.get(store, async { Ok::<i64, std::io::Error>(7) }).await.map_err(Arc::new)?;
+//! let key = CacheKey::new(store, version, "page:/").expect("a fixed, valid name");
+//! let ttl = Ttl::new(Duration::from_secs(30), Duration::from_secs(600));
+//! let render = async { Ok::<_, std::io::Error>(Value::new("text/html; charset=utf-8", "<h1>Tea</h1>")) };
+//! let page = cache.get_or_load(&key, ttl, render).await?;
+//! // page.value.body, page.value.etag (for If-None-Match), page.source (for a debug header)
+//! # let _ = page; Ok(()) }
+//! ```
 
 mod breaker;
 mod cache;
