@@ -41,11 +41,7 @@ fn policy(method: &Method, path: &str) -> Policy {
     {
         // {slug} | {slug}/products | {slug}/products/{id}
         let parts: Vec<&str> = shop.split('/').collect();
-        let public = match parts.as_slice() {
-            [_] => true,
-            [_, "products"] | [_, "products", _] => true,
-            _ => false,
-        };
+        let public = matches!(parts.as_slice(), [_] | [_, "products"] | [_, "products", _]);
         return if public { Policy::Public } else { Policy::Private };
     }
     if matches!(rest, "openapi.json") {
