@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use kirana_domain::CategoryId;
 use kirana_domain::catalog::{Product, ProductStatus};
 use kirana_domain::page::{Cursor, Limit, Page, PageRequest};
-use kirana_domain::CategoryId;
 use kirana_storage::{ProductFilter, Storage, StorageError, StoreScope};
 
 use crate::index::{MAX_RESULTS, SearchFilter, SearchIndex};

@@ -13,9 +13,7 @@ use kirana_domain::catalog::{Product, ProductStatus};
 use kirana_domain::{CategoryId, ProductId, StoreId};
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::schema::{
-    Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
-};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::tokenizer::{
     AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
@@ -45,9 +43,7 @@ pub(crate) struct Fields {
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let text = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer(ANALYZER)
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = Fields {
         store_id: b.add_text_field("store_id", STRING),
@@ -210,11 +206,10 @@ impl SearchIndex {
         let mut hits = Vec::with_capacity(top.len());
         for (score, addr) in top {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let id = doc
-                .get_first(f.product_id)
-                .and_then(|v| v.as_str())
-                .and_then(ProductId::parse)
-                .ok_or_else(|| SearchError::Index(tantivy::TantivyError::InternalError("a document without a product id".into())))?;
+            let id =
+                doc.get_first(f.product_id).and_then(|v| v.as_str()).and_then(ProductId::parse).ok_or_else(|| {
+                    SearchError::Index(tantivy::TantivyError::InternalError("a document without a product id".into()))
+                })?;
             hits.push(Hit { product: id, score });
         }
         Ok(hits)

@@ -104,7 +104,8 @@ impl Indexer {
 
     async fn load(&mut self) -> Result<()> {
         let log = self.log()?;
-        let pos = log.positions(&self.cfg.consumer).await?.into_iter().find(|(p, _)| *p == PARTITION).map_or(0, |(_, s)| s);
+        let pos =
+            log.positions(&self.cfg.consumer).await?.into_iter().find(|(p, _)| *p == PARTITION).map_or(0, |(_, s)| s);
         // Rows the outbox no longer has were trimmed before this indexer read them (a new
         // index on an old node, or a trimmer that does not know this consumer): those
         // products reach the index only through `kirana search reindex`.
@@ -113,8 +114,12 @@ impl Indexer {
             && log.outbox_stats().await?.last_seq > 0
         {
             metrics::counter!("kirana_search_gaps_total").increment(1);
-            tracing::warn!(shard = self.shard, position = pos, next = first.seq,
-                "search indexer: outbox rows were trimmed before it read them; reindex to be complete");
+            tracing::warn!(
+                shard = self.shard,
+                position = pos,
+                next = first.seq,
+                "search indexer: outbox rows were trimmed before it read them; reindex to be complete"
+            );
         }
         self.read = pos;
         self.recorded = pos;
