@@ -225,6 +225,18 @@ async fn main() {
         products as f64 / took.as_secs_f64()
     );
 
+    // Each commit of 500 left a segment; tantivy merges them in the background, as it does on
+    // a serving node. Measure the settled index, as shoppers would meet it.
+    let before = index.segments();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        index.refresh().expect("reload");
+        if index.segments() <= 8 {
+            break;
+        }
+    }
+    println!("segments: {before} after indexing, {} after merges settled", index.segments());
+
     let page = PageRequest { after: None, limit: Limit::parse(Some(24)).expect("limit") };
     let search = ProductSearch::new(storage.clone(), index.clone(), ready);
     let shard = storage.shard(&scope);

@@ -220,6 +220,16 @@ impl SearchIndex {
         self.reader.searcher().num_docs()
     }
 
+    /// Segments searched now (each commit adds one until background merges join them).
+    pub fn segments(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
+    /// Reloads the reader without a commit: picks up segments that background merges finished.
+    pub fn refresh(&self) -> Result<()> {
+        Ok(self.reader.reload()?)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
