@@ -342,6 +342,18 @@ impl Reader {
 
 /// Deletes outbox rows every consumer is past, so the log stays short.
 pub async fn trim(storage: &Storage, consumers: &[&str], partitions: u32) -> kirana_storage::Result<u64> {
+    trim_behind(storage, consumers, partitions, &[]).await
+}
+
+/// [`trim`], also behind `whole_shard` readers: ones that keep a single position per shard
+/// (partition 0) rather than one per partition — the search indexer. Until such a reader has
+/// written its first position, nothing is trimmed.
+pub async fn trim_behind(
+    storage: &Storage,
+    consumers: &[&str],
+    partitions: u32,
+    whole_shard: &[String],
+) -> kirana_storage::Result<u64> {
     let mut total = 0;
     for log in storage.logs() {
         let mut floor = i64::MAX;
@@ -352,6 +364,10 @@ pub async fn trim(storage: &Storage, consumers: &[&str], partitions: u32) -> kir
                 .min()
                 .unwrap_or(0);
             floor = floor.min(min);
+        }
+        for name in whole_shard {
+            let at = log.positions(name).await?.iter().find(|(p, _)| *p == 0).map_or(0, |(_, s)| *s);
+            floor = floor.min(at);
         }
         if floor != i64::MAX && floor > 0 {
             total += log.trim_outbox(floor).await?;

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::consumers::Consumer;
-use crate::embedded::{Reader, ReaderConfig, trim};
+use crate::embedded::{Reader, ReaderConfig, trim_behind};
 use crate::notify::{self, Messenger};
 use crate::status::Heartbeats;
 
@@ -29,6 +29,10 @@ pub struct PipelineConfig {
     pub backend: Backend,
     pub reader: ReaderConfig,
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Other readers of the embedded outbox, with one position per shard, that trimming must
+    /// wait for (the search indexer's consumer name). The JetStream relay trims after
+    /// publishing, so there they get nothing from this (see decision 0019).
+    pub also_trim_behind: Vec<String>,
 }
 
 /// The running pipeline. Dropping it does not stop it; call [`Pipeline::stop`].
@@ -59,6 +63,7 @@ impl Pipeline {
                 }
                 let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
                 let (trim_storage, mut trim_rx, partitions) = (storage.clone(), rx.clone(), cfg.reader.partitions);
+                let also = cfg.also_trim_behind.clone();
                 tasks.push(tokio::spawn(async move {
                     loop {
                         tokio::select! {
@@ -68,7 +73,7 @@ impl Pipeline {
                         if *trim_rx.borrow() {
                             return;
                         }
-                        if let Err(e) = trim(&trim_storage, &names, partitions).await {
+                        if let Err(e) = trim_behind(&trim_storage, &names, partitions, &also).await {
                             tracing::warn!(error = %e, "could not trim the outbox");
                         }
                     }

@@ -15,7 +15,7 @@ use kirana_domain::order::{OrderStatus, TransitionRequest};
 use kirana_domain::store::StoreInput;
 use kirana_domain::{Clock, MerchantId, Phone, StoreId, SystemClock, VariantId};
 use kirana_events::consumers::{CacheInvalidation, Consumer, SalesAnalytics};
-use kirana_events::embedded::{Reader, ReaderConfig, RetryPolicy, trim};
+use kirana_events::embedded::{Reader, ReaderConfig, RetryPolicy, trim, trim_behind};
 use kirana_events::notify::Messenger;
 use kirana_events::partition::partition_of;
 use kirana_events::{Pipeline, PipelineConfig, all_consumers};
@@ -308,7 +308,21 @@ async fn the_outbox_is_trimmed_only_behind_every_consumer() {
     assert_eq!(log.outbox_stats().await.unwrap().rows, rows, "the cache consumer has read nothing yet");
     let mut cache = w.reader(Arc::new(CacheInvalidation), 0, ReaderConfig::default());
     w.drain(&mut cache).await;
-    trim(&w.storage, &["analytics", "cache"], 16).await.unwrap();
+
+    // A whole-shard reader (one position, like the search indexer) holds trimming back too:
+    // nothing before its first position, then only what it has read.
+    let search = vec!["search".to_string()];
+    trim_behind(&w.storage, &["analytics", "cache"], 16, &search).await.unwrap();
+    assert_eq!(log.outbox_stats().await.unwrap().rows, rows, "the indexer has read nothing yet");
+    let all = log.outbox_after(0, 1000).await.unwrap();
+    let halfway = all[all.len() / 2].seq;
+    log.apply("search", vec![], vec![(0, halfway)], w.clock.now()).await.unwrap();
+    trim_behind(&w.storage, &["analytics", "cache"], 16, &search).await.unwrap();
+    let beyond = all.iter().filter(|l| l.seq > halfway).count() as i64;
+    assert_eq!(log.outbox_stats().await.unwrap().rows, beyond, "trimmed up to the indexer, no further");
+    log.apply("search", vec![], vec![(0, all.last().unwrap().seq)], w.clock.now()).await.unwrap();
+
+    trim_behind(&w.storage, &["analytics", "cache"], 16, &search).await.unwrap();
     let stats = log.outbox_stats().await.unwrap();
     assert_eq!(stats.rows, 0, "everyone is past every row");
     assert!(stats.last_seq >= rows, "positions survive trimming");

@@ -74,11 +74,27 @@ enum Command {
         #[command(subcommand)]
         command: shard_cli::ShardCommand,
     },
+    /// Product search: rebuild a store's documents in this node's index from the database.
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
     /// Measure the storage engine's own insert rates next to the data (a benchmark baseline).
     Baseline {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SearchCommand {
+    /// Rebuild one store's documents from the database (a new index, or one that missed
+    /// events). Run it while `kirana serve` is stopped: the index takes one writer at a time.
+    Reindex {
+        /// The store's slug.
+        #[arg(long)]
+        store: String,
     },
 }
 
@@ -129,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Seed(args) => seed::run(&config, &args).await,
             Command::Events { command } => events_cli::run(&config, command).await,
             Command::Baseline { seconds } => baseline(&config, seconds),
+            Command::Search { command: SearchCommand::Reindex { store } } => reindex(&config, &store).await,
             Command::Bench(mut args) => {
                 // The manifest lives in the data directory unless named.
                 if args.manifest == std::path::Path::new("kirana-data/seed-manifest.json") {
@@ -195,6 +212,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow::anyhow!("cannot open the media store: {e}"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Product search: the node's index beside the data, an indexer per shard beside the
+    // pipeline (which must not trim events the indexer has not read). A node whose index cannot
+    // open still serves search from the database.
+    let index = match kirana_search::SearchIndex::open(&config.data_dir.join("search")) {
+        Ok(index) => Some(Arc::new(index)),
+        Err(e) => {
+            tracing::error!(error = %e, "the search index cannot open; search answers from the database");
+            None
+        }
+    };
+    let indexer = kirana_search::IndexerConfig::default();
     let pipeline = kirana_events::Pipeline::start(
         storage.clone(),
         kirana_events::all_consumers(),
@@ -211,10 +239,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 allow_private_targets: config.webhooks_allow_private,
                 ..Default::default()
             },
+            also_trim_behind: index.iter().map(|_| indexer.consumer.clone()).collect(),
             ..Default::default()
         },
     );
-    let state = AppState::new(storage, clock, notifier, server_config).with_media(media);
+    let (stop_indexers, indexers_stop) = tokio::sync::watch::channel(false);
+    let (search, indexers) = match index {
+        Some(index) => {
+            let ready = kirana_search::Readiness::new(shard_count);
+            let tasks = kirana_search::start(
+                index.clone(),
+                storage.clone(),
+                indexer,
+                clock.clone(),
+                ready.clone(),
+                indexers_stop,
+            );
+            (kirana_search::ProductSearch::new(storage.clone(), index, ready), tasks)
+        }
+        None => (kirana_search::ProductSearch::database_only(storage.clone()), Vec::new()),
+    };
+    let state = AppState::new(storage, clock, notifier, server_config).with_media(media).with_search(search);
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
     let web = kirana_web::Web::new(&public_url, &otp_key);
     let app = kirana_web::app(state.clone(), web);
@@ -236,6 +281,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Requests have finished; the pipeline finishes its current step. Whatever it had not
     // read stays in the outbox for the next start.
     pipeline.stop().await;
+    // The indexers commit what they have read and record their positions.
+    let _ = stop_indexers.send(true);
+    for t in indexers {
+        let _ = t.await;
+    }
     // Nothing reads replicas any more: stop probing them.
     let _ = stop_probers.send(true);
     for p in probers {
@@ -269,6 +319,16 @@ async fn shutdown_signal(state: AppState, drain: Duration) {
     tracing::info!(drain_secs = drain.as_secs(), "shutting down: not ready, draining");
     state.set_draining();
     tokio::time::sleep(drain).await;
+}
+
+async fn reindex(config: &Config, slug: &str) -> anyhow::Result<()> {
+    let storage = backend::open_storage(config).await?;
+    let (scope, _) = storage.scope_for_slug(slug).await.with_context(|| format!("no store has the slug {slug}"))?;
+    let index = kirana_search::SearchIndex::open(&config.data_dir.join("search"))
+        .context("cannot open the search index (is `kirana serve` running on this data directory?)")?;
+    let n = kirana_search::reindex_store(&index, &storage, &scope).await?;
+    println!("{slug}: {n} products indexed");
+    Ok(())
 }
 
 fn baseline(config: &Config, seconds: u64) -> anyhow::Result<()> {

@@ -51,6 +51,9 @@ pub struct AppState {
     /// limit, which matters more, is enforced in the directory and holds across nodes.
     pub otp_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     pub verify_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Product search through this node's index, when it has one; `None` keeps the plain
+    /// database title query (newest first) behind `q`.
+    pub search: Option<kirana_search::ProductSearch>,
     /// False once shutdown began: `/readyz` turns 503 so balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
 }
@@ -70,12 +73,19 @@ impl AppState {
             verify_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip.saturating_mul(3)))),
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(true)),
+            search: None,
         }
     }
 
     /// Keeps images in `media` instead of memory (the embedded default uses local files).
     pub fn with_media(mut self, media: crate::media::MediaStore) -> Self {
         self.media = media;
+        self
+    }
+
+    /// Answers `q` on product lists through `search` (relevance order, offset cursors).
+    pub fn with_search(mut self, search: kirana_search::ProductSearch) -> Self {
+        self.search = Some(search);
         self
     }
 

@@ -52,12 +52,18 @@ async fn store_home(State(s): State<AppState>, shop: Shop) -> ApiResult<Json<Sto
     Ok(Json(StoreHome { store: PublicStore::from(&store), categories }))
 }
 
-/// Products on sale, newest first; `q` matches words in the title, `category` filters.
+/// Products on sale, newest first; `category` filters. With `q`, the products matching those
+/// words (stemmed, typos forgiven, title above description), best first; the `cursor` of such
+/// a list is an offset into the ranking, valid only with the same `q`.
 #[utoipa::path(get, path = "/api/v1/storefront/{slug}/products", tag = "storefront",
     params(("slug" = String, Path), ("q" = Option<String>, Query), ("category" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<u32>, Query, maximum = 100)),
     responses((status = 200, body = Page<PublicProduct>), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn list_products(State(s): State<AppState>, shop: Shop, p: Params) -> ApiResult<Json<Page<PublicProduct>>> {
     let mut filter = product_filter(&p, false)?;
+    if let (Some(search), Some(words)) = (&s.search, &filter.query) {
+        let page = search.search(&shop.scope, words, filter.category, p.page()?).await?;
+        return Ok(Json(page.map(PublicProduct::from)));
+    }
     filter.status = Some(ProductStatus::Active);
     let page = s.storage.shard(&shop.scope).products(&shop.scope, filter, p.page()?).await?;
     Ok(Json(page.map(PublicProduct::from)))

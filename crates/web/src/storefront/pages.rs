@@ -175,10 +175,20 @@ pub async fn search(
         q.q.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(|s| s.chars().take(100).collect::<String>());
     let (products, next) = match &query {
         Some(words) => {
-            let filter =
-                ProductFilter { status: Some(ProductStatus::Active), query: Some(words.clone()), ..Default::default() };
-            let page =
-                state.storage.shard(&f.scope).products(&f.scope, filter, page_request(q.after.as_deref())?).await?;
+            let request = page_request(q.after.as_deref())?;
+            // Through the node's index when it has one (relevance order, offset cursors);
+            // otherwise the database's title query.
+            let page = match &state.search {
+                Some(search) => search.search(&f.scope, words, None, request).await?,
+                None => {
+                    let filter = ProductFilter {
+                        status: Some(ProductStatus::Active),
+                        query: Some(words.clone()),
+                        ..Default::default()
+                    };
+                    state.storage.shard(&f.scope).products(&f.scope, filter, request).await?
+                }
+            };
             let next = page.next_cursor.map(|c| {
                 let enc: String = form_urlencoded::byte_serialize(words.as_bytes()).collect();
                 format!("q={enc}&after={c}")
