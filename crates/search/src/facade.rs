@@ -118,14 +118,12 @@ impl ProductSearch {
         let ids: Vec<_> = ids.collect();
         let more = ids.len() > limit;
         let shard = self.storage.shard(scope);
-        let mut items = Vec::with_capacity(limit);
-        for id in ids.into_iter().take(limit) {
-            match shard.product(scope, id).await {
-                Ok(p) if p.status == ProductStatus::Active => items.push(p),
-                Ok(_) | Err(StorageError::NotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // One batch read for the page, then back into relevance order.
+        let wanted: Vec<_> = ids.into_iter().take(limit).collect();
+        let mut found: std::collections::HashMap<_, _> =
+            shard.products_by_ids(scope, &wanted).await?.into_iter().map(|p| (p.id, p)).collect();
+        let items: Vec<_> =
+            wanted.iter().filter_map(|id| found.remove(id)).filter(|p| p.status == ProductStatus::Active).collect();
         let next = offset + limit;
         Ok(Page { items, next_cursor: (more && next < MAX_RESULTS).then(|| offset_cursor(next)) })
     }

@@ -122,6 +122,9 @@ pub trait Shard: Send + Sync {
     async fn create_product(&self, scope: &StoreScope, change: ProductChange, now: Timestamp) -> Result<Product>;
     async fn products(&self, scope: &StoreScope, filter: ProductFilter, page: PageRequest) -> Result<Page<Product>>;
     async fn product(&self, scope: &StoreScope, id: ProductId) -> Result<Product>;
+    /// The store's products among `ids` (at most 100; missing ones left out), in no particular
+    /// order, in a fixed number of queries: for pages of search hits.
+    async fn products_by_ids(&self, scope: &StoreScope, ids: &[ProductId]) -> Result<Vec<Product>>;
     async fn update_product(
         &self,
         scope: &StoreScope,

@@ -260,6 +260,19 @@ pub async fn product<C: GenericClient>(c: &C, store: StoreId, id: ProductId) -> 
     Ok(with_variants(c, store, vec![row]).await?.remove(0))
 }
 
+/// The store's products among `ids` (missing ones left out), in no particular order: one query
+/// for the products and one for their variants (at most 100 ids).
+pub async fn products_by_ids<C: GenericClient>(c: &C, store: StoreId, ids: &[ProductId]) -> Result<Vec<Product>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<uuid::Uuid> = ids.iter().take(100).map(|id| id.uuid()).collect();
+    let found =
+        rows(c, &format!("{PRODUCT_SELECT} WHERE store_id = $1 AND product_id = ANY($2)"), &[&store.uuid(), &ids])
+            .await?;
+    with_variants(c, store, found).await
+}
+
 /// Products newest first, filtered. Every filter combination is served by an index whose
 /// leading columns are (store_id, status[, category_id]) or (store_id, category_id).
 ///

@@ -278,6 +278,10 @@ impl Shard for PgShard {
         read!(self, |c| catalog::product(c, scope.store_id(), id))
     }
 
+    async fn products_by_ids(&self, scope: &StoreScope, ids: &[ProductId]) -> Result<Vec<Product>> {
+        read!(self, |c| catalog::products_by_ids(c, scope.store_id(), ids))
+    }
+
     async fn update_product(
         &self,
         scope: &StoreScope,

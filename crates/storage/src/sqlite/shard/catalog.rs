@@ -232,6 +232,23 @@ pub(super) fn product(c: &Connection, store: StoreId, id: ProductId) -> Result<P
     Ok(with_variants(c, store, vec![row])?.remove(0))
 }
 
+/// The store's products among `ids` (missing ones left out), in no particular order: one query
+/// for the products and one for their variants, however many ids (at most 100).
+pub(super) fn products_by_ids(c: &Connection, store: StoreId, ids: &[ProductId]) -> Result<Vec<Product>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids = &ids[..ids.len().min(100)];
+    let sql = format!("{PRODUCT_SELECT} WHERE store_id = ?1 AND product_id IN ({})", placeholders(2, ids.len()));
+    let mut args: Vec<Value> = vec![Value::Blob(store.uuid().as_bytes().to_vec())];
+    args.extend(ids.iter().map(|id| Value::Blob(id.uuid().as_bytes().to_vec())));
+    let rows = c
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(args), product_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    with_variants(c, store, rows)
+}
+
 /// Products newest first, filtered. Every filter combination is served by an index whose
 /// leading columns are (store_id, status[, category_id]) or (store_id, category_id).
 pub(super) fn products(c: &Connection, store: StoreId, f: &ProductFilter, page: PageRequest) -> Result<Page<Product>> {

@@ -145,6 +145,10 @@ impl Shard for SqliteShard {
         self.db.read(|c| catalog::product(c, scope.store_id(), id))
     }
 
+    async fn products_by_ids(&self, scope: &StoreScope, ids: &[ProductId]) -> Result<Vec<Product>> {
+        self.db.read(|c| catalog::products_by_ids(c, scope.store_id(), ids))
+    }
+
     async fn update_product(
         &self,
         scope: &StoreScope,
