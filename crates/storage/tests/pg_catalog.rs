@@ -23,7 +23,7 @@ use kirana_storage::postgres::pool::PgPool;
 use kirana_storage::postgres::shard::{catalog, stores};
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use kirana_storage::{ProductFilter, Storage, StorageError, StoreScope};
-use pg_db::{at, pg_shard};
+use pg_db::{at, normalise, pg_shard, record};
 use serde_json::{Value, json};
 
 /// The outbox after `seq`: (seq, type, payload).
@@ -176,15 +176,6 @@ fn variant(options: &[&str], sku: Option<&str>, price: i64, stock: Option<i64>) 
 
 fn page(limit: i64, after: Option<&str>) -> PageRequest {
     PageRequest { after: after.map(|a| Cursor::parse(a).unwrap()), limit: Limit::parse(Some(limit)).unwrap() }
-}
-
-/// What a call gave, as JSON: the value, or the error's variant and fields.
-fn record<T: serde::Serialize>(log: &mut Vec<Value>, step: &str, r: &Result<T, StorageError>) {
-    let v = match r {
-        Ok(v) => json!({ "ok": v }),
-        Err(e) => json!({ "err": format!("{e:?}") }),
-    };
-    log.push(json!({ "step": step, "result": v }));
 }
 
 /// Walks every page of a list, recording each.
@@ -457,39 +448,6 @@ async fn scenario(b: &dyn Catalog) -> Vec<Value> {
     );
     log.push(json!({ "events": events }));
     log
-}
-
-/// Replaces every UUID in the transcript by its order of first appearance, so two runs that
-/// generated different ids compare equal when they behaved the same.
-fn normalise(v: &mut Value, seen: &mut HashMap<String, usize>) {
-    match v {
-        Value::String(s) => {
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while !rest.is_empty() {
-                if rest.len() >= 36 && rest.is_char_boundary(36) && uuid::Uuid::parse_str(&rest[..36]).is_ok() {
-                    let n = seen.len();
-                    let n = *seen.entry(rest[..36].to_string()).or_insert(n);
-                    out.push_str(&format!("<id{n}>"));
-                    rest = &rest[36..];
-                } else {
-                    let ch = rest.chars().next().unwrap();
-                    out.push(ch);
-                    rest = &rest[ch.len_utf8()..];
-                }
-            }
-            *s = out;
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, seen)),
-        Value::Object(o) => {
-            // A cursor is an id in disguise.
-            if let Some(Value::String(c)) = o.get_mut("next_cursor") {
-                *c = Cursor::parse(c).unwrap().uuid().to_string();
-            }
-            o.values_mut().for_each(|x| normalise(x, seen))
-        }
-        _ => {}
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

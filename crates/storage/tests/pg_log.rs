@@ -16,7 +16,6 @@ use kirana_domain::cart::{Checkout, CheckoutCustomer, Quantity};
 use kirana_domain::catalog::{NewVariant, Product, ProductChange};
 use kirana_domain::event::Event;
 use kirana_domain::order::{Address, Order, PaymentMethod};
-use kirana_domain::page::Cursor;
 use kirana_domain::store::{NewStore, StoreSettings};
 use kirana_domain::{Amount, EventId, MerchantId, StoreId, Timestamp};
 use kirana_storage::postgres::pool::PgPool;
@@ -27,7 +26,7 @@ use kirana_storage::{
     Applied, DashboardStats, DeadLetter, Effect, Logged, MediaRecord, OutboxStats, Outgoing, ProductSale, Storage,
     StorageError, StoreScope,
 };
-use pg_db::{at, pg_shard};
+use pg_db::{at, normalise, pg_shard, record, record_dbg};
 use serde_json::{Value, json};
 
 fn settings() -> StoreSettings {
@@ -424,25 +423,6 @@ fn product(title: &str, price: i64) -> ProductChange {
     }
 }
 
-/// What a call gave, as JSON: the value, or the error's variant and fields.
-fn record<T: serde::Serialize>(log: &mut Vec<Value>, step: &str, r: &Result<T, StorageError>) {
-    let v = match r {
-        Ok(v) => json!({ "ok": v }),
-        Err(e) => json!({ "err": format!("{e:?}") }),
-    };
-    log.push(json!({ "step": step, "result": v }));
-}
-
-/// The same for values that are not `Serialize`: their `Debug` form (ids inside it are still
-/// normalised).
-fn record_dbg<T: std::fmt::Debug>(log: &mut Vec<Value>, step: &str, r: &Result<T, StorageError>) {
-    let v = match r {
-        Ok(v) => json!({ "ok": format!("{v:?}") }),
-        Err(e) => json!({ "err": format!("{e:?}") }),
-    };
-    log.push(json!({ "step": step, "result": v }));
-}
-
 fn logged_json(l: &Logged) -> Value {
     json!({ "seq": l.seq, "event": l.event })
 }
@@ -687,38 +667,6 @@ async fn scenario(b: &dyn Backend) -> Vec<Value> {
     record(l, "stats when empty", &b.outbox_stats().await);
     record_dbg(l, "store events when empty", &b.events(0, 10).await);
     log
-}
-
-/// Replaces every UUID in the transcript by its order of first appearance, so two runs that
-/// generated different ids compare equal when they behaved the same.
-fn normalise(v: &mut Value, seen: &mut HashMap<String, usize>) {
-    match v {
-        Value::String(s) => {
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while !rest.is_empty() {
-                if rest.len() >= 36 && rest.is_char_boundary(36) && uuid::Uuid::parse_str(&rest[..36]).is_ok() {
-                    let n = seen.len();
-                    let n = *seen.entry(rest[..36].to_string()).or_insert(n);
-                    out.push_str(&format!("<id{n}>"));
-                    rest = &rest[36..];
-                } else {
-                    let ch = rest.chars().next().unwrap();
-                    out.push(ch);
-                    rest = &rest[ch.len_utf8()..];
-                }
-            }
-            *s = out;
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, seen)),
-        Value::Object(o) => {
-            if let Some(Value::String(c)) = o.get_mut("next_cursor") {
-                *c = Cursor::parse(c).unwrap().uuid().to_string();
-            }
-            o.values_mut().for_each(|x| normalise(x, seen))
-        }
-        _ => {}
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,7 +141,7 @@ async fn a_write_to_a_store_that_moved_away_is_refused_whole_and_the_node_forget
     let admin = c.shards[0].primary().get().await.unwrap();
     admin.execute("UPDATE stores SET moved_to = 7 WHERE store_id = $1", &[&scope.store_id().uuid()]).await.unwrap();
 
-    let before = shard.outbox_stats_for_test().await;
+    let before = shard.log().outbox_stats().await.unwrap().rows;
     let refused = shard
         .create_category(&scope, CategoryChange { name: Some("Coffee".into()), ..Default::default() }, at(2))
         .await;
@@ -150,20 +150,10 @@ async fn a_write_to_a_store_that_moved_away_is_refused_whole_and_the_node_forget
         "{refused:?}"
     );
     assert_eq!(*forgotten.lock().unwrap(), vec![scope.store_id()]);
-    assert_eq!(shard.outbox_stats_for_test().await, before, "nothing was written");
+    assert_eq!(shard.log().outbox_stats().await.unwrap().rows, before, "nothing was written");
     let names: Vec<String> =
         shard.categories(&scope, Default::default()).await.unwrap().items.into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["Tea"]);
-}
-
-trait OutboxRows {
-    async fn outbox_stats_for_test(&self) -> i64;
-}
-
-impl OutboxRows for &dyn kirana_storage::Shard {
-    async fn outbox_stats_for_test(&self) -> i64 {
-        self.log().outbox_stats().await.unwrap().rows
-    }
 }
 
 /// Polls every 20 ms for at most 15 s.

@@ -21,7 +21,7 @@ use kirana_storage::{
     Applied, AttemptRecord, Delivery, DeliveryKey, DueDelivery, Effect, Endpoint, EndpointId, NewEndpoint, Outcome,
     Outgoing, Recorded, StorageError, StoreScope,
 };
-use pg_db::{at, pg_shard};
+use pg_db::{at, normalise, pg_shard, record, record_dbg};
 use serde_json::{Value, json};
 
 const DAY_MS: i64 = 86_400_000;
@@ -181,25 +181,6 @@ impl Backend for OnPostgres {
     async fn due_notifications(&self, now: Timestamp, limit: u32) -> Result<Vec<Outgoing>, StorageError> {
         log::due_notifications(&self.pool.get().await.unwrap(), now, limit).await
     }
-}
-
-/// What a call gave, as JSON: the value, or the error's variant and fields.
-fn record<T: serde::Serialize>(log: &mut Vec<Value>, step: &str, r: &Result<T, StorageError>) {
-    let v = match r {
-        Ok(v) => json!({ "ok": v }),
-        Err(e) => json!({ "err": format!("{e:?}") }),
-    };
-    log.push(json!({ "step": step, "result": v }));
-}
-
-/// The same for values that are not `Serialize`: their `Debug` form (ids inside it are still
-/// normalised).
-fn record_dbg<T: std::fmt::Debug>(log: &mut Vec<Value>, step: &str, r: &Result<T, StorageError>) {
-    let v = match r {
-        Ok(v) => json!({ "ok": format!("{v:?}") }),
-        Err(e) => json!({ "err": format!("{e:?}") }),
-    };
-    log.push(json!({ "step": step, "result": v }));
 }
 
 fn due_json(d: &DueDelivery) -> Value {
@@ -423,38 +404,6 @@ async fn scenario(b: &dyn Backend) -> Vec<Value> {
     assert!(said("owner told").contains("was disabled"));
     assert!(said("d attempt after delete").contains("Gone"));
     log
-}
-
-/// Replaces every UUID in the transcript by its order of first appearance, so two runs that
-/// generated different ids compare equal when they behaved the same.
-fn normalise(v: &mut Value, seen: &mut HashMap<String, usize>) {
-    match v {
-        Value::String(s) => {
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while !rest.is_empty() {
-                if rest.len() >= 36 && rest.is_char_boundary(36) && uuid::Uuid::parse_str(&rest[..36]).is_ok() {
-                    let n = seen.len();
-                    let n = *seen.entry(rest[..36].to_string()).or_insert(n);
-                    out.push_str(&format!("<id{n}>"));
-                    rest = &rest[36..];
-                } else {
-                    let ch = rest.chars().next().unwrap();
-                    out.push(ch);
-                    rest = &rest[ch.len_utf8()..];
-                }
-            }
-            *s = out;
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, seen)),
-        Value::Object(o) => {
-            if let Some(Value::String(c)) = o.get_mut("next_cursor") {
-                *c = Cursor::parse(c).unwrap().uuid().to_string();
-            }
-            o.values_mut().for_each(|x| normalise(x, seen))
-        }
-        _ => {}
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
