@@ -4,7 +4,7 @@
 
 use kirana_domain::analytics::{day_of, hour_of};
 use kirana_domain::event::{Event, kinds};
-use kirana_domain::{Currency, ProductId};
+use kirana_domain::{Currency, ProductId, StoreId};
 use kirana_storage::{Effect, ProductSale};
 use serde_json::Value;
 
@@ -14,6 +14,20 @@ pub trait Consumer: Send + Sync + 'static {
     /// Stable: positions and applied-event records are kept under it.
     fn name(&self) -> &'static str;
     fn effects(&self, event: &Event) -> Result<Vec<Effect>, String>;
+
+    /// Called once a batch's effects are committed, with the stores of the events that had
+    /// any. For telling this node at once (its read cache forgets a bumped version); effects that
+    /// must survive a crash belong in `effects`.
+    fn applied(&self, _stores: &[StoreId]) {}
+}
+
+/// The stores whose events in `batch` had effects, for [`Consumer::applied`].
+pub(crate) fn touched<'a>(batch: impl IntoIterator<Item = &'a kirana_storage::Applied>) -> Vec<StoreId> {
+    let mut stores: Vec<StoreId> =
+        batch.into_iter().filter(|a| !a.effects.is_empty()).map(|a| a.event.store_id).collect();
+    stores.sort_unstable();
+    stores.dedup();
+    stores
 }
 
 /// Carts change no page a cache holds; everything else about a store may.
@@ -32,6 +46,27 @@ impl Consumer for CacheInvalidation {
 
     fn effects(&self, event: &Event) -> Result<Vec<Effect>, String> {
         Ok(if changes_pages(&event.kind) { vec![Effect::BumpCacheVersion] } else { vec![] })
+    }
+}
+
+/// [`CacheInvalidation`] that also tells this node the moment a bump commits, so the node's
+/// read cache reads the new version on its next request instead of up to a second later.
+/// Other nodes learn it when their remembered version expires.
+pub struct CacheInvalidationNotifying(pub std::sync::Arc<dyn Fn(StoreId) + Send + Sync>);
+
+impl Consumer for CacheInvalidationNotifying {
+    fn name(&self) -> &'static str {
+        CacheInvalidation.name()
+    }
+
+    fn effects(&self, event: &Event) -> Result<Vec<Effect>, String> {
+        CacheInvalidation.effects(event)
+    }
+
+    fn applied(&self, stores: &[StoreId]) {
+        for store in stores {
+            (self.0)(*store);
+        }
     }
 }
 
@@ -161,6 +196,20 @@ pub fn all_consumers() -> Vec<std::sync::Arc<dyn Consumer>> {
         std::sync::Arc::new(Notifications),
         std::sync::Arc::new(Webhooks),
     ]
+}
+
+/// The consumers a node runs, its cache consumer calling `on_bump` for every store whose
+/// version it bumped (see [`CacheInvalidationNotifying`]).
+pub fn all_consumers_notifying(
+    on_bump: std::sync::Arc<dyn Fn(StoreId) + Send + Sync>,
+) -> Vec<std::sync::Arc<dyn Consumer>> {
+    let mut all = all_consumers();
+    for c in &mut all {
+        if c.name() == CacheInvalidation.name() {
+            *c = std::sync::Arc::new(CacheInvalidationNotifying(on_bump.clone()));
+        }
+    }
+    all
 }
 
 #[cfg(test)]

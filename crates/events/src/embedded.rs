@@ -243,7 +243,9 @@ impl Reader {
                     (Some(_), None) => self.pos[p as usize],
                     (None, _) => scanned_to,
                 };
+                let touched = crate::consumers::touched(&batch);
                 step.applied += self.log().apply(name, batch, vec![(p, reached)], now).await?;
+                self.consumer.applied(&touched);
                 self.pos[p as usize] = reached;
                 if let Some((row, error)) = failure {
                     if self.failed(p, row, error).await? {
@@ -283,7 +285,9 @@ impl Reader {
         let positions: Vec<(u32, i64)> = (0..self.cfg.partitions)
             .map(|p| if failed.contains(&p) || self.behind(p) { (p, self.pos[p as usize]) } else { (p, end) })
             .collect();
+        let touched = crate::consumers::touched(&batch);
         step.applied += self.log().apply(name, batch, positions.clone(), now).await?;
+        self.consumer.applied(&touched);
         for (p, seq) in positions {
             self.pos[p as usize] = seq;
         }

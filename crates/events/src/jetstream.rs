@@ -960,7 +960,10 @@ impl Worker {
             });
             let errors: Vec<StorageError> =
                 futures::future::join_all(applies).await.into_iter().filter_map(Result::err).collect();
-            let Some(e) = errors.into_iter().next() else { break };
+            let Some(e) = errors.into_iter().next() else {
+                self.consumer.applied(&crate::consumers::touched(ready.iter().map(|r| &r.applied)));
+                break;
+            };
             failures += 1;
             tracing::error!(consumer = %self.durable, error = %e, failures, "could not apply events; retrying");
             if pause(outage_delay(failures), shutdown).await {

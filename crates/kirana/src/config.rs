@@ -73,6 +73,13 @@ pub struct ServeArgs {
     /// production a webhook must not be aimable at the platform's own network).
     #[arg(long, env = "KIRANA_WEBHOOKS_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
     pub webhooks_allow_private: Option<bool>,
+    /// The shared second level of the page cache: `redis://HOST:PORT` (every node then reuses
+    /// what another rendered), or `memory` (each node alone; the default).
+    #[arg(long, env = "KIRANA_CACHE")]
+    pub cache: Option<String>,
+    /// Memory for the node's page cache, in MiB (default 256).
+    #[arg(long, env = "KIRANA_CACHE_MB")]
+    pub cache_mb: Option<u64>,
 }
 
 /// The file layer: every field optional.
@@ -91,6 +98,8 @@ struct FileConfig {
     public_url: Option<String>,
     media_url: Option<String>,
     webhooks_allow_private: Option<bool>,
+    cache: Option<String>,
+    cache_mb: Option<u64>,
     postgres: Option<FilePostgres>,
 }
 
@@ -126,6 +135,10 @@ pub struct Config {
     /// Where uploaded images live (an object_store URL); `None`: `<data-dir>/media`.
     pub media_url: Option<String>,
     pub webhooks_allow_private: bool,
+    /// `Some(redis://…)`: the page cache's shared level; `None`: memory only.
+    pub cache_url: Option<String>,
+    /// The node's page-cache memory bound, in bytes.
+    pub cache_bytes: u64,
     /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
     pub postgres: Option<PgConfig>,
 }
@@ -173,7 +186,18 @@ impl Config {
             Some(other) => bail!("--events must be `embedded` or a nats:// URL, not {other:?}"),
         };
         let postgres = postgres_config(g, file.postgres)?;
+        let cache_url = match serve.and_then(|s| s.cache.clone()).or(file.cache).as_deref().map(str::trim) {
+            None | Some("memory") | Some("") => None,
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => Some(u.to_string()),
+            Some(other) => bail!("--cache must be `memory` or a redis:// URL, not {other:?}"),
+        };
+        let cache_mb = serve.and_then(|s| s.cache_mb).or(file.cache_mb).unwrap_or(256);
+        if !(1..=1 << 20).contains(&cache_mb) {
+            bail!("cache memory must be between 1 and 1048576 MiB, not {cache_mb}");
+        }
         Ok(Config {
+            cache_url,
+            cache_bytes: cache_mb << 20,
             postgres,
             nats_url,
             data_dir,
@@ -315,9 +339,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn defaults_are_the_embedded_laptop_setup() {
-        let serve = ServeArgs {
+    fn serve_args() -> ServeArgs {
+        ServeArgs {
             listen: None,
             trust_proxy: None,
             secret_key: None,
@@ -325,7 +348,29 @@ mod tests {
             public_url: None,
             media_url: None,
             webhooks_allow_private: None,
-        };
+            cache: None,
+            cache_mb: None,
+        }
+    }
+
+    #[test]
+    fn the_page_cache_is_memory_unless_a_redis_url_is_given() {
+        let c = Config::resolve(&globals(), Some(&serve_args())).unwrap();
+        assert_eq!((c.cache_url, c.cache_bytes), (None, 256 << 20));
+        let (_dir, g) = with_file("cache = \"redis://127.0.0.1:6379\"\ncache_mb = 64\n");
+        let c = Config::resolve(&g, Some(&serve_args())).unwrap();
+        assert_eq!((c.cache_url.as_deref(), c.cache_bytes), (Some("redis://127.0.0.1:6379"), 64 << 20));
+        let mut flags = serve_args();
+        flags.cache = Some("memory".into());
+        assert_eq!(Config::resolve(&g, Some(&flags)).unwrap().cache_url, None, "the flag wins over the file");
+        flags.cache = Some("memcached://x".into());
+        let e = Config::resolve(&g, Some(&flags)).unwrap_err().to_string();
+        assert!(e.contains("--cache"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_laptop_setup() {
+        let serve = serve_args();
         let c = Config::resolve(&globals(), Some(&serve)).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./kirana-data"));
         assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:8080");
@@ -341,15 +386,7 @@ mod tests {
         let mut g = globals();
         g.config = Some(path);
         g.shards = Some(2);
-        let serve = ServeArgs {
-            listen: None,
-            trust_proxy: None,
-            secret_key: None,
-            drain_secs: None,
-            public_url: None,
-            media_url: None,
-            webhooks_allow_private: None,
-        };
+        let serve = serve_args();
         let c = Config::resolve(&g, Some(&serve)).unwrap();
         assert_eq!(c.shards, 2, "flag wins over file");
         assert_eq!(c.listen.unwrap().to_string(), "0.0.0.0:9000", "file wins over default");

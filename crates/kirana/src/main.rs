@@ -223,9 +223,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let indexer = kirana_search::IndexerConfig::default();
+    // The cache in front of public reads; this node's cache consumer tells it at once when it
+    // bumped a store's version.
+    let read_cache = kirana_server::read_cache::ReadCache::new(kirana_server::read_cache::ReadCacheConfig {
+        cache: kirana_cache::Config {
+            redis_url: config.cache_url.clone(),
+            max_bytes: config.cache_bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot set up the page cache: {e}"))?;
+    let forget = read_cache.clone();
     let pipeline = kirana_events::Pipeline::start(
         storage.clone(),
-        kirana_events::all_consumers(),
+        kirana_events::consumers::all_consumers_notifying(Arc::new(move |store| forget.forget_version(store))),
         notifier.clone(),
         clock.clone(),
         kirana_events::PipelineConfig {
@@ -259,7 +271,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => (kirana_search::ProductSearch::database_only(storage.clone()), Vec::new()),
     };
-    let state = AppState::new(storage, clock, notifier, server_config).with_media(media).with_search(search);
+    let state = AppState::new(storage, clock, notifier, server_config)
+        .with_media(media)
+        .with_search(search)
+        .with_read_cache(read_cache);
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
     let web = kirana_web::Web::new(&public_url, &otp_key);
     let app = kirana_web::app(state.clone(), web);

@@ -50,6 +50,11 @@ fn policy(method: &Method, path: &str) -> Policy {
     Policy::Private
 }
 
+/// Whether a request is one of the shopper API's public reads (the same answer for everyone).
+pub fn is_public_read(method: &Method, path: &str) -> bool {
+    policy(method, path) == Policy::Public
+}
+
 /// The middleware.
 pub async fn http_cache(req: Request, next: Next) -> Response {
     let policy = policy(req.method(), req.uri().path());
@@ -89,7 +94,7 @@ pub fn etag_of(bytes: &[u8]) -> String {
 
 /// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `*`, or any listed tag equal
 /// once a `W/` prefix is ignored.
-fn matches_etag(header: &HeaderValue, etag: &str) -> bool {
+pub(crate) fn matches_etag(header: &HeaderValue, etag: &str) -> bool {
     let Ok(list) = header.to_str() else { return false };
     list.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }

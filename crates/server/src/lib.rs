@@ -7,6 +7,7 @@
 //! - [`state`]: what handlers share.
 //! - [`http_cache`]: `Cache-Control`, strong ETags and 304s for the API.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`read_cache`]: public storefront reads (pages, the shopper API) served from memory/Redis.
 //! - [`read_routing`]: how fresh each request's reads must be; write tokens for read-your-writes.
 //!
 //! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
@@ -17,6 +18,7 @@ pub mod extract;
 pub mod http_cache;
 pub mod media;
 pub mod metrics;
+pub mod read_cache;
 pub mod read_routing;
 pub mod routes;
 pub mod state;
@@ -49,6 +51,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .method_not_allowed_fallback(error::no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(limit_uri))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_cache::public_api))
         .layer(axum::middleware::from_fn(http_cache::http_cache))
         .layer(axum::middleware::from_fn(read_routing::route_reads))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))

@@ -54,6 +54,9 @@ pub struct AppState {
     /// Product search through this node's index, when it has one; `None` keeps the plain
     /// database title query (newest first) behind `q`.
     pub search: Option<kirana_search::ProductSearch>,
+    /// The cache in front of public storefront reads (pages and the shopper API); `None` reads
+    /// the database every time (tests that are not about caching).
+    pub read_cache: Option<crate::read_cache::ReadCache>,
     /// False once shutdown began: `/readyz` turns 503 so balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
 }
@@ -74,6 +77,7 @@ impl AppState {
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(true)),
             search: None,
+            read_cache: None,
         }
     }
 
@@ -86,6 +90,12 @@ impl AppState {
     /// Answers `q` on product lists through `search` (relevance order, offset cursors).
     pub fn with_search(mut self, search: kirana_search::ProductSearch) -> Self {
         self.search = Some(search);
+        self
+    }
+
+    /// Serves public storefront reads through `cache`.
+    pub fn with_read_cache(mut self, cache: crate::read_cache::ReadCache) -> Self {
+        self.read_cache = Some(cache);
         self
     }
 

@@ -58,7 +58,7 @@ impl Web {
 /// custom-domain rewrite in front of routing.
 pub fn app(state: AppState, web: Arc<Web>) -> Router {
     let platform = domains::platform_host(&web.public_url);
-    let inner = kirana_server::app_with(state.clone(), router(web));
+    let inner = kirana_server::app_with(state.clone(), router(&state, web));
     // The inner router is this one's fallback, so the middleware sees (and may rewrite) every
     // request before the inner router matches it.
     Router::new()
@@ -67,6 +67,6 @@ pub fn app(state: AppState, web: Arc<Web>) -> Router {
 }
 
 /// The pages' routes, to merge into the application router.
-pub fn router(web: Arc<Web>) -> Router<AppState> {
-    Router::new().merge(storefront::router()).merge(dashboard::router()).layer(Extension(web))
+pub fn router(state: &AppState, web: Arc<Web>) -> Router<AppState> {
+    Router::new().merge(storefront::router(state)).merge(dashboard::router()).layer(Extension(web))
 }

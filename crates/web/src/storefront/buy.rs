@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use kirana_domain::cart::{AddressInput, Cart, CartStatus, CheckoutInput, CustomerInput, Quantity};
@@ -54,6 +54,7 @@ async fn render_cart(
     status: StatusCode,
 ) -> WebResult<Response> {
     let cart = open_cart(state, f, &csrf.jar).await;
+    let jar = csrf.jar.clone().add(count_cookie(f, cart.as_ref()));
     let meta = Meta {
         path: "/cart".into(),
         title: format!("Cart · {}", f.store.name),
@@ -61,10 +62,29 @@ async fn render_cart(
         image: None,
         kind: "website",
     };
-    let site = f.site(state, csrf.token(), &csrf.jar, meta).await?;
-    let mut res = f.page("cart.html", CartPage { site, cart, error }, csrf.jar)?;
+    let site = f.private_site(state, csrf.token(), cart.as_ref(), meta).await?;
+    let mut res = f.private_page("cart.html", CartPage { site, cart, error }, jar)?;
     *res.status_mut() = status;
     Ok(res)
+}
+
+/// The cart-count cookie the cached pages' header shows, in step with `cart`.
+fn count_cookie(f: &Front, cart: Option<&Cart>) -> axum_extra::extract::cookie::Cookie<'static> {
+    let n = cart.map_or(0, super::cart_count);
+    cookies::visible(&f.web, cookies::CART_COUNT, n.to_string(), &f.cookie_path())
+}
+
+/// Whether a post comes from a page of this same site: its `Origin` (or, from a browser that
+/// sends none, its `Referer`) names the host it was sent to. A cross-site page can make a browser
+/// post a form but cannot make it lie about where the form was.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let authority = |url: &str| url.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or("").to_string());
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let from = match headers.get(header::ORIGIN) {
+        Some(origin) => origin.to_str().ok().and_then(authority),
+        None => headers.get(header::REFERER).and_then(|r| r.to_str().ok()).and_then(authority),
+    };
+    from.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
 pub async fn cart(State(state): State<AppState>, r: Resolve, csrf: Csrf) -> WebResult<Response> {
@@ -86,10 +106,19 @@ pub async fn change_cart(
     State(state): State<AppState>,
     r: Resolve,
     csrf: Csrf,
+    headers: HeaderMap,
     Form(form): Form<CartForm>,
 ) -> WebResult<Response> {
     let f = found!(r);
-    csrf.check(&form._csrf)?;
+    // The cart page's forms carry this browser's token; the product page is cached and shared,
+    // so its add-to-cart form carries none and must come from this site instead.
+    if form._csrf.is_empty() {
+        if !same_origin(&headers) {
+            return Err(WebError::Csrf);
+        }
+    } else {
+        csrf.check(&form._csrf)?;
+    }
     let variant = VariantId::parse(form.variant_id.trim())
         .ok_or_else(|| WebError::BadRequest("That item is not sold here.".into()))?;
     let asked: i64 = form
@@ -129,7 +158,10 @@ pub async fn change_cart(
         }
     };
     match shard.set_cart_item(&f.scope, id, token_hash, variant, quantity, now).await {
-        Ok(_) => Ok((jar, Redirect::to(&format!("{}/cart", f.base))).into_response()),
+        Ok(cart) => {
+            let jar = jar.add(count_cookie(&f, Some(&cart)));
+            Ok((jar, Redirect::to(&format!("{}/cart", f.base))).into_response())
+        }
         Err(StorageError::InsufficientStock(short)) => {
             let msg = short
                 .iter()
@@ -216,8 +248,8 @@ async fn render_checkout(
         image: None,
         kind: "website",
     };
-    let site = f.site(state, csrf.token(), &csrf.jar, meta).await?;
-    let mut res = f.page("checkout.html", CheckoutPage { site, cart, form, errors }, csrf.jar)?;
+    let site = f.private_site(state, csrf.token(), Some(&cart), meta).await?;
+    let mut res = f.private_page("checkout.html", CheckoutPage { site, cart, form, errors }, csrf.jar)?;
     *res.status_mut() = status;
     Ok(res)
 }
@@ -294,7 +326,8 @@ pub async fn checkout(
     match shard.checkout(&f.scope, cart_id, token_hash, request, key, state.clock.now()).await {
         Ok((order, _replayed)) => {
             let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-            Ok(Redirect::to(&format!("{}/order/{}?token={token}&placed=1", f.base, order.id)).into_response())
+            let jar = CookieJar::new().add(count_cookie(&f, None));
+            Ok((jar, Redirect::to(&format!("{}/order/{}?token={token}&placed=1", f.base, order.id))).into_response())
         }
         Err(StorageError::InsufficientStock(short)) => {
             let msg = short
@@ -365,11 +398,12 @@ pub async fn order(
         image: None,
         kind: "website",
     };
-    let site = f.site(&state, csrf.token(), &csrf.jar, meta).await?;
+    let cart = open_cart(&state, &f, &csrf.jar).await;
+    let site = f.private_site(&state, csrf.token(), cart.as_ref(), meta).await?;
     let enc: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
     // The store's own origin: on a custom domain the link must stay on that domain.
     let status_url = format!("{}/order/{id}?token={enc}", f.origin);
-    f.page(
+    f.private_page(
         "order.html",
         OrderPage { site, order: PublicOrder::from(order), just_placed: q.placed.is_some(), status_url },
         csrf.jar,

@@ -7,9 +7,10 @@ mod pages;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, RawPathParams};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum_extra::extract::CookieJar;
@@ -26,19 +27,50 @@ use crate::{Web, cookies};
 
 pub use buy::sample_contexts;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/robots.txt", get(pages::platform_robots))
+pub fn router(state: &AppState) -> Router<AppState> {
+    // The pages every visitor sees alike, served through the node's read cache.
+    let public = Router::new()
         .route("/{slug}", get(pages::home))
         .route("/{slug}/", get(pages::home))
         .route("/{slug}/category/{category_id}", get(pages::category))
         .route("/{slug}/product/{product_id}", get(pages::product))
         .route("/{slug}/search", get(pages::search))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), page_cache));
+    Router::new()
+        .merge(public)
+        .route("/robots.txt", get(pages::platform_robots))
         .route("/{slug}/sitemap.xml", get(pages::sitemap))
         .route("/{slug}/robots.txt", get(pages::store_robots))
         .route("/{slug}/cart", get(buy::cart).post(buy::change_cart))
         .route("/{slug}/checkout", get(buy::checkout_form).post(buy::checkout))
         .route("/{slug}/order/{order_id}", get(buy::order))
+}
+
+/// Query parameters a public page reads; any other (`utm_source`, `fbclid`, …) changes nothing
+/// on the page, so it is left out of the cache key rather than making a copy per campaign link.
+const PAGE_PARAMS: &[&str] = &["q", "after", "added"];
+
+/// The read cache in front of the public pages: keyed by the host the page is for (its links
+/// differ on a custom domain), its path, and the parameters it reads, in a fixed order.
+async fn page_cache(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(cache) = state.read_cache.clone() else { return next.run(req).await };
+    let domain = req.extensions().get::<OnCustomDomain>().map(|d| d.0.clone());
+    let path = req.uri().path().to_string();
+    let slug = path.trim_start_matches('/').split('/').next().unwrap_or("").to_ascii_lowercase();
+    let mut params: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .filter(|(k, _)| PAGE_PARAMS.contains(&k.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    params.sort();
+    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let what = format!("page:{}:{path}?{query}", domain.as_deref().unwrap_or("-"));
+    cache.serve(&state.storage, &slug, &what, kirana_server::http_cache::PUBLIC, req, next).await
 }
 
 /// A store as its pages see it, resolved from `{slug}`.
@@ -61,32 +93,18 @@ impl Front {
         self.path.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// The shared part of every page's context.
-    pub async fn site(&self, state: &AppState, csrf: &str, jar: &CookieJar, meta: Meta) -> WebResult<Site> {
+    /// The shared part of a public page's context: the same for every visitor, so the page can
+    /// be cached and shared (no form token, no cart count; the layout's script shows the count
+    /// from the `kirana_cart_n` cookie).
+    pub async fn site(&self, state: &AppState, meta: Meta) -> WebResult<Site> {
         let page = PageRequest { after: None, limit: Limit::parse(Some(100)).map_err(WebError::Internal)? };
         let categories = state.storage.shard(&self.scope).categories(&self.scope, page).await?.items;
-        let cart_count = match buy::cart_cookie(jar) {
-            Some((id, token)) => state
-                .storage
-                .shard(&self.scope)
-                .cart(&self.scope, id, token, state.clock.now())
-                .await
-                .map(|c| {
-                    if c.status == kirana_domain::cart::CartStatus::Open {
-                        c.items.iter().map(|l| l.quantity).sum()
-                    } else {
-                        0
-                    }
-                })
-                .unwrap_or(0),
-            None => 0,
-        };
         Ok(Site {
             store: PublicStore::from(&self.store),
             base: self.base.clone(),
             categories,
-            cart_count,
-            csrf: csrf.to_string(),
+            cart_count: None,
+            csrf: String::new(),
             canonical: format!("{}{}", self.origin, meta.path),
             title: meta.title,
             description: meta.description,
@@ -95,15 +113,37 @@ impl Front {
         })
     }
 
-    /// Renders a page with the store's theme, as an uncacheable HTML response (it carries this
-    /// browser's form token and cart).
-    pub fn page(&self, name: &str, ctx: impl Serialize, jar: CookieJar) -> WebResult<Response> {
+    /// The context of a page only this browser sees (cart, checkout, order): with its form token
+    /// and the number of items in its cart.
+    pub async fn private_site(
+        &self,
+        state: &AppState,
+        csrf: &str,
+        cart: Option<&kirana_domain::cart::Cart>,
+        meta: Meta,
+    ) -> WebResult<Site> {
+        let mut site = self.site(state, meta).await?;
+        site.csrf = csrf.to_string();
+        site.cart_count = Some(cart.map_or(0, cart_count));
+        Ok(site)
+    }
+
+    /// Renders a public page with the store's theme: identical for every visitor, so it sets no
+    /// cookie and may be kept by the node's cache and by a CDN (see `page_cache`).
+    pub fn page(&self, name: &str, ctx: impl Serialize) -> WebResult<Response> {
+        let html: Html<String> = self.web.themes.render(&self.web.pages, &self.overrides, name, ctx)?;
+        let mut res = html.into_response();
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(kirana_server::http_cache::PUBLIC));
+        security_headers(&mut res);
+        Ok(res)
+    }
+
+    /// Renders a page that carries this browser's form token and cart: never stored anywhere.
+    pub fn private_page(&self, name: &str, ctx: impl Serialize, jar: CookieJar) -> WebResult<Response> {
         let html: Html<String> = self.web.themes.render(&self.web.pages, &self.overrides, name, ctx)?;
         let mut res = (jar, html).into_response();
-        let h = res.headers_mut();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+        security_headers(&mut res);
         Ok(res)
     }
 
@@ -114,6 +154,17 @@ impl Front {
     pub fn cookie(&self, name: &'static str, value: String) -> axum_extra::extract::cookie::Cookie<'static> {
         cookies::build(&self.web, name, value, &self.cookie_path(), Some(time::Duration::days(30)))
     }
+}
+
+fn security_headers(res: &mut Response) {
+    let h = res.headers_mut();
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+}
+
+/// Items in an open cart (0 once it became an order).
+pub fn cart_count(cart: &kirana_domain::cart::Cart) -> u32 {
+    if cart.status == kirana_domain::cart::CartStatus::Open { cart.items.iter().map(|l| l.quantity).sum() } else { 0 }
 }
 
 /// An image URL chat apps can fetch: absolute, and for an upload one of its variant files
@@ -140,7 +191,9 @@ pub struct Site {
     pub store: PublicStore,
     pub base: String,
     pub categories: Vec<Category>,
-    pub cart_count: u32,
+    /// Only on private pages; public ones leave it to the layout's script.
+    pub cart_count: Option<u32>,
+    /// This browser's form token; empty on public pages, which have no form that needs one.
     pub csrf: String,
     pub canonical: String,
     pub title: String,

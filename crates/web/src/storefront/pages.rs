@@ -11,7 +11,6 @@ use kirana_storage::ProductFilter;
 use serde::{Deserialize, Serialize};
 
 use super::{Meta, Resolve, Site, found};
-use crate::csrf::Csrf;
 use crate::error::{WebError, WebResult};
 
 /// Products per page on lists: a phone's first screens.
@@ -50,12 +49,7 @@ fn describe(text: &str, max: usize) -> String {
     }
 }
 
-pub async fn home(
-    State(state): State<AppState>,
-    r: Resolve,
-    csrf: Csrf,
-    Query(q): Query<ListQuery>,
-) -> WebResult<Response> {
+pub async fn home(State(state): State<AppState>, r: Resolve, Query(q): Query<ListQuery>) -> WebResult<Response> {
     let f = found!(r);
     let filter = ProductFilter { status: Some(ProductStatus::Active), ..Default::default() };
     let page = state.storage.shard(&f.scope).products(&f.scope, filter, page_request(q.after.as_deref())?).await?;
@@ -72,7 +66,7 @@ pub async fn home(
         image,
         kind: "website",
     };
-    let site = f.site(&state, csrf.token(), &csrf.jar, meta).await?;
+    let site = f.site(&state, meta).await?;
     let next = page.next_cursor.map(|c| format!("after={c}"));
     let ctx = ListPage {
         site,
@@ -81,15 +75,10 @@ pub async fn home(
         products: page.items.into_iter().map(PublicProduct::from).collect(),
         next,
     };
-    f.page("home.html", ctx, csrf.jar)
+    f.page("home.html", ctx)
 }
 
-pub async fn category(
-    State(state): State<AppState>,
-    r: Resolve,
-    csrf: Csrf,
-    Query(q): Query<ListQuery>,
-) -> WebResult<Response> {
+pub async fn category(State(state): State<AppState>, r: Resolve, Query(q): Query<ListQuery>) -> WebResult<Response> {
     let f = found!(r);
     let id = f.param("category_id").and_then(CategoryId::parse).ok_or(WebError::NotFound)?;
     let shard = state.storage.shard(&f.scope);
@@ -107,7 +96,7 @@ pub async fn category(
         image: page.items.iter().find_map(|p| p.images.first().cloned()),
         kind: "website",
     };
-    let site = f.site(&state, csrf.token(), &csrf.jar, meta).await?;
+    let site = f.site(&state, meta).await?;
     let next = page.next_cursor.map(|c| format!("after={c}"));
     let ctx = ListPage {
         site,
@@ -116,7 +105,7 @@ pub async fn category(
         products: page.items.into_iter().map(PublicProduct::from).collect(),
         next,
     };
-    f.page("category.html", ctx, csrf.jar)
+    f.page("category.html", ctx)
 }
 
 #[derive(Serialize)]
@@ -133,12 +122,7 @@ pub struct ProductQuery {
     added: Option<String>,
 }
 
-pub async fn product(
-    State(state): State<AppState>,
-    r: Resolve,
-    csrf: Csrf,
-    Query(q): Query<ProductQuery>,
-) -> WebResult<Response> {
+pub async fn product(State(state): State<AppState>, r: Resolve, Query(q): Query<ProductQuery>) -> WebResult<Response> {
     let f = found!(r);
     let id = f.param("product_id").and_then(ProductId::parse).ok_or(WebError::NotFound)?;
     let p = state.storage.shard(&f.scope).product(&f.scope, id).await?;
@@ -158,18 +142,13 @@ pub async fn product(
         image: product.images.first().cloned(),
         kind: "product",
     };
-    let site = f.site(&state, csrf.token(), &csrf.jar, meta).await?;
+    let site = f.site(&state, meta).await?;
     let selected = product.variants.iter().find(|v| v.available).map(|v| v.id.to_string());
     let ctx = ProductPage { site, product, selected, added: q.added.is_some() };
-    f.page("product.html", ctx, csrf.jar)
+    f.page("product.html", ctx)
 }
 
-pub async fn search(
-    State(state): State<AppState>,
-    r: Resolve,
-    csrf: Csrf,
-    Query(q): Query<ListQuery>,
-) -> WebResult<Response> {
+pub async fn search(State(state): State<AppState>, r: Resolve, Query(q): Query<ListQuery>) -> WebResult<Response> {
     let f = found!(r);
     let query =
         q.q.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(|s| s.chars().take(100).collect::<String>());
@@ -207,9 +186,9 @@ pub async fn search(
         image: None,
         kind: "website",
     };
-    let site = f.site(&state, csrf.token(), &csrf.jar, meta).await?;
+    let site = f.site(&state, meta).await?;
     let ctx = ListPage { site, category: None, q: query, products, next };
-    f.page("search.html", ctx, csrf.jar)
+    f.page("search.html", ctx)
 }
 
 fn xml_escape(s: &str) -> String {

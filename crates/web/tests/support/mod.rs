@@ -245,6 +245,11 @@ impl Page {
         field(&self.body, name).unwrap_or_else(|| panic!("no field {name:?} in page:\n{}", self.body))
     }
 
+    /// A response header, or "" when absent.
+    pub fn header(&self, name: &str) -> String {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    }
+
     /// The `_csrf` token of the page's forms.
     #[track_caller]
     pub fn csrf(&self) -> String {
@@ -404,8 +409,33 @@ impl Browser {
     }
 
     async fn send(&self, method: Method, uri: &str, form: Option<String>) -> Page {
+        // Browsers say where every form post comes from.
+        let origin = (method == Method::POST).then(|| format!("http://{}", self.host));
+        self.send_from(method, uri, origin.as_deref(), None, form).await
+    }
+
+    /// Posts an urlencoded `body` with the given `Origin` and `Referer` (or none), as a form on
+    /// another site, or an old browser, would.
+    pub async fn post_raw(&self, uri: &str, origin: Option<&str>, referer: Option<&str>, body: String) -> Page {
+        self.send_from(Method::POST, uri, origin, referer, Some(body)).await
+    }
+
+    async fn send_from(
+        &self,
+        method: Method,
+        uri: &str,
+        origin: Option<&str>,
+        referer: Option<&str>,
+        form: Option<String>,
+    ) -> Page {
         let path = uri.split('?').next().unwrap_or(uri).to_string();
         let mut b = Request::builder().method(method).uri(uri).header(header::HOST, &self.host);
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        if let Some(r) = referer {
+            b = b.header(header::REFERER, r);
+        }
         if let Some(cookies) = self.cookie_header(&path) {
             b = b.header(header::COOKIE, cookies);
         }
@@ -440,6 +470,7 @@ impl Browser {
             .method(Method::POST)
             .uri(uri)
             .header(header::HOST, &self.host)
+            .header(header::ORIGIN, format!("http://{}", self.host))
             .header(header::CONTENT_TYPE, content_type);
         if let Some(cookies) = self.cookie_header(&path) {
             b = b.header(header::COOKIE, cookies);
