@@ -27,6 +27,7 @@ pub mod directory;
 pub mod error;
 pub mod log;
 pub mod postgres;
+pub mod query_count;
 pub mod scope;
 pub mod shard;
 pub mod sqlite;

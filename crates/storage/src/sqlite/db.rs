@@ -49,7 +49,8 @@ pub(crate) struct Db {
 impl Db {
     /// Opens (creating if needed) the file, brings its schema up to date, starts the writer.
     pub(crate) fn open(path: &Path, name: &str, opts: &SqliteOptions, migrations: &[Migration]) -> Result<Db> {
-        let writer = Connection::open(path)?;
+        let mut writer = Connection::open(path)?;
+        crate::query_count::watch(&mut writer)?;
         configure(&writer, opts, false)?;
         super::schema::migrate(&writer, migrations)?;
         // Checkpoints copy the WAL back into the database file. Left to SQLite they run inside a
@@ -59,8 +60,9 @@ impl Db {
         let checkpointer = spawn_checkpointer(path, name)?;
         let mut readers = Vec::with_capacity(opts.readers.max(1));
         for _ in 0..opts.readers.max(1) {
-            let c =
+            let mut c =
                 Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            crate::query_count::watch(&mut c)?;
             configure(&c, opts, true)?;
             readers.push(Mutex::new(c));
         }

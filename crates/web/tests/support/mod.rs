@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use kirana_domain::{ManualClock, Timestamp};
 use kirana_server::auth::MemoryNotifier;
 use kirana_server::media::MediaStore;
+use kirana_server::read_cache::{ReadCache, ReadCacheConfig};
 use kirana_server::{AppState, ServerConfig};
 use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use kirana_storage::{Storage, StoreScope};
@@ -91,6 +92,33 @@ impl Platform {
         let router =
             kirana_web::app(state.clone(), web.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
         Platform { router, state, web, notifier, clock, storage, _dir: dir }
+    }
+
+    /// The platform as `kirana serve` runs it: public reads through a read cache (memory, or
+    /// Redis at `redis`), and with `events`, the embedded event pipeline whose cache consumer
+    /// bumps versions and tells this node at once.
+    pub async fn cached(redis: Option<&str>, events: bool) -> (Platform, ReadCache, Option<kirana_events::Pipeline>) {
+        let mut p = Platform::new().await;
+        let config = ReadCacheConfig {
+            cache: kirana_cache::Config { redis_url: redis.map(str::to_owned), ..Default::default() },
+            ..Default::default()
+        };
+        let cache = ReadCache::new(config).expect("a read cache");
+        let state = p.state.clone().with_read_cache(cache.clone());
+        p.router = kirana_web::app(state.clone(), p.web.clone())
+            .layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
+        p.state = state;
+        let pipeline = events.then(|| {
+            let forget = cache.clone();
+            kirana_events::Pipeline::start(
+                p.storage.clone(),
+                kirana_events::consumers::all_consumers_notifying(Arc::new(move |s| forget.forget_version(s))),
+                p.notifier.clone(),
+                Arc::new(p.clock.clone()),
+                kirana_events::PipelineConfig::default(),
+            )
+        });
+        (p, cache, pipeline)
     }
 
     /// A browser with an empty cookie jar, addressing the platform's host.
