@@ -35,6 +35,7 @@ mod error;
 mod key;
 mod l2;
 mod metrics;
+pub mod testing;
 mod value;
 mod versions;
 

@@ -8,12 +8,11 @@
 //! These run on real time (a paused clock would fire the deadline while real sockets are
 //! waited on); what they assert about time they assert with the L2's counters, not a stopwatch.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use kirana_cache::testing::OwnRedis;
 use kirana_cache::{BreakerState, Cache, CacheKey, Config, Source, Ttl, Value};
 use kirana_domain::StoreId;
 
@@ -62,64 +61,6 @@ fn counted(
     async move {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok(Value::new("text/html", body))
-    }
-}
-
-/// A `redis-server` of this test's own, on a free port, in a temporary directory.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Self { port, dir: tempfile::tempdir().unwrap(), child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (again, on the same port) and returns once it says it accepts connections.
-    fn restart(&mut self) {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (Debian's redis-server package)");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut seen = Vec::new();
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if line.contains("Ready to accept connections") {
-                self.child = Some(child);
-                return;
-            }
-            seen.push(line);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server on port {} exited before it was ready:\n{}", self.port, seen.join("\n"));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

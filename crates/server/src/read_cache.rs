@@ -1,6 +1,6 @@
 //! The node's cache in front of what every visitor of a store sees alike: the storefront's
 //! public pages and the shopper API's public reads. A hit costs no query at all: the store's
-//! scope and cache version are remembered (the version for a second, see `kirana_cache::Versions`)
+//! scope and cache version are remembered (for a second, see `kirana_cache::Versions`)
 //! and the bytes come from memory, or from Redis when another node rendered them.
 //!
 //! Keys are `(store, cache_version, what)`. The cache-invalidation consumer bumps the version on
@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -64,8 +66,10 @@ pub struct ReadCache {
 struct Inner {
     cache: Cache,
     versions: Versions,
-    /// Slug → scope, as last resolved: used only when the directory cannot answer.
-    scopes: moka::sync::Cache<String, StoreScope>,
+    /// Slug → scope and when it was resolved: trusted for `scope_ttl`, and past it whenever the
+    /// directory cannot answer.
+    scopes: moka::sync::Cache<String, (StoreScope, Instant)>,
+    scope_ttl: Duration,
     ttl: Ttl,
 }
 
@@ -98,6 +102,7 @@ impl ReadCache {
             cache: Cache::new(config.cache)?,
             versions: Versions::new(config.version_ttl, 1_000_000),
             scopes: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
+            scope_ttl: config.version_ttl,
             ttl: config.ttl,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -151,22 +156,29 @@ impl ReadCache {
     }
 
     /// The scope of a current slug; `None` for an old slug or an unknown one (the handler
-    /// redirects or answers 404). When the directory fails, the last scope seen for the slug.
+    /// redirects or answers 404). Remembered as long as a version is (a renamed store's old
+    /// slug may serve its cached pages that long before it redirects); when the directory
+    /// fails, the last scope seen for the slug.
     async fn scope(&self, storage: &Storage, slug: &str) -> Option<StoreScope> {
+        let known = self.inner.scopes.get(slug);
+        if let Some((scope, at)) = &known
+            && Instant::now() < *at + self.inner.scope_ttl
+        {
+            return Some(scope.clone());
+        }
         match storage.scope_for_slug(slug).await {
             Ok((scope, true)) => {
-                if self.inner.scopes.get(slug).as_ref() != Some(&scope) {
-                    self.inner.scopes.insert(slug.to_owned(), scope.clone());
-                }
+                self.inner.scopes.insert(slug.to_owned(), (scope.clone(), Instant::now()));
                 Some(scope)
             }
-            Ok((_, false)) | Err(StorageError::NotFound) => None,
+            Ok((_, false)) | Err(StorageError::NotFound) => {
+                self.inner.scopes.invalidate(slug);
+                None
+            }
             Err(e) => {
-                let known = self.inner.scopes.get(slug);
-                if known.is_some() {
-                    tracing::warn!(slug, error = %e, "the directory cannot answer: using the store's last known scope");
-                }
-                known
+                let (scope, _) = known?;
+                tracing::warn!(slug, error = %e, "the directory cannot answer: using the store's last known scope");
+                Some(scope)
             }
         }
     }

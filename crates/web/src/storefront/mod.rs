@@ -230,7 +230,7 @@ impl FromRequestParts<AppState> for Resolve {
             .map(|(_, v)| v.to_ascii_lowercase())
             .filter(|s| s.len() <= 64)
             .ok_or(WebError::NotFound)?;
-        let (scope, canonical) = state.storage.scope_for_slug(&slug).await.map_err(|_| WebError::NotFound)?;
+        let (scope, canonical) = state.storage.scope_for_slug(&slug).await?;
         let domain = parts.extensions.get::<OnCustomDomain>().cloned();
         if !canonical && domain.is_none() {
             // An old slug: send browsers (and search engines) to the current one.

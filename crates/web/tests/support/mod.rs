@@ -22,7 +22,6 @@ use kirana_storage::sqlite::{SqliteOptions, Synchronous};
 use kirana_storage::{Storage, StoreScope};
 use kirana_web::Web;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tower::ServiceExt;
 
 /// The platform's public address in tests; its host is what "the platform" answers on.
@@ -39,7 +38,8 @@ pub struct Platform {
     pub notifier: Arc<MemoryNotifier>,
     pub clock: ManualClock,
     pub storage: Storage,
-    _dir: TempDir,
+    /// The databases (a temp directory, temp PostgreSQL databases), removed with the platform.
+    _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// A JSON API answer.
@@ -84,6 +84,11 @@ impl Platform {
         let dir = tempfile::tempdir().expect("temp dir");
         let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
         let storage = kirana_storage::sqlite::open(dir.path(), 1, &opts).expect("open storage");
+        Platform::over(storage, Box::new(dir))
+    }
+
+    /// The platform over `storage` (PostgreSQL, say); `keep` is dropped with it.
+    pub fn over(storage: Storage, keep: Box<dyn std::any::Any + Send + Sync>) -> Platform {
         let clock = ManualClock::new(Timestamp::from_millis(T0));
         let notifier = Arc::new(MemoryNotifier::default());
         let state = AppState::new(storage.clone(), Arc::new(clock.clone()), notifier.clone(), ServerConfig::default())
@@ -91,23 +96,21 @@ impl Platform {
         let web = Web::new(PUBLIC_URL, &[7u8; 32]);
         let router =
             kirana_web::app(state.clone(), web.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
-        Platform { router, state, web, notifier, clock, storage, _dir: dir }
+        Platform { router, state, web, notifier, clock, storage, _keep: keep }
     }
 
     /// The platform as `kirana serve` runs it: public reads through a read cache (memory, or
     /// Redis at `redis`), and with `events`, the embedded event pipeline whose cache consumer
     /// bumps versions and tells this node at once.
-    pub async fn cached(redis: Option<&str>, events: bool) -> (Platform, ReadCache, Option<kirana_events::Pipeline>) {
-        let mut p = Platform::new().await;
-        let config = ReadCacheConfig {
-            cache: kirana_cache::Config { redis_url: redis.map(str::to_owned), ..Default::default() },
-            ..Default::default()
-        };
+    pub fn cached(
+        mut self,
+        config: ReadCacheConfig,
+        events: bool,
+    ) -> (Platform, ReadCache, Option<kirana_events::Pipeline>) {
+        let p = &mut self;
         let cache = ReadCache::new(config).expect("a read cache");
-        let state = p.state.clone().with_read_cache(cache.clone());
-        p.router = kirana_web::app(state.clone(), p.web.clone())
-            .layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
-        p.state = state;
+        p.router = p.node(&cache);
+        p.state = p.state.clone().with_read_cache(cache.clone());
         let pipeline = events.then(|| {
             let forget = cache.clone();
             kirana_events::Pipeline::start(
@@ -118,7 +121,13 @@ impl Platform {
                 kirana_events::PipelineConfig::default(),
             )
         });
-        (p, cache, pipeline)
+        (self, cache, pipeline)
+    }
+
+    /// Another node over the same databases, with a read cache of its own.
+    pub fn node(&self, cache: &ReadCache) -> Router {
+        let state = self.state.clone().with_read_cache(cache.clone());
+        kirana_web::app(state, self.web.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))))
     }
 
     /// A browser with an empty cookie jar, addressing the platform's host.
@@ -476,6 +485,18 @@ impl Browser {
         let status = res.status();
         let headers = res.headers().clone();
         self.keep(&headers, &path);
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    /// A GET with extra request headers (`If-None-Match`, say), keeping no cookie.
+    pub async fn get_with(&self, uri: &str, headers: &[(&str, &str)]) -> Page {
+        let mut b = Request::builder().method(Method::GET).uri(uri).header(header::HOST, &self.host);
+        for (name, value) in headers {
+            b = b.header(*name, *value);
+        }
+        let res = self.router.clone().oneshot(b.body(Body::empty()).expect("request")).await.expect("router answers");
+        let (status, headers) = (res.status(), res.headers().clone());
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
     }

@@ -124,6 +124,16 @@ impl PgPair {
         url(self.replica_port)
     }
 
+    /// A clean stop (`-m fast`) of the primary: the shard's database is down.
+    pub fn stop_primary(&self) {
+        let data = self.data_dir("primary");
+        self.pg_checked(
+            &format!("{}/pg_ctl -D {} -m fast -w -t 30 stop", self.bin.display(), data.display()),
+            "stop the primary",
+            Some("primary"),
+        );
+    }
+
     /// Stops applying WAL on the replica; it keeps receiving it.
     pub fn pause_replay(&self) {
         self.replica_sql("SELECT pg_wal_replay_pause()");
