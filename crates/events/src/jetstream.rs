@@ -100,6 +100,9 @@ pub struct JetStreamConfig {
     pub idle: Duration,
     /// The limit on every request to NATS (connect, publish ack, stream and consumer calls).
     pub timeout: Duration,
+    /// Readers of the outbox itself, one position per shard (the search indexer), that the
+    /// relay's trimming waits for: the stream is the consumers' log, not theirs.
+    pub trim_behind: Vec<String>,
 }
 
 impl JetStreamConfig {
@@ -120,6 +123,7 @@ impl JetStreamConfig {
             fetch_wait: Duration::from_secs(2),
             idle: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
+            trim_behind: Vec::new(),
         }
     }
 }
@@ -454,8 +458,16 @@ impl Relay {
             let upto = rows[acked - 1].seq;
             let log = self.log()?;
             log.apply(RELAY, vec![], vec![(0, upto)], self.clock.now()).await?;
-            // The relay, not the consumers, trims in this backend: the stream is their log.
-            log.trim_outbox(upto).await?;
+            // The relay, not the consumers, trims in this backend (the stream is their log),
+            // but no further than what the outbox's own readers have read.
+            let mut floor = upto;
+            for name in &self.bus.inner.cfg.trim_behind {
+                let read = log.positions(name).await?.iter().find(|(p, _)| *p == 0).map_or(0, |(_, s)| *s);
+                floor = floor.min(read);
+            }
+            if floor > 0 {
+                log.trim_outbox(floor).await?;
+            }
             self.position = Some(upto);
         }
         match failure {

@@ -29,9 +29,8 @@ pub struct PipelineConfig {
     pub backend: Backend,
     pub reader: ReaderConfig,
     pub webhooks: crate::webhooks::WebhookConfig,
-    /// Other readers of the embedded outbox, with one position per shard, that trimming must
-    /// wait for (the search indexer's consumer name). The JetStream relay trims after
-    /// publishing, so there they get nothing from this (see decision 0019).
+    /// Other readers of the outbox, with one position per shard, that trimming must wait for
+    /// (the search indexer's consumer name): the embedded trimmer's and the JetStream relay's.
     pub also_trim_behind: Vec<String>,
 }
 
@@ -79,7 +78,8 @@ impl Pipeline {
                     }
                 }));
             }
-            Backend::JetStream(js) => {
+            Backend::JetStream(mut js) => {
+                js.trim_behind.extend(cfg.also_trim_behind.iter().cloned());
                 // The relay trims the outbox in this backend: the stream is the consumers' log.
                 // Opening never waits for the server: a node whose NATS is down still starts,
                 // and orders wait in the outbox until it answers.

@@ -259,6 +259,41 @@ async fn a_burst_of_orders_reaches_every_consumer_once_and_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_trims_no_further_than_the_outboxs_own_readers_have_read() {
+    logs();
+    let url = shared_nats();
+    let world = World::new(1, 4).await;
+    let mut config = test_config(&url, 4);
+    config.trim_behind = vec!["search".into()];
+    let bus = jetstream::connect(config).await.expect("the shared NATS answers");
+    let (consumers, _) = watched_consumers();
+    let list = names(&consumers);
+    let running = Running::start(&bus, &world, consumers, patient());
+
+    world.burst(20, 4, Duration::ZERO).await;
+    eventually(Duration::from_secs(30), "applied", || world.all_settled()).await;
+    caught_up(&bus, &list).await;
+    let written = world.events_written().await;
+    assert_eq!(world.outbox_rows().await, written, "the search indexer has read nothing: nothing is trimmed");
+
+    // The indexer reads ten rows; the relay's next batch trims those and no more.
+    let log = world.storage.logs().next().expect("a shard");
+    let tenth = log.outbox_after(0, 10).await.unwrap().last().expect("ten rows").seq;
+    log.apply("search", vec![], vec![(0, tenth)], world.clock.now()).await.unwrap();
+    world.burst(1, 1, Duration::ZERO).await;
+    let written = world.events_written().await;
+    eventually(Duration::from_secs(30), "the relay trims behind the indexer", || async {
+        match world.outbox_rows().await {
+            n if n == written - 10 => Ok(()),
+            n => Err(format!("{n} rows")),
+        }
+    })
+    .await;
+    running.stop().await;
+    drop_streams(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_killed_mid_burst_loses_nothing_and_applies_nothing_twice() {
     logs();
     let mut nats = OwnNats::start();

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Memory for the node's page cache, in MiB (default 256).
     #[arg(long, env = "KIRANA_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// This node's name among several serving the same databases (letters, digits, `-`): its
+    /// search index keeps its place in the event log as `search.<name>` rather than `search`.
+    #[arg(long, env = "KIRANA_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 /// The file layer: every field optional.
@@ -100,6 +104,7 @@ struct FileConfig {
     webhooks_allow_private: Option<bool>,
     cache: Option<String>,
     cache_mb: Option<u64>,
+    node_name: Option<String>,
     postgres: Option<FilePostgres>,
 }
 
@@ -139,6 +144,8 @@ pub struct Config {
     pub cache_url: Option<String>,
     /// The node's page-cache memory bound, in bytes.
     pub cache_bytes: u64,
+    /// The consumer name the node's search indexer keeps its positions under.
+    pub search_consumer: String,
     /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
     pub postgres: Option<PgConfig>,
 }
@@ -195,7 +202,17 @@ impl Config {
         if !(1..=1 << 20).contains(&cache_mb) {
             bail!("cache memory must be between 1 and 1048576 MiB, not {cache_mb}");
         }
+        let search_consumer = match serve.and_then(|s| s.node_name.clone()).or(file.node_name) {
+            None => "search".to_string(),
+            Some(name)
+                if (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
+                format!("search.{}", name.to_ascii_lowercase())
+            }
+            Some(name) => bail!("--node-name must be 1 to 32 letters, digits or '-', not {name:?}"),
+        };
         Ok(Config {
+            search_consumer,
             cache_url,
             cache_bytes: cache_mb << 20,
             postgres,
@@ -350,7 +367,18 @@ mod tests {
             webhooks_allow_private: None,
             cache: None,
             cache_mb: None,
+            node_name: None,
         }
+    }
+
+    #[test]
+    fn a_named_node_keeps_its_search_position_under_its_own_name() {
+        assert_eq!(Config::resolve(&globals(), Some(&serve_args())).unwrap().search_consumer, "search");
+        let mut named = serve_args();
+        named.node_name = Some("Node-2".into());
+        assert_eq!(Config::resolve(&globals(), Some(&named)).unwrap().search_consumer, "search.node-2");
+        named.node_name = Some("a b".into());
+        assert!(Config::resolve(&globals(), Some(&named)).is_err());
     }
 
     #[test]

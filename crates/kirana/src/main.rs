@@ -222,7 +222,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let indexer = kirana_search::IndexerConfig::default();
+    let indexer = kirana_search::IndexerConfig { consumer: config.search_consumer.clone(), ..Default::default() };
     // The cache in front of public reads; this node's cache consumer tells it at once when it
     // bumped a store's version.
     let read_cache = kirana_server::read_cache::ReadCache::new(kirana_server::read_cache::ReadCacheConfig {
