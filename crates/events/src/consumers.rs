@@ -30,8 +30,21 @@ pub(crate) fn touched<'a>(batch: impl IntoIterator<Item = &'a kirana_storage::Ap
     stores
 }
 
-/// Carts change no page a cache holds; everything else about a store may.
-fn changes_pages(kind: &str) -> bool {
+/// Whether a store's pages can look different after `event`: the store, its categories and
+/// products, a variant selling out (`stock.changed`), an order cancelled back into stock. An order
+/// otherwise changes no page (a page shows availability, a yes or no, which only selling out or
+/// restocking flips), so a store taking orders keeps its cached pages.
+pub fn changes_pages(event: &Event) -> bool {
+    let kind = event.kind.as_str();
+    kind.starts_with("store.")
+        || kind.starts_with("category.")
+        || kind.starts_with("product.")
+        || kind == kinds::STOCK_CHANGED
+        || (kind == kinds::ORDER_TRANSITIONED && event.payload.get("restocked").and_then(Value::as_bool) == Some(true))
+}
+
+/// Carts are the shopper's business; everything else about a store is the merchant's.
+fn for_merchants(kind: &str) -> bool {
     !kind.starts_with("cart.")
 }
 
@@ -45,7 +58,7 @@ impl Consumer for CacheInvalidation {
     }
 
     fn effects(&self, event: &Event) -> Result<Vec<Effect>, String> {
-        Ok(if changes_pages(&event.kind) { vec![Effect::BumpCacheVersion] } else { vec![] })
+        Ok(if changes_pages(event) { vec![Effect::BumpCacheVersion] } else { vec![] })
     }
 }
 
@@ -184,7 +197,7 @@ impl Consumer for Webhooks {
     }
 
     fn effects(&self, event: &Event) -> Result<Vec<Effect>, String> {
-        Ok(if changes_pages(&event.kind) { vec![Effect::Webhooks] } else { vec![] })
+        Ok(if for_merchants(&event.kind) { vec![Effect::Webhooks] } else { vec![] })
     }
 }
 
@@ -263,5 +276,21 @@ mod tests {
         assert!(Webhooks.effects(&cart).unwrap().is_empty());
         let product = Event::new(StoreId::generate(), kinds::PRODUCT_UPDATED, Timestamp::from_millis(0), json!({}));
         assert_eq!(CacheInvalidation.effects(&product).unwrap(), vec![Effect::BumpCacheVersion]);
+    }
+
+    #[test]
+    fn orders_invalidate_pages_only_when_they_flip_availability() {
+        let event =
+            |kind: &str, payload: Value| Event::new(StoreId::generate(), kind, Timestamp::from_millis(0), payload);
+        let bumps = |e: &Event| CacheInvalidation.effects(e).unwrap() == vec![Effect::BumpCacheVersion];
+        assert!(!bumps(&placed(json!({}))), "an order alone changes no page");
+        assert!(!bumps(&event(kinds::CUSTOMER_UPSERTED, json!({}))));
+        assert!(!bumps(&event(kinds::COUPON_REDEEMED, json!({}))));
+        assert!(bumps(&event(kinds::STOCK_CHANGED, json!({ "stock": 0 }))), "a variant sold out");
+        assert!(bumps(&event(kinds::ORDER_TRANSITIONED, json!({ "to": "cancelled", "restocked": true }))));
+        assert!(!bumps(&event(kinds::ORDER_TRANSITIONED, json!({ "to": "shipped", "restocked": false }))));
+        assert!(bumps(&event(kinds::STORE_UPDATED, json!({}))) && bumps(&event(kinds::CATEGORY_DELETED, json!({}))));
+        // Webhooks still hear of every order.
+        assert_eq!(Webhooks.effects(&placed(json!({}))).unwrap(), vec![Effect::Webhooks]);
     }
 }

@@ -143,7 +143,7 @@ impl World {
     /// Events of a store that change its pages (everything but carts).
     async fn page_events(&self, shop: &Shop) -> i64 {
         let events = self.storage.shard(&shop.scope).events(&shop.scope, 0, 10_000).await.unwrap();
-        events.iter().filter(|(_, e)| !e.kind.starts_with("cart.")).count() as i64
+        events.iter().filter(|(_, e)| kirana_events::consumers::changes_pages(e)).count() as i64
     }
 }
 

@@ -157,3 +157,9 @@ pub trait ShardLog: Send + Sync {
         now: Timestamp,
     ) -> Result<()>;
 }
+
+/// The payload of `stock.changed` when a sale took a variant's last unit: what pages (sold out)
+/// and merchants' webhooks need to know.
+pub(crate) fn sold_out(product: kirana_domain::ProductId, variant: kirana_domain::VariantId) -> serde_json::Value {
+    serde_json::json!({ "product_id": product, "variant_id": variant, "stock": 0, "reason": "sold_out" })
+}

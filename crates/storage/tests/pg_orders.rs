@@ -634,9 +634,11 @@ async fn scenario(b: &dyn Orders) -> Vec<Value> {
         .chain(cart(6)) // A: five accepted changes and one removal of nothing
         .chain(cart(1)) // F
         .chain(placed) // A
+        .chain(["stock.changed"]) // A took a variant's last unit
         .chain(cart(1)) // B
         .chain(cart(0)) // C
         .chain(placed) // B
+        .chain(["stock.changed"]) // and so did B
         .chain(cart(1)) // D
         .chain(placed) // D
         .chain(["coupon.updated"])

@@ -44,6 +44,17 @@ async fn a_cached_page_is_served_with_validators_and_an_edit_reaches_the_next_re
     let page = format!("/{slug}/product/{pid}");
     let api = format!("/api/v1/storefront/{slug}/products/{pid}");
     let b = p.browser();
+    // The store's creation and its product's have bumped its version.
+    let scope = p.scope(&slug).await;
+    eventually("the pipeline has applied the setup", || {
+        let (storage, scope) = (p.storage.clone(), scope.clone());
+        async move {
+            let events = storage.shard(&scope).events(&scope, 0, 1000).await.unwrap();
+            let pages = events.iter().filter(|(_, e)| kirana_events::consumers::changes_pages(e)).count() as i64;
+            (storage.shard(&scope).cache_version(&scope).await.unwrap() == pages).then_some(())
+        }
+    })
+    .await;
 
     let first = b.get(&page).await;
     assert_eq!(first.header("x-kirana-cache"), "miss");
@@ -299,4 +310,63 @@ async fn with_the_shards_database_stopped_cached_pages_serve_and_checkout_answer
     let cart =
         p.api(axum::http::Method::POST, &format!("/api/v1/storefront/{slug}/carts"), None, Some(json!({}))).await;
     assert_eq!(cart.status.as_u16(), 503, "{}", cart.body);
+}
+
+#[tokio::test]
+async fn an_order_leaves_cached_pages_alone_unless_it_sells_the_last_unit() {
+    let (p, _cache, pipeline) = Platform::new().await.cached(config(), true);
+    let shop = p.shop("+919800007006", "Last Unit Store").await;
+    let pid = id(&p.product(&shop, json!({ "title": "Rare Honey", "price": 50000, "stock": 2 })).await);
+    let slug = shop.slug();
+    let page = format!("/{slug}/product/{pid}");
+    let b = p.browser();
+    let scope = p.scope(&slug).await;
+    let version = || {
+        let (storage, scope) = (p.storage.clone(), scope.clone());
+        async move { storage.shard(&scope).cache_version(&scope).await.unwrap() }
+    };
+    let settled = || async {
+        eventually("the pipeline has applied every page-changing event", || async {
+            let events = p.storage.shard(&scope).events(&scope, 0, 1000).await.unwrap();
+            let pages = events.iter().filter(|(_, e)| kirana_events::consumers::changes_pages(e)).count() as i64;
+            (version().await == pages).then_some(())
+        })
+        .await
+    };
+    settled().await;
+    assert!(b.get(&page).await.html().contains("Add to cart"));
+    let buy = |phone: &'static str| {
+        let (b, slug, pid) = (p.browser(), slug.clone(), pid.clone());
+        async move {
+            add_to_cart_from(&b, &slug, &pid).await;
+            let form = b.get(&format!("/{slug}/checkout")).await;
+            let (csrf, key) = (form.csrf(), form.field("key"));
+            let mut fields = vec![("_csrf", csrf.as_str()), ("key", key.as_str()), ("phone", phone)];
+            fields.extend([("name", "Asha"), ("line1", "12 MG Road"), ("city", "Pune"), ("postal_code", "411001")]);
+            fields.push(("payment_method", "cod"));
+            let placed = b.post(&format!("/{slug}/checkout"), &fields).await;
+            assert_eq!(placed.status.as_u16(), 303, "{}", placed.body);
+        }
+    };
+
+    // One of two sold: the page would look the same, and its cached copy stays.
+    let before = version().await;
+    buy("+919812345001").await;
+    settled().await;
+    assert_eq!(version().await, before, "an order that flips nothing changes no page");
+    assert_eq!(b.get(&page).await.header("x-kirana-cache"), "hit");
+
+    // The last one: the variant sold out, and the next reads say so.
+    buy("+919812345002").await;
+    let sold_out = eventually("the cached page shows the product sold out", || {
+        let (b, page) = (b.clone(), page.clone());
+        async move {
+            let res = b.get(&page).await;
+            res.html().contains("Sold out").then_some(res)
+        }
+    })
+    .await;
+    assert_eq!(sold_out.header("x-kirana-cache"), "miss");
+    assert_eq!(version().await, before + 1, "one bump, for the sell-out");
+    pipeline.expect("a pipeline").stop().await;
 }

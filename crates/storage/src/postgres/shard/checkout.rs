@@ -253,6 +253,10 @@ pub async fn checkout<C: GenericClient>(
     .await?;
     let order = orders::get(c, store, order_id).await?;
     emit(c, store, kinds::ORDER_PLACED, now, json!(order)).await?;
+    // The locks above make each line's stock the one this sale took from.
+    for l in lines.iter().filter(|l| l.stock == Some(i64::from(l.quantity))) {
+        emit(c, store, kinds::STOCK_CHANGED, now, crate::log::sold_out(l.product_id, l.variant_id)).await?;
+    }
     Ok((order, false))
 }
 

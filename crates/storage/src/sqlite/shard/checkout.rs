@@ -200,6 +200,10 @@ pub(super) fn checkout(
     .execute(params![store.uuid(), cart_id.uuid(), order_id.uuid(), now.millis()])?;
     let order = orders::get(c, store, order_id)?;
     emit(c, store, kinds::ORDER_PLACED, now, json!(order))?;
+    // One writer: each line's stock is the one this sale took from.
+    for l in lines.iter().filter(|l| l.stock == Some(i64::from(l.quantity))) {
+        emit(c, store, kinds::STOCK_CHANGED, now, crate::log::sold_out(l.product_id, l.variant_id))?;
+    }
     Ok((order, false))
 }
 
