@@ -43,6 +43,8 @@ pub fn app(state: AppState) -> Router {
 /// The application with more routes (the web pages) merged in, under the same limits, timeouts
 /// and error handling as the API.
 pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
+    // The recorder must exist before the first request counts anything, not at the first scrape.
+    let _ = metrics::handle();
     let (router, api) = routes::api().split_for_parts();
     let _ = routes::health::OPENAPI.set(api.to_json().unwrap_or_else(|_| "{}".into()));
     router
@@ -67,7 +69,12 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 async fn limit_uri(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    if req.uri().to_string().len() > MAX_URI_BYTES {
+    // Measured without rendering it: this runs on every request.
+    let uri = req.uri();
+    let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > MAX_URI_BYTES {
         return error::uri_too_long();
     }
     next.run(req).await

@@ -39,8 +39,21 @@ impl Default for ServerConfig {
     }
 }
 
+/// What handlers share, behind one `Arc`: middleware and extractors clone the state for every
+/// request, and a cached page's whole budget is a few microseconds.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[derive(Clone)]
+pub struct Shared {
     pub storage: Storage,
     pub clock: Arc<dyn Clock>,
     pub notifier: Arc<dyn Notifier>,
@@ -67,7 +80,7 @@ impl AppState {
             let n = std::num::NonZeroU32::new(n.max(1)).expect("max(1) is non-zero");
             Quota::with_period(Duration::from_secs(600) / n.get()).expect("period is non-zero").allow_burst(n)
         };
-        AppState {
+        AppState(Arc::new(Shared {
             storage,
             clock,
             notifier,
@@ -78,24 +91,24 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(true)),
             search: None,
             read_cache: None,
-        }
+        }))
     }
 
     /// Keeps images in `media` instead of memory (the embedded default uses local files).
     pub fn with_media(mut self, media: crate::media::MediaStore) -> Self {
-        self.media = media;
+        Arc::make_mut(&mut self.0).media = media;
         self
     }
 
     /// Answers `q` on product lists through `search` (relevance order, offset cursors).
     pub fn with_search(mut self, search: kirana_search::ProductSearch) -> Self {
-        self.search = Some(search);
+        Arc::make_mut(&mut self.0).search = Some(search);
         self
     }
 
     /// Serves public storefront reads through `cache`.
     pub fn with_read_cache(mut self, cache: crate::read_cache::ReadCache) -> Self {
-        self.read_cache = Some(cache);
+        Arc::make_mut(&mut self.0).read_cache = Some(cache);
         self
     }
 

@@ -2,6 +2,8 @@
 //! A request whose `Host` is a store's domain is rewritten, before routing, to the store's slug
 //! path; the pages then build their links without the slug.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::Uri;
 use axum::middleware::Next;
@@ -17,7 +19,7 @@ const PLATFORM_PATHS: &[&str] = &["/api/", "/dashboard", "/media/", "/healthz", 
 
 /// The middleware: `axum::middleware::from_fn_with_state(state, rewrite)` wrapped *around* the
 /// router (so it runs before routing).
-pub async fn rewrite(State(state): State<(AppState, String)>, mut req: Request, next: Next) -> Response {
+pub async fn rewrite(State(state): State<(AppState, Arc<str>)>, mut req: Request, next: Next) -> Response {
     let (app, platform_host) = &state;
     let host = req
         .headers()
@@ -29,7 +31,7 @@ pub async fn rewrite(State(state): State<(AppState, String)>, mut req: Request, 
         .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
     let Some(host) = host else { return next.run(req).await };
     let path = req.uri().path().to_string();
-    let local = host == *platform_host
+    let local = *host == **platform_host
         || host == "localhost"
         || host.parse::<std::net::IpAddr>().is_ok()
         || !host.contains('.');

@@ -57,7 +57,7 @@ impl Web {
 /// The whole application: the API (with its limits and error handling), the pages, and the
 /// custom-domain rewrite in front of routing.
 pub fn app(state: AppState, web: Arc<Web>) -> Router {
-    let platform = domains::platform_host(&web.public_url);
+    let platform: Arc<str> = domains::platform_host(&web.public_url).into();
     let inner = kirana_server::app_with(state.clone(), router(&state, web));
     // The inner router is this one's fallback, so the middleware sees (and may rewrite) every
     // request before the inner router matches it.
