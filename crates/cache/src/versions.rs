@@ -63,6 +63,11 @@ impl Versions {
         }
     }
 
+    /// The store's version if it was read less than `ttl` ago; never reads it.
+    pub fn peek(&self, store: StoreId) -> Option<i64> {
+        self.known.get(&store).filter(|(_, at)| Instant::now() < *at + self.ttl).map(|(v, _)| v)
+    }
+
     /// Forgets the store's version, so the next `get` reads it. For the node that made a write
     /// and wants its own next page to show it.
     pub fn forget(&self, store: StoreId) {

@@ -6,6 +6,11 @@
 //! - [`shard_cli`]: `kirana shard …`, listing, moving and pinning stores (moves on PostgreSQL).
 //! - [`events_cli`], [`seed`]: the event pipeline's and the bulk loader's commands.
 
+/// mimalloc instead of glibc's malloc: a cached page is mostly small short-lived allocations
+/// (headers, keys, futures), where glibc's allocator took ~15 % of the serving CPU (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod backend;
 mod config;
 mod doctor;

@@ -119,6 +119,32 @@ impl ReadCache {
         self.inner.versions.forget(store);
     }
 
+    /// The answer to a public read of the store at `slug` if everything it needs is in this
+    /// node's memory and fresh (the slug's scope, the store's version, the entry); `None`
+    /// otherwise, and then the request goes the long way ([`ReadCache::serve`]). Never touches a
+    /// database or Redis, so it may run before routing, for any path.
+    pub fn serve_hit(&self, slug: &str, what: &str, cache_control: &'static str, req: &Request) -> Option<Response> {
+        if req.method() != Method::GET || req.headers().get("x-kirana-consistency").is_some() {
+            return None;
+        }
+        let (scope, at) = self.inner.scopes.get(slug)?;
+        if Instant::now() >= at + self.inner.scope_ttl {
+            return None;
+        }
+        let version = self.inner.versions.peek(scope.store_id())?;
+        let key = self.key(scope.store_id(), version, what);
+        let value = self.inner.cache.peek(&key)?;
+        Some(respond(&value, Source::L1, cache_control, req.headers().get(header::IF_NONE_MATCH)))
+    }
+
+    fn key(&self, store: StoreId, version: i64, what: &str) -> CacheKey {
+        CacheKey::new(store, version, what).unwrap_or_else(|_| {
+            let digest = Sha256::digest(what.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            CacheKey::new(store, version, &format!("h:{hex}")).expect("a hex digest is a valid name")
+        })
+    }
+
     /// Serves a public read of the store at `slug` from the cache, running the rest of the stack
     /// (`next`) only on a miss. `what` names the read (`page:…`, `api:…`); it is hashed when too
     /// long for a key. `cache_control` is what the answer tells browsers and CDNs.
@@ -140,14 +166,7 @@ impl ReadCache {
         let Ok(version) = self.inner.versions.get(scope.store_id(), read).await else {
             return next.run(req).await;
         };
-        let key = match CacheKey::new(scope.store_id(), version, what) {
-            Ok(key) => key,
-            Err(_) => {
-                let digest = Sha256::digest(what.as_bytes());
-                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                CacheKey::new(scope.store_id(), version, &format!("h:{hex}")).expect("a hex digest is a valid name")
-            }
-        };
+        let key = self.key(scope.store_id(), version, what);
         let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
         match self.inner.cache.get_or_load(&key, self.inner.ttl, load(req, next)).await {
             Ok(cached) => respond(&cached.value, cached.source, cache_control, if_none_match.as_ref()),
@@ -249,14 +268,20 @@ pub async fn public_api(
     next: Next,
 ) -> Response {
     let Some(cache) = state.read_cache.clone() else { return next.run(req).await };
+    let Some((slug, what)) = api_key(&req) else { return next.run(req).await };
+    cache.serve(&state.storage, &slug, &what, crate::http_cache::PUBLIC, req, next).await
+}
+
+/// The slug and the cache name of a shopper-API public read; `None` for any other request.
+pub fn api_key(req: &Request) -> Option<(String, String)> {
     let path = req.uri().path();
     if !crate::http_cache::is_public_read(req.method(), path) {
-        return next.run(req).await;
+        return None;
     }
     let slug = path.trim_start_matches("/api/v1/storefront/").split('/').next().unwrap_or("").to_ascii_lowercase();
     let what = match req.uri().query() {
         Some(q) => format!("api:{path}?{q}"),
         None => format!("api:{path}"),
     };
-    cache.serve(&state.storage, &slug, &what, crate::http_cache::PUBLIC, req, next).await
+    Some((slug, what))
 }

@@ -63,7 +63,34 @@ pub fn app(state: AppState, web: Arc<Web>) -> Router {
     // request before the inner router matches it.
     Router::new()
         .fallback_service(inner)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge_cache))
         .layer(axum::middleware::from_fn_with_state((state, platform), domains::rewrite))
+}
+
+/// Answers a public page or shopper-API read straight from this node's memory when everything
+/// it needs is there and fresh, before routing and the API's layers: a cached page costs a few
+/// map lookups. Anything else (a miss, stale, any other request) goes on unchanged, and the
+/// routes' own read cache handles it.
+async fn edge_cache(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(cache) = &state.read_cache
+        && req.method() == axum::http::Method::GET
+    {
+        let key = if storefront::is_page_path(req.uri().path()) {
+            Some(storefront::page_key(&req))
+        } else {
+            kirana_server::read_cache::api_key(&req)
+        };
+        if let Some((slug, what)) = key
+            && let Some(hit) = cache.serve_hit(&slug, &what, kirana_server::http_cache::PUBLIC, &req)
+        {
+            return hit;
+        }
+    }
+    next.run(req).await
 }
 
 /// The pages' routes, to merge into the application router.

@@ -54,8 +54,14 @@ const PAGE_PARAMS: &[&str] = &["q", "after", "added"];
 /// differ on a custom domain), its path, and the parameters it reads, in a fixed order.
 async fn page_cache(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(cache) = state.read_cache.clone() else { return next.run(req).await };
-    let domain = req.extensions().get::<OnCustomDomain>().map(|d| d.0.clone());
-    let path = req.uri().path().to_string();
+    let (slug, what) = page_key(&req);
+    cache.serve(&state.storage, &slug, &what, kirana_server::http_cache::PUBLIC, req, next).await
+}
+
+/// The slug and the cache name of a public page request.
+pub fn page_key(req: &Request) -> (String, String) {
+    let domain = req.extensions().get::<OnCustomDomain>().map(|d| d.0.as_str());
+    let path = req.uri().path();
     let slug = path.trim_start_matches('/').split('/').next().unwrap_or("").to_ascii_lowercase();
     let mut params: Vec<(String, String)> = req
         .uri()
@@ -69,8 +75,14 @@ async fn page_cache(State(state): State<AppState>, req: Request, next: Next) -> 
         .unwrap_or_default();
     params.sort();
     let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
-    let what = format!("page:{}:{path}?{query}", domain.as_deref().unwrap_or("-"));
-    cache.serve(&state.storage, &slug, &what, kirana_server::http_cache::PUBLIC, req, next).await
+    (slug, format!("page:{}:{path}?{query}", domain.unwrap_or("-")))
+}
+
+/// Whether a path has the shape of a public page (`/{slug}`, `/{slug}/`, `/{slug}/search`,
+/// `/{slug}/product/{id}`, `/{slug}/category/{id}`), as `router` routes them.
+pub fn is_page_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), [s] | [s, ""] | [s, "search"] | [s, "product" | "category", _] if !s.is_empty())
 }
 
 /// A store as its pages see it, resolved from `{slug}`.
@@ -260,3 +272,18 @@ macro_rules! found {
     };
 }
 pub(crate) use found;
+
+#[cfg(test)]
+mod tests {
+    use super::is_page_path;
+
+    #[test]
+    fn page_paths_are_the_public_routes_shapes() {
+        for page in ["/chai", "/chai/", "/chai/search", "/chai/product/01", "/chai/category/01"] {
+            assert!(is_page_path(page), "{page}");
+        }
+        for other in ["/", "/chai/cart", "/chai/checkout", "/chai/order/01", "/chai/product", "/chai/product/01/x"] {
+            assert!(!is_page_path(other), "{other}");
+        }
+    }
+}
