@@ -37,11 +37,12 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
-    app_with(state, Router::new())
+    app_with(state, Router::new()).layer(axum::middleware::from_fn(metrics::track))
 }
 
 /// The application with more routes (the web pages) merged in, under the same limits, timeouts
-/// and error handling as the API.
+/// and error handling as the API. Request metrics (`metrics::track`) are the caller's to wrap
+/// around the whole (`app` does; the web app does, outside its edge cache).
 pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
     // The recorder must exist before the first request counts anything, not at the first scrape.
     let _ = metrics::handle();

@@ -8,15 +8,76 @@
 use std::sync::OnceLock;
 
 use kirana_storage::Storage;
-use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder on first use. `None` if another recorder was installed
 /// first (a library user's own): then `/metrics` says so instead of lying with an empty page.
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).as_ref()
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Histogram buckets for every `*_seconds` metric: 1 ms to 10 s, dense where the SLOs are
+/// (100 ms storefront p99, 300 ms checkout p99).
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0];
+
+/// Which part of the platform a request is for: a bounded label for request metrics.
+pub fn route_group(path: &str) -> &'static str {
+    if let Some(api) = path.strip_prefix("/api/v1/") {
+        if api.starts_with("storefront/") {
+            return "shopper_api";
+        }
+        if api.starts_with("ops/") {
+            return "ops";
+        }
+        return "merchant_api";
+    }
+    if path == "/dashboard" || path.starts_with("/dashboard/") {
+        return "dashboard";
+    }
+    if path.starts_with("/media/") {
+        return "media";
+    }
+    if matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/api/v1/openapi.json") {
+        return "ops";
+    }
+    "storefront"
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The middleware counting every request by route group and status class, with its latency:
+/// `kirana_http_requests_total{group,class}`, `kirana_http_request_duration_seconds{group,class}`.
+/// Wrapped around everything (the edge cache's hits included), so what it sees is what clients
+/// got.
+pub async fn track(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let group = route_group(req.uri().path());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let class = status_class(res.status().as_u16());
+    let labels = [("group", group), ("class", class)];
+    counter!("kirana_http_requests_total", &labels).increment(1);
+    histogram!("kirana_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    res
 }
 
 /// The exposition text, with the storage gauges sampled now.
@@ -51,5 +112,27 @@ fn sample_storage(storage: &Storage) {
         if !health.replicas.is_empty() {
             counter!("kirana_replica_fallback_reads_total", "shard" => id.clone()).absolute(health.fallback_reads);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_falls_in_one_bounded_group() {
+        assert_eq!(route_group("/api/v1/storefront/chai/products"), "shopper_api");
+        assert_eq!(route_group("/api/v1/stores/1/orders"), "merchant_api");
+        assert_eq!(route_group("/api/v1/ops/slo"), "ops");
+        assert_eq!(route_group("/dashboard"), "dashboard");
+        assert_eq!(route_group("/dashboard/stores/1"), "dashboard");
+        assert_eq!(route_group("/dashboardx"), "storefront", "a store may be called that");
+        assert_eq!(route_group("/media/a/b"), "media");
+        assert_eq!(route_group("/readyz"), "ops");
+        assert_eq!(route_group("/chai/product/1"), "storefront");
+        assert_eq!(
+            (status_class(204), status_class(304), status_class(429), status_class(503)),
+            ("2xx", "3xx", "4xx", "5xx")
+        );
     }
 }
