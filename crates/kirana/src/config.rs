@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// search index keeps its place in the event log as `search.<name>` rather than `search`.
     #[arg(long, env = "KIRANA_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Requests per second one store may have on this node beyond cached pages (bursts of
+    /// twice that); default 500.
+    #[arg(long, env = "KIRANA_STORE_RPS")]
+    pub store_rps: Option<u32>,
 }
 
 /// The file layer: every field optional.
@@ -105,6 +109,7 @@ struct FileConfig {
     cache: Option<String>,
     cache_mb: Option<u64>,
     node_name: Option<String>,
+    store_rps: Option<u32>,
     postgres: Option<FilePostgres>,
 }
 
@@ -146,6 +151,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// The consumer name the node's search indexer keeps its positions under.
     pub search_consumer: String,
+    /// Per-store request rate on this node.
+    pub store_rps: u32,
     /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
     pub postgres: Option<PgConfig>,
 }
@@ -211,7 +218,12 @@ impl Config {
             }
             Some(name) => bail!("--node-name must be 1 to 32 letters, digits or '-', not {name:?}"),
         };
+        let store_rps = serve.and_then(|s| s.store_rps).or(file.store_rps).unwrap_or(500);
+        if store_rps == 0 {
+            bail!("--store-rps must be at least 1");
+        }
         Ok(Config {
+            store_rps,
             search_consumer,
             cache_url,
             cache_bytes: cache_mb << 20,
@@ -368,6 +380,7 @@ mod tests {
             cache: None,
             cache_mb: None,
             node_name: None,
+            store_rps: None,
         }
     }
 

@@ -205,7 +205,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             load_or_create_key(&config.data_dir.join("secret.key")).context("cannot read or create the secret key")?
         }
     };
-    let server_config = ServerConfig { otp_key, trust_proxy: config.trust_proxy, ..ServerConfig::default() };
+    let server_config = ServerConfig {
+        otp_key,
+        trust_proxy: config.trust_proxy,
+        store_rps: config.store_rps,
+        store_burst: config.store_rps.saturating_mul(2),
+        ..ServerConfig::default()
+    };
     let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
     let media = match &config.media_url {
         // object_store's own option names, from the environment S3 tools already use.

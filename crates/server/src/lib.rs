@@ -12,10 +12,12 @@
 //!
 //! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
 
+pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod http_cache;
+pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod read_cache;
@@ -55,6 +57,7 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(limit_uri))
         .layer(axum::middleware::from_fn_with_state(state.clone(), read_cache::public_api))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admission::admit))
         .layer(axum::middleware::from_fn(http_cache::http_cache))
         .layer(axum::middleware::from_fn(read_routing::route_reads))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))

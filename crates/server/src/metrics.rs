@@ -115,6 +115,15 @@ fn sample_storage(storage: &Storage) {
     }
 }
 
+/// Counts an order just placed (not an idempotent replay): `kirana_orders_total{currency}` and
+/// `kirana_order_revenue_minor_total{currency}` (the order total in minor units: paise, cents).
+pub fn order_placed(order: &kirana_domain::order::Order) {
+    let currency = order.currency.code();
+    counter!("kirana_orders_total", "currency" => currency).increment(1);
+    counter!("kirana_order_revenue_minor_total", "currency" => currency)
+        .increment(u64::try_from(order.totals.total).unwrap_or(0));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,12 @@ pub struct ServerConfig {
     pub otp_per_ip: u32,
     /// Longest a request may take before it is answered with 503.
     pub request_timeout: Duration,
+    /// Requests per second one store may have on this node (resolved requests; cached pages
+    /// answered from memory do not count), and its burst.
+    pub store_rps: u32,
+    pub store_burst: u32,
+    /// The adaptive concurrency limit that sheds by priority when the node is saturated.
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +41,9 @@ impl Default for ServerConfig {
             trust_proxy: false,
             otp_per_ip: 20,
             request_timeout: Duration::from_secs(30),
+            store_rps: 500,
+            store_burst: 1000,
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 }
@@ -64,6 +73,10 @@ pub struct Shared {
     /// limit, which matters more, is enforced in the directory and holds across nodes.
     pub otp_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     pub verify_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Per-store request limits (see `limits`).
+    pub store_limits: Arc<crate::limits::StoreLimits>,
+    /// Admission by priority (see `admission`).
+    pub admission: Arc<crate::admission::Admission>,
     /// Product search through this node's index, when it has one; `None` keeps the plain
     /// database title query (newest first) behind `q`.
     pub search: Option<kirana_search::ProductSearch>,
@@ -87,6 +100,8 @@ impl AppState {
             media: crate::media::MediaStore::memory(),
             otp_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip))),
             verify_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip.saturating_mul(3)))),
+            store_limits: Arc::new(crate::limits::StoreLimits::new(config.store_rps, config.store_burst)),
+            admission: Arc::new(crate::admission::Admission::new(config.admission)),
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(true)),
             search: None,

@@ -86,6 +86,9 @@ impl IntoResponse for WebError {
             }
         };
         let mut res = (status, Html(error_page(title, &detail))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // A database outage or a store mid-move: worth retrying soon, as the API says too.
             res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));

@@ -159,6 +159,7 @@ async fn checkout(
         s.storage.shard(&shop.scope).checkout(&shop.scope, id, token.0, req, idempotency, s.clock.now()).await?;
     if !replayed {
         tracing::info!(store_id = %shop.scope.store_id(), order = order.number, total = order.totals.total, "order placed");
+        crate::metrics::order_placed(&order);
     }
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/storefront/{}/orders/{}", shop.scope.slug(), order.id)) {

@@ -19,6 +19,9 @@ use tower::ServiceExt;
 
 pub struct TestApp {
     pub router: Router,
+    /// What the router serves with (its limiters, say).
+    #[allow(dead_code)]
+    pub state: AppState,
     pub notifier: Arc<MemoryNotifier>,
     pub clock: ManualClock,
     pub storage: Storage,
@@ -141,8 +144,8 @@ impl TestApp {
         let clock = ManualClock::new(Timestamp::from_millis(T0));
         let notifier = Arc::new(MemoryNotifier::default());
         let state = AppState::new(storage.clone(), Arc::new(clock.clone()), notifier.clone(), config);
-        let router = kirana_server::app(state).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
-        TestApp { router, notifier, clock, storage, cluster, replica_url, _keep: keep }
+        let router = kirana_server::app(state.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
+        TestApp { router, state, notifier, clock, storage, cluster, replica_url, _keep: keep }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {

@@ -13,6 +13,7 @@ mod catalog;
 mod checkout;
 mod http_cache;
 mod isolation;
+mod limits;
 mod orders;
 mod stores;
 mod webhooks;

@@ -324,7 +324,10 @@ pub async fn checkout(
         }
     };
     match shard.checkout(&f.scope, cart_id, token_hash, request, key, state.clock.now()).await {
-        Ok((order, _replayed)) => {
+        Ok((order, replayed)) => {
+            if !replayed {
+                kirana_server::metrics::order_placed(&order);
+            }
             let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
             let jar = CookieJar::new().add(count_cookie(&f, None));
             Ok((jar, Redirect::to(&format!("{}/order/{}?token={token}&placed=1", f.base, order.id))).into_response())

@@ -252,6 +252,9 @@ impl FromRequestParts<AppState> for Resolve {
             let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             return Ok(Resolve::Moved(Moved(format!("/{}{rest}{query}", scope.slug()))));
         }
+        if state.store_limits.check(scope.store_id()).is_err() {
+            return Err(WebError::Storage(kirana_storage::StorageError::RateLimited { retry_after_secs: 1 }));
+        }
         let store = state.storage.store(&scope).await?;
         let overrides = state.storage.shard(&scope).theme_templates(&scope).await?;
         let (base, origin) = match domain {
