@@ -40,6 +40,7 @@ const RESERVED: &[&str] = &[
     "null",
     "openapi",
     "openapi.json",
+    "ops",
     "orders",
     "pricing",
     "privacy",

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod read_cache;
 pub mod read_routing;
 pub mod routes;
+pub mod slo;
 pub mod state;
 
 use axum::Router;
@@ -39,7 +40,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
-    app_with(state, Router::new()).layer(axum::middleware::from_fn(metrics::track))
+    app_with(state.clone(), Router::new()).layer(axum::middleware::from_fn_with_state(state, metrics::track))
 }
 
 /// The application with more routes (the web pages) merged in, under the same limits, timeouts

@@ -49,7 +49,7 @@ pub fn route_group(path: &str) -> &'static str {
     if path.starts_with("/media/") {
         return "media";
     }
-    if matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/api/v1/openapi.json") {
+    if matches!(path, "/healthz" | "/readyz" | "/metrics" | "/ops" | "/openapi.json" | "/api/v1/openapi.json") {
         return "ops";
     }
     "storefront"
@@ -69,14 +69,24 @@ fn status_class(status: u16) -> &'static str {
 /// `kirana_http_requests_total{group,class}`, `kirana_http_request_duration_seconds{group,class}`.
 /// Wrapped around everything (the edge cache's hits included), so what it sees is what clients
 /// got.
-pub async fn track(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+/// Requests of a shopper journey are also recorded against the node's objectives (`slo`).
+pub async fn track(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let group = route_group(req.uri().path());
-    let started = std::time::Instant::now();
+    let journey = crate::slo::Journey::of(req.method(), req.uri().path());
+    let started = tokio::time::Instant::now();
     let res = next.run(req).await;
+    let elapsed = started.elapsed();
     let class = status_class(res.status().as_u16());
     let labels = [("group", group), ("class", class)];
     counter!("kirana_http_requests_total", &labels).increment(1);
-    histogram!("kirana_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    histogram!("kirana_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    if let Some(journey) = journey {
+        state.slos.record(journey, res.status().as_u16(), elapsed);
+    }
     res
 }
 
@@ -138,6 +148,7 @@ mod tests {
         assert_eq!(route_group("/dashboardx"), "storefront", "a store may be called that");
         assert_eq!(route_group("/media/a/b"), "media");
         assert_eq!(route_group("/readyz"), "ops");
+        assert_eq!(route_group("/ops"), "ops");
         assert_eq!(route_group("/chai/product/1"), "storefront");
         assert_eq!(
             (status_class(204), status_class(304), status_class(429), status_class(503)),

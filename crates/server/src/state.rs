@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub store_burst: u32,
     /// The adaptive concurrency limit that sheds by priority when the node is saturated.
     pub admission: crate::admission::AdmissionConfig,
+    /// The objectives evaluated at `GET /api/v1/ops/slo`.
+    pub objectives: Vec<crate::slo::Objective>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
             store_rps: 500,
             store_burst: 1000,
             admission: crate::admission::AdmissionConfig::default(),
+            objectives: crate::slo::Objective::defaults(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct Shared {
     pub store_limits: Arc<crate::limits::StoreLimits>,
     /// Admission by priority (see `admission`).
     pub admission: Arc<crate::admission::Admission>,
+    /// The node's service level objectives and their recent history (see `slo`).
+    pub slos: Arc<crate::slo::Slos>,
     /// Product search through this node's index, when it has one; `None` keeps the plain
     /// database title query (newest first) behind `q`.
     pub search: Option<kirana_search::ProductSearch>,
@@ -102,6 +107,7 @@ impl AppState {
             verify_limiter: Arc::new(RateLimiter::keyed(per_ten_minutes(config.otp_per_ip.saturating_mul(3)))),
             store_limits: Arc::new(crate::limits::StoreLimits::new(config.store_rps, config.store_burst)),
             admission: Arc::new(crate::admission::Admission::new(config.admission)),
+            slos: Arc::new(crate::slo::Slos::new(config.objectives.clone())),
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(true)),
             search: None,

@@ -64,8 +64,8 @@ pub fn app(state: AppState, web: Arc<Web>) -> Router {
     Router::new()
         .fallback_service(inner)
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge_cache))
-        .layer(axum::middleware::from_fn_with_state((state, platform), domains::rewrite))
-        .layer(axum::middleware::from_fn(kirana_server::metrics::track))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), platform), domains::rewrite))
+        .layer(axum::middleware::from_fn_with_state(state, kirana_server::metrics::track))
 }
 
 /// Answers a public page or shopper-API read straight from this node's memory when everything

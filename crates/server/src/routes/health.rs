@@ -23,6 +23,53 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(openapi))
         .routes(routes!(metrics))
+        .routes(routes!(slo))
+        .routes(routes!(status_page))
+}
+
+/// The node's service level objectives: for each, the requests over the budget window (30 days,
+/// or since the node started), the error budget left, burn rates over 5 m, 30 m, 1 h and 6 h, and
+/// the alerts firing (`page`: 1 h and 5 m faster than 14.4×; `ticket`: 6 h and 30 m faster than
+/// 6×).
+#[utoipa::path(get, path = "/api/v1/ops/slo", tag = "operations",
+    responses((status = 200, description = "objectives and their state", content_type = "application/json")))]
+async fn slo(State(s): State<AppState>) -> Response {
+    Json(serde_json::json!({ "objectives": s.slos.status() })).into_response()
+}
+
+/// The operator's status page: the objectives as a table, alerts first.
+#[utoipa::path(get, path = "/ops", tag = "operations",
+    responses((status = 200, description = "an HTML page", content_type = "text/html")))]
+async fn status_page(State(s): State<AppState>) -> Response {
+    let mut rows = String::new();
+    let mut status = s.slos.status();
+    status.sort_by_key(|o| std::cmp::Reverse(o.alerts.len()));
+    for o in status {
+        let alerts = if o.alerts.is_empty() { "—".to_string() } else { o.alerts.join(", ") };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{:.2} %</td><td>{} / {}</td><td>{:.1} %</td><td>{:.1} · {:.1} · {:.1} · {:.1}</td><td><b>{}</b></td></tr>",
+            o.objective.name,
+            o.objective.target * 100.0,
+            o.window.good,
+            o.window.total,
+            o.budget_remaining * 100.0,
+            o.burn_rate.m5,
+            o.burn_rate.m30,
+            o.burn_rate.h1,
+            o.burn_rate.h6,
+            alerts,
+        ));
+    }
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"15\"><title>kirana · status</title>\
+         <style>body{{font:15px/1.4 system-ui,sans-serif;margin:2rem}}td,th{{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:left}}</style></head>\
+         <body><h1>Service level objectives (this node)</h1><table><tr><th>objective</th><th>target</th><th>good / all (30 d)</th>\
+         <th>budget left</th><th>burn 5 m · 30 m · 1 h · 6 h</th><th>alerts</th></tr>{rows}</table>\
+         <p>JSON: <a href=\"/api/v1/ops/slo\">/api/v1/ops/slo</a> · metrics: <a href=\"/metrics\">/metrics</a></p></body></html>"
+    );
+    let mut res = axum::response::Html(html).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("private, no-store"));
+    res
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -154,6 +154,8 @@ const NOT_STORE_SCOPED: &[(&str, &str, &str)] = &[
     ("GET", "/readyz", "probe"),
     ("GET", "/metrics", "operations: per shard and replica, never per store"),
     ("GET", "/openapi.json", "the API description"),
+    ("GET", "/api/v1/ops/slo", "operations: the node's objectives, never per store"),
+    ("GET", "/ops", "operations: the same objectives as a page"),
 ];
 
 #[tokio::test]

@@ -50,4 +50,13 @@ async fn a_saturated_node_sheds_browsing_with_a_fast_503_but_still_answers_probe
 
     drop(held);
     assert_eq!(app.get(&products, None).await.status.as_u16(), 200, "room again");
+
+    // The shed read counts against the storefront's availability objective.
+    let slo = app.get("/api/v1/ops/slo", None).await.expect(200);
+    let objectives = slo["objectives"].as_array().expect("objectives");
+    let availability = objectives.iter().find(|o| o["name"] == "storefront-availability").expect("a default objective");
+    assert_eq!((availability["window"]["good"].as_u64(), availability["window"]["total"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(availability["target"], 0.9995);
+    assert!(availability["budget_remaining"].as_f64().unwrap() < 0.0, "one in three failed: far over budget");
+    assert!(availability["alerts"].as_array().unwrap().iter().any(|a| a == "page"), "{availability}");
 }
