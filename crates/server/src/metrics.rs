@@ -65,8 +65,9 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// The middleware counting every request by route group and status class, with its latency:
-/// `kirana_http_requests_total{group,class}`, `kirana_http_request_duration_seconds{group,class}`.
+/// The middleware counting every request by route group, status class and shopper journey, with
+/// its latency: `kirana_http_requests_total{group,class,journey}`,
+/// `kirana_http_request_duration_seconds{group,class,journey}`.
 /// Wrapped around everything (the edge cache's hits included), so what it sees is what clients
 /// got.
 /// Requests of a shopper journey are also recorded against the node's objectives (`slo`).
@@ -81,7 +82,13 @@ pub async fn track(
     let res = next.run(req).await;
     let elapsed = started.elapsed();
     let class = status_class(res.status().as_u16());
-    let labels = [("group", group), ("class", class)];
+    let journey_label = match journey {
+        Some(crate::slo::Journey::Storefront) => "storefront",
+        Some(crate::slo::Journey::Checkout) => "checkout",
+        None => "none",
+    };
+    // `journey` lets Prometheus compute the same objectives across nodes (deploy/prometheus).
+    let labels = [("group", group), ("class", class), ("journey", journey_label)];
     counter!("kirana_http_requests_total", &labels).increment(1);
     histogram!("kirana_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
     if let Some(journey) = journey {
