@@ -120,6 +120,7 @@ struct FilePostgres {
     control: Option<String>,
     directory_ttl_secs: Option<u64>,
     pool_size: Option<usize>,
+    background_pool_size: Option<usize>,
     acquire_timeout_ms: Option<u64>,
     lag_max_seconds: Option<f64>,
     lag_max_bytes: Option<u64>,
@@ -296,6 +297,11 @@ fn postgres_config(g: &GlobalArgs, file: Option<FilePostgres>) -> anyhow::Result
         bail!("postgres.acquire_timeout_ms must be more than 0");
     }
     pg.pool = PoolSettings { max_size: pool_size, acquire_timeout, ..defaults };
+    let background = file.background_pool_size.unwrap_or(pg.background_pool);
+    if background == 0 || background > pool_size {
+        bail!("postgres.background_pool_size must be between 1 and pool_size ({pool_size}), not {background}");
+    }
+    pg.background_pool = background;
     let policy = ReplicaSettings::default().policy;
     let max_seconds = file.lag_max_seconds.unwrap_or(policy.max_seconds);
     if !(max_seconds.is_finite() && max_seconds >= 0.0) {

@@ -12,7 +12,7 @@ use kirana_domain::store::{NewStore, StoreSettings};
 use kirana_domain::{Amount, MerchantId, StoreId};
 use kirana_storage::consistency::{self, Consistency, ReadContext, WriteToken};
 use kirana_storage::postgres::cluster::{PgCluster, PgConfig, ShardUrls, open};
-use kirana_storage::postgres::pool::PoolRole;
+use kirana_storage::postgres::pool::{PgPool, PoolRole, PoolSettings};
 use kirana_storage::postgres::replica::LagPolicy;
 use kirana_storage::postgres::replicas::ReplicaSettings;
 use kirana_storage::postgres::shard::{PgShard, emit, stores};
@@ -53,8 +53,9 @@ fn product(title: &str) -> ProductChange {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_is_read_only_up_to_what_no_running_transaction_can_still_fill() {
-    let (_db, pool) = pg_shard(8).await;
-    let shard = PgShard::new(ShardId(0), pool, vec![], ReplicaSettings::default());
+    let (db, pool) = pg_shard(8).await;
+    let background = PgPool::new(&db.url(), PoolRole::Background(ShardId(0)), PoolSettings::default()).unwrap();
+    let shard = PgShard::new(ShardId(0), pool, background, vec![], ReplicaSettings::default());
     let store = StoreId::generate();
     {
         let mut c = shard.primary().get().await.unwrap();
@@ -456,4 +457,31 @@ async fn checkouts_through_storage_keep_going_while_the_store_moves() {
         acknowledged.len(),
         report.cutover_pause
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_work_has_its_own_connections_and_cannot_take_the_ones_writes_need() {
+    let db = TempDb::create().await;
+    let control = TempDb::create().await;
+    let mut config = PgConfig::new(control.url(), vec![ShardUrls { primary: db.url(), replicas: vec![] }]);
+    config.background_pool = 1;
+    config.pool.acquire_timeout = std::time::Duration::from_millis(300);
+    let c = open(&config).await.expect("open");
+    let (_, scope) = store(&c).await;
+    let shard = c.storage.shard(&scope);
+
+    // The pipeline is busy: every background connection is taken (a long catch-up, say).
+    let held = c.shards[0].background().get().await.unwrap();
+    let starved = shard.log().outbox_stats().await;
+    assert!(matches!(starved, Err(StorageError::Unavailable(_))), "background work waits its turn: {starved:?}");
+    // Shoppers' and merchants' work is untouched.
+    for n in 0..20 {
+        let name = format!("Shelf {n}");
+        shard.create_category(&scope, CategoryChange { name: Some(name), ..Default::default() }, at(n)).await.unwrap();
+    }
+    let health = shard.health();
+    let background = health.pools.iter().find(|p| p.role == "background").expect("the background pool is reported");
+    assert_eq!((background.size, background.idle, background.max_size), (1, 0, 1));
+    drop(held);
+    assert!(shard.log().outbox_stats().await.unwrap().rows >= 20, "and background work goes on once free");
 }

@@ -32,6 +32,9 @@ pub struct PgConfig {
     pub replicas: ReplicaSettings,
     /// How long a node trusts its cached directory lookups.
     pub directory_ttl: Duration,
+    /// Connections per shard primary for background work (event consumers, webhooks), apart
+    /// from `pool`'s: the pipeline can never hold more than these.
+    pub background_pool: usize,
 }
 
 impl PgConfig {
@@ -42,6 +45,7 @@ impl PgConfig {
             pool: PoolSettings::default(),
             replicas: ReplicaSettings::default(),
             directory_ttl: Duration::from_secs(5),
+            background_pool: 4,
         }
     }
 }
@@ -75,7 +79,9 @@ pub async fn open(config: &PgConfig) -> Result<PgCluster> {
             .enumerate()
             .map(|(r, url)| PgPool::new(url, PoolRole::Replica(id, r as u32), config.pool))
             .collect::<Result<Vec<_>>>()?;
-        shards.push(Arc::new(PgShard::new(id, primary, replicas, config.replicas)));
+        let background_settings = PoolSettings { max_size: config.background_pool.max(1), ..config.pool };
+        let background = PgPool::new(&urls.primary, PoolRole::Background(id), background_settings)?;
+        shards.push(Arc::new(PgShard::new(id, primary, background, replicas, config.replicas)));
     }
     let storage = Storage::new(directory.clone(), shards.iter().map(|s| s.clone() as Arc<dyn crate::Shard>).collect())
         .with_directory_cache(config.directory_ttl)

@@ -22,6 +22,8 @@ pub enum PoolRole {
     /// The control database holding the directory.
     Directory,
     Primary(ShardId),
+    /// The primary again, for background work (a bulkhead; see `PgShard`).
+    Background(ShardId),
     Replica(ShardId, u32),
 }
 
@@ -30,6 +32,7 @@ impl std::fmt::Display for PoolRole {
         match self {
             PoolRole::Directory => write!(f, "directory primary"),
             PoolRole::Primary(s) => write!(f, "shard {} primary", s.0),
+            PoolRole::Background(s) => write!(f, "shard {} primary (background)", s.0),
             PoolRole::Replica(s, n) => write!(f, "shard {} replica {n}", s.0),
         }
     }

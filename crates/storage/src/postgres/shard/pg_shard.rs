@@ -50,6 +50,10 @@ pub type OnMoved = Arc<dyn Fn(StoreId) + Send + Sync>;
 pub struct PgShard {
     id: ShardId,
     primary: PgPool,
+    /// A small pool of its own on the primary for background work (event consumers, trimming,
+    /// notifications, webhook deliveries): a bulkhead, so a pipeline catching up on a backlog
+    /// cannot take the connections checkout needs.
+    background: PgPool,
     replicas: ReplicaSet,
     gaps: log::Gaps,
     on_moved: std::sync::RwLock<Option<OnMoved>>,
@@ -93,8 +97,12 @@ macro_rules! read {
 /// is `None`, for a store row that does not exist yet), commit if `$body` succeeded, then the
 /// write token.
 macro_rules! write {
-    ($self:ident, $store:expr, |$t:ident| $body:expr) => {{
-        let mut conn = $self.primary.get().await?;
+    ($self:ident, $store:expr, |$t:ident| $body:expr) => {
+        write!($self, on primary, $store, |$t| $body)
+    };
+    // `on background`: the event pipeline's and webhook worker's pool (see `PgShard::background`).
+    ($self:ident, on $pool:ident, $store:expr, |$t:ident| $body:expr) => {{
+        let mut conn = $self.$pool.get().await?;
         let $t = conn.transaction().await.map_err(pg)?;
         if let Some(store) = $store {
             if let Err(e) = stores::fence(&$t, store).await {
@@ -113,10 +121,17 @@ macro_rules! write {
 
 impl PgShard {
     /// A shard over its primary's pool and its replicas' pools (in the configured order).
-    pub fn new(id: ShardId, primary: PgPool, replicas: Vec<PgPool>, settings: ReplicaSettings) -> PgShard {
+    pub fn new(
+        id: ShardId,
+        primary: PgPool,
+        background: PgPool,
+        replicas: Vec<PgPool>,
+        settings: ReplicaSettings,
+    ) -> PgShard {
         PgShard {
             id,
             primary,
+            background,
             replicas: ReplicaSet::new(id, replicas, settings),
             gaps: log::Gaps::default(),
             on_moved: std::sync::RwLock::new(None),
@@ -129,6 +144,11 @@ impl PgShard {
 
     pub fn primary(&self) -> &PgPool {
         &self.primary
+    }
+
+    /// The background work's pool on the primary.
+    pub fn background(&self) -> &PgPool {
+        &self.background
     }
 
     /// Tells the node's directory cache about stores found moved away.
@@ -464,7 +484,7 @@ impl Shard for PgShard {
             waiting: p.waiting,
             max_size: p.max_size,
         };
-        let mut pools = vec![gauge("primary".into(), primary)];
+        let mut pools = vec![gauge("primary".into(), primary), gauge("background".into(), self.background.status())];
         pools.extend(replicas.into_iter().enumerate().map(|(i, p)| gauge(format!("replica-{i}"), p)));
         ShardHealth { pools, replicas: self.replica_report(), fallback_reads: self.fallback_reads() }
     }
@@ -478,25 +498,25 @@ impl ShardLog for PgShard {
 
     /// Only up to the commit-order safe point: see [`log::Gaps`].
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<Logged>> {
-        let c = self.primary.get().await?;
+        let c = self.background.get().await?;
         let (rows, snapshot) = log::outbox_window(&c, after, limit).await?;
         Ok(self.gaps.safe_prefix(after, rows, snapshot))
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
-        log::outbox_stats(&self.primary.get().await?).await
+        log::outbox_stats(&self.background.get().await?).await
     }
 
     async fn trim_outbox(&self, upto: i64) -> Result<u64> {
-        log::trim_outbox(&self.primary.get().await?, upto).await
+        log::trim_outbox(&self.background.get().await?, upto).await
     }
 
     async fn positions(&self, consumer: &str) -> Result<Vec<(u32, i64)>> {
-        log::positions(&self.primary.get().await?, consumer).await
+        log::positions(&self.background.get().await?, consumer).await
     }
 
     async fn all_positions(&self) -> Result<Vec<(String, u32, i64, Timestamp)>> {
-        log::all_positions(&self.primary.get().await?).await
+        log::all_positions(&self.background.get().await?).await
     }
 
     async fn apply(
@@ -506,11 +526,11 @@ impl ShardLog for PgShard {
         positions: Vec<(u32, i64)>,
         now: Timestamp,
     ) -> Result<u32> {
-        write!(self, None::<StoreId>, |t| log::apply(&t, consumer, &batch, &positions, now))
+        write!(self, on background, None::<StoreId>, |t| log::apply(&t, consumer, &batch, &positions, now))
     }
 
     async fn applied_times(&self, consumer: &str, limit: u32) -> Result<Vec<(EventId, Timestamp)>> {
-        log::applied_times(&self.primary.get().await?, consumer, limit).await
+        log::applied_times(&self.background.get().await?, consumer, limit).await
     }
 
     async fn park(
@@ -522,23 +542,23 @@ impl ShardLog for PgShard {
         attempts: u32,
         now: Timestamp,
     ) -> Result<()> {
-        write!(self, None::<StoreId>, |t| log::park(&t, consumer, partition, logged, error, attempts, now))
+        write!(self, on background, None::<StoreId>, |t| log::park(&t, consumer, partition, logged, error, attempts, now))
     }
 
     async fn dead_letters(&self, include_replayed: bool, limit: u32) -> Result<Vec<DeadLetter>> {
-        log::dead_letters(&self.primary.get().await?, self.id.0, include_replayed, limit).await
+        log::dead_letters(&self.background.get().await?, self.id.0, include_replayed, limit).await
     }
 
     async fn dead_letter(&self, id: i64) -> Result<DeadLetter> {
-        log::dead_letter(&self.primary.get().await?, self.id.0, id).await
+        log::dead_letter(&self.background.get().await?, self.id.0, id).await
     }
 
     async fn mark_replayed(&self, id: i64, now: Timestamp) -> Result<()> {
-        log::mark_replayed(&self.primary.get().await?, id, now).await
+        log::mark_replayed(&self.background.get().await?, id, now).await
     }
 
     async fn due_notifications(&self, now: Timestamp, limit: u32) -> Result<Vec<Outgoing>> {
-        log::due_notifications(&self.primary.get().await?, now, limit).await
+        log::due_notifications(&self.background.get().await?, now, limit).await
     }
 
     async fn notification_done(
@@ -548,7 +568,7 @@ impl ShardLog for PgShard {
         outcome: Result<(), (String, Option<Timestamp>)>,
         now: Timestamp,
     ) -> Result<()> {
-        log::notification_done(&self.primary.get().await?, store, event, outcome, now).await
+        log::notification_done(&self.background.get().await?, store, event, outcome, now).await
     }
 }
 
@@ -587,7 +607,7 @@ impl Webhooks for PgShard {
         limit: u32,
         skip: &[EndpointId],
     ) -> Result<Vec<DueDelivery>> {
-        webhooks::due(&self.primary.get().await?, now, limit, skip).await
+        webhooks::due(&self.background.get().await?, now, limit, skip).await
     }
 
     async fn claim_webhook_deliveries(
@@ -596,10 +616,10 @@ impl Webhooks for PgShard {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Vec<DeliveryKey>> {
-        write!(self, None::<StoreId>, |t| webhooks::claim(&t, &keys, now, until))
+        write!(self, on background, None::<StoreId>, |t| webhooks::claim(&t, &keys, now, until))
     }
 
     async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
-        write!(self, None::<StoreId>, |t| webhooks::record(&t, &record))
+        write!(self, on background, None::<StoreId>, |t| webhooks::record(&t, &record))
     }
 }
