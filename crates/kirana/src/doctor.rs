@@ -36,6 +36,54 @@ struct Report {
     directory: DirectoryReport,
     shards: Vec<ShardReport>,
     moves: Vec<MoveJson>,
+    /// The nodes asked with `--node`: their objectives as `GET /api/v1/ops/slo` gives them.
+    nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeReport {
+    url: String,
+    objectives: Vec<serde_json::Value>,
+    error: Option<String>,
+}
+
+/// Asks each node for its objectives; a page alert or an unreachable node is a problem, a
+/// ticket alert a warning.
+async fn nodes(urls: &[String], problems: &mut Vec<String>, warnings: &mut Vec<String>) -> Vec<NodeReport> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("an HTTP client");
+    let mut out = Vec::new();
+    for url in urls {
+        let base = url.trim_end_matches('/');
+        let got = async {
+            let res = client.get(format!("{base}/api/v1/ops/slo")).send().await.map_err(|e| e.to_string())?;
+            if !res.status().is_success() {
+                return Err(format!("answered {}", res.status()));
+            }
+            let body: serde_json::Value = res.json().await.map_err(|e| e.to_string())?;
+            Ok(body["objectives"].as_array().cloned().unwrap_or_default())
+        }
+        .await;
+        match got {
+            Ok(objectives) => {
+                for o in &objectives {
+                    let name = o["name"].as_str().unwrap_or("?");
+                    let alerts: Vec<&str> =
+                        o["alerts"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                    if alerts.contains(&"page") {
+                        problems.push(format!("node {base}: {name} is burning its error budget fast (page)"));
+                    } else if alerts.contains(&"ticket") {
+                        warnings.push(format!("node {base}: {name} is burning its error budget (ticket)"));
+                    }
+                }
+                out.push(NodeReport { url: base.to_string(), objectives, error: None });
+            }
+            Err(e) => {
+                problems.push(format!("node {base} did not answer its objectives: {e}"));
+                out.push(NodeReport { url: base.to_string(), objectives: vec![], error: Some(e) });
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -119,14 +167,16 @@ struct MoveJson {
     error: Option<String>,
 }
 
-pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
-    let report = match &config.postgres {
+pub async fn run(config: &Config, json: bool, node_urls: &[String]) -> anyhow::Result<()> {
+    let mut report = match &config.postgres {
         Some(pg) => match backend::open_postgres(pg).await {
             Ok(cluster) => postgres(pg, &cluster).await,
             Err(e) => unreachable_control(pg, &e),
         },
         None => sqlite(config).await?,
     };
+    report.nodes = nodes(node_urls, &mut report.problems, &mut report.warnings).await;
+    report.healthy = report.problems.is_empty();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -159,6 +209,7 @@ fn unreachable_control(pg: &PgConfig, e: &anyhow::Error) -> Report {
         },
         shards: vec![],
         moves: vec![],
+        nodes: vec![],
     }
 }
 
@@ -275,7 +326,16 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
             .push(format!("the directory places {n} stores on shard {}, which this configuration does not name", s.0));
     }
     let moves = moves(pg, cluster, &mut problems).await;
-    Report { backend: "postgres", healthy: problems.is_empty(), problems, warnings, directory, shards, moves }
+    Report {
+        backend: "postgres",
+        healthy: problems.is_empty(),
+        problems,
+        warnings,
+        directory,
+        shards,
+        moves,
+        nodes: vec![],
+    }
 }
 
 /// Probes every shard's replicas now, concurrently.
@@ -487,7 +547,16 @@ async fn sqlite(config: &Config) -> anyhow::Result<Report> {
             events,
         });
     }
-    Ok(Report { backend: "sqlite", healthy: problems.is_empty(), problems, warnings, directory, shards, moves: vec![] })
+    Ok(Report {
+        backend: "sqlite",
+        healthy: problems.is_empty(),
+        problems,
+        warnings,
+        directory,
+        shards,
+        moves: vec![],
+        nodes: vec![],
+    })
 }
 
 fn print_text(r: &Report) {
@@ -551,6 +620,28 @@ fn print_text(r: &Report) {
                 },
                 m.error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
             );
+        }
+    }
+    for n in &r.nodes {
+        match &n.error {
+            Some(e) => println!("node {}: UNREACHABLE — {e}", n.url),
+            None => {
+                for o in &n.objectives {
+                    let alerts: Vec<&str> =
+                        o["alerts"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                    println!(
+                        "node {} {}: target {:.2} %, {} of {} good, budget left {:.1} %, burn 1 h {:.1}×{}",
+                        n.url,
+                        o["name"].as_str().unwrap_or("?"),
+                        o["target"].as_f64().unwrap_or(0.0) * 100.0,
+                        o["window"]["good"].as_u64().unwrap_or(0),
+                        o["window"]["total"].as_u64().unwrap_or(0),
+                        o["budget_remaining"].as_f64().unwrap_or(0.0) * 100.0,
+                        o["burn_rate"]["1h"].as_f64().unwrap_or(0.0),
+                        if alerts.is_empty() { String::new() } else { format!(" — ALERT {}", alerts.join(", ")) },
+                    );
+                }
+            }
         }
     }
     for w in &r.warnings {

@@ -73,6 +73,10 @@ enum Command {
         /// Print JSON instead of lines.
         #[arg(long)]
         json: bool,
+        /// A running node's address (e.g. http://127.0.0.1:8080): its service level objectives,
+        /// error budgets and firing alerts are checked too. Repeat for several nodes.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
     },
     /// Shards and the stores on them: list, move, pin (PostgreSQL).
     Shard {
@@ -138,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(_) => serve(config).await,
             Command::Migrate => migrate(&config).await,
-            Command::Doctor { json } => doctor::run(&config, json).await,
+            Command::Doctor { json, nodes } => doctor::run(&config, json, &nodes).await,
             Command::Shard { command } => shard_cli::run(&config, command).await,
             Command::Openapi => {
                 println!("{}", kirana_server::openapi_json());

@@ -1239,3 +1239,35 @@ async fn the_binary_serves_pages_and_keeps_uploaded_images_on_disk_across_restar
     ensure!((decoded.width(), decoded.height()) == (640, 480), "the 640 variant is 640×480");
     Ok(())
 }
+
+#[tokio::test]
+async fn doctor_reads_a_running_nodes_objectives_and_fails_when_it_cannot() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let data = root.path().join("data");
+    let server = Server::start(root.path(), &data, &[]).await?;
+    let api = server.api.clone();
+    let (_, slug) = {
+        let token = api.sign_in(&data, MERCHANT_PHONE).await?;
+        api.create_store(&token, "Watched Store").await?
+    };
+    for _ in 0..3 {
+        api.call(Method::GET, &format!("/api/v1/storefront/{slug}"), None, &[], None).await?.expect(200, "a read")?;
+    }
+    let node = server.url("");
+    let doctor =
+        run_kirana(root.path(), &strings(&["doctor", "--data-dir", &path_arg(&data), "--node", &node]), &[]).await?;
+    ensure!(doctor.status.success(), "doctor failed on a healthy node:\n{}\n{}", doctor.stdout, doctor.stderr);
+    ensure!(
+        doctor.stdout.contains("storefront-availability: target 99.95 %, 3 of 3 good")
+            && doctor.stdout.contains("checkout-latency")
+            && doctor.stdout.contains("healthy"),
+        "{}",
+        doctor.stdout
+    );
+    drop(server);
+    let gone =
+        run_kirana(root.path(), &strings(&["doctor", "--data-dir", &path_arg(&data), "--node", &node]), &[]).await?;
+    ensure!(!gone.status.success(), "a node that does not answer is a problem:\n{}", gone.stdout);
+    ensure!(gone.stdout.contains("UNREACHABLE") && gone.stdout.contains("PROBLEM: node"), "{}", gone.stdout);
+    Ok(())
+}
