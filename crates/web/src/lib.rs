@@ -22,6 +22,7 @@ pub mod storefront;
 pub mod theme;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::{Extension, Router};
 use kirana_server::AppState;
@@ -57,14 +58,15 @@ impl Web {
 /// The whole application: the API (with its limits and error handling), the pages, and the
 /// custom-domain rewrite in front of routing.
 pub fn app(state: AppState, web: Arc<Web>) -> Router {
-    let platform: Arc<str> = domains::platform_host(&web.public_url).into();
+    // A custom domain's store is looked up once per second at most (as slugs are).
+    let domains = Arc::new(domains::Domains::new(domains::platform_host(&web.public_url), Duration::from_secs(1)));
     let inner = kirana_server::app_with(state.clone(), router(&state, web));
     // The inner router is this one's fallback, so the middleware sees (and may rewrite) every
     // request before the inner router matches it.
     Router::new()
         .fallback_service(inner)
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge_cache))
-        .layer(axum::middleware::from_fn_with_state((state.clone(), platform), domains::rewrite))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), domains), domains::rewrite))
         .layer(axum::middleware::from_fn_with_state(state, kirana_server::metrics::track))
 }
 
