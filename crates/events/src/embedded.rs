@@ -322,6 +322,12 @@ impl Reader {
             let pause = match self.step().await {
                 Ok(s) if s.read > 0 => Duration::ZERO,
                 Ok(_) => self.cfg.idle,
+                // A store froze for a move between the directory lookup and the apply: its
+                // events belong to the target now, which the directory says in a moment.
+                Err(kirana_storage::StorageError::Moved { store, .. }) => {
+                    tracing::info!(reader = %key, %store, "a store moved away mid-batch; reading again");
+                    Duration::from_millis(100)
+                }
                 Err(e) => {
                     tracing::error!(reader = %key, error = %e, "event reader failed; retrying in a second");
                     Duration::from_secs(1)

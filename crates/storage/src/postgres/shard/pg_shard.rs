@@ -526,7 +526,26 @@ impl ShardLog for PgShard {
         positions: Vec<(u32, i64)>,
         now: Timestamp,
     ) -> Result<u32> {
-        write!(self, on background, None::<StoreId>, |t| log::apply(&t, consumer, &batch, &positions, now))
+        // Effects are store data like any other write, so they pass each store's write fence: once
+        // a move froze a store here, its effects belong on the target (where its events are
+        // applied after the flip), and applying them here too would count them twice. A store
+        // gone from this shard (a move's cleanup) has nothing left to protect.
+        let touched: std::collections::BTreeSet<StoreId> =
+            batch.iter().filter(|a| !a.effects.is_empty()).map(|a| a.event.store_id).collect();
+        write!(self, on background, None::<StoreId>, |t| async {
+            for store in &touched {
+                match stores::fence(&t, *store).await {
+                    Ok(()) | Err(StorageError::NotFound) => {}
+                    Err(e) => {
+                        if let StorageError::Moved { store, .. } = &e {
+                            self.moved(*store);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            log::apply(&t, consumer, &batch, &positions, now).await
+        })
     }
 
     async fn applied_times(&self, consumer: &str, limit: u32) -> Result<Vec<(EventId, Timestamp)>> {
