@@ -234,6 +234,7 @@ impl FromRequestParts<AppState> for StoreAccess {
         let path = PathIds::from_request_parts(parts, state).await?;
         let store_id = path.id("store_id", StoreId::parse)?;
         let scope = state.storage.scope_for_owner(merchant.id, store_id).await?;
+        crate::trace::record_store(scope.store_id());
         Ok(StoreAccess { merchant, scope, path })
     }
 }
@@ -251,6 +252,7 @@ impl FromRequestParts<AppState> for Shop {
         let path = PathIds::from_request_parts(parts, state).await?;
         let slug = path.raw("slug").filter(|s| s.len() <= 64).ok_or(ApiError::NotFound)?;
         let (scope, _canonical) = state.storage.scope_for_slug(&slug.to_ascii_lowercase()).await?;
+        crate::trace::record_store(scope.store_id());
         Ok(Shop { scope, path })
     }
 }

@@ -15,4 +15,5 @@ mod http_cache;
 mod isolation;
 mod orders;
 mod stores;
+mod trace_context;
 mod webhooks;
