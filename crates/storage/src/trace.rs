@@ -167,8 +167,11 @@ pub fn join(span: &tracing::Span, parent: Option<&TraceParent>) -> TraceParent {
     }
     let exported = TraceParent::of(span.context().span().span_context());
     let own = exported.unwrap_or_else(|| parent.map_or_else(TraceParent::root, TraceParent::child));
-    span.record("trace_id", own.trace_id().as_str());
-    span.record("span_id", own.span_id().as_str());
+    // Filtered out (say, RUST_LOG=warn), the span records nothing: skip formatting for it.
+    if !span.is_disabled() {
+        span.record("trace_id", own.trace_id().as_str());
+        span.record("span_id", own.span_id().as_str());
+    }
     own
 }
 
