@@ -30,6 +30,34 @@ pub(crate) fn touched<'a>(batch: impl IntoIterator<Item = &'a kirana_storage::Ap
     stores
 }
 
+/// Computes `consumer`'s effects of `event` inside a span `event` in the trace of the request
+/// that wrote it (`traceparent` from its outbox row or NATS header), so a consumer's work and
+/// logs join that request's trace.
+pub(crate) fn effects_in_trace(
+    consumer: &dyn Consumer,
+    event: &Event,
+    traceparent: Option<&kirana_storage::trace::TraceParent>,
+) -> Result<Vec<Effect>, String> {
+    let span = tracing::info_span!(
+        "event",
+        consumer = consumer.name(),
+        event_id = %event.id,
+        event_type = %event.kind,
+        store_id = %event.store_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    kirana_storage::trace::join(&span, traceparent);
+    span.in_scope(|| {
+        let effects = consumer.effects(event);
+        match &effects {
+            Ok(e) => tracing::debug!(effects = e.len(), "event handled"),
+            Err(error) => tracing::debug!(%error, "event refused"),
+        }
+        effects
+    })
+}
+
 /// Whether a store's pages can look different after `event`: the store, its categories and
 /// products, a variant selling out (`stock.changed`), an order cancelled back into stock. An order
 /// otherwise changes no page (a page shows availability, a yes or no, which only selling out or

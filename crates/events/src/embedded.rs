@@ -173,7 +173,7 @@ impl Reader {
                 }
                 Residence::Arriving => return (out, last, Some((row.clone(), ARRIVING.to_owned()))),
             }
-            match self.consumer.effects(&row.event) {
+            match crate::consumers::effects_in_trace(&*self.consumer, &row.event, row.traceparent.as_ref()) {
                 Ok(effects) => {
                     out.push(Applied { event: row.event.clone(), effects });
                     last = Some(row.seq);

@@ -42,6 +42,7 @@ use async_nats::jetstream::{self, stream};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use kirana_domain::event::Event;
 use kirana_domain::{Clock, EventId, StoreId, Timestamp};
+use kirana_storage::trace::TraceParent;
 use kirana_storage::{Applied, Logged, ShardLog, Storage, StorageError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -62,6 +63,8 @@ const SHARD_HEADER: &str = "Kirana-Shard";
 /// Header with the event's outbox position in its shard (for people reading the stream).
 const SEQ_HEADER: &str = "Kirana-Seq";
 const ERROR_HEADER: &str = "Kirana-Error";
+/// The W3C trace context of the request that wrote the event, for consumers to join its trace.
+const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// How the backend reaches NATS and lays out its streams.
 #[derive(Debug, Clone)]
@@ -508,11 +511,14 @@ impl Relay {
                     }
                 };
                 let subject = self.bus.subject(partition_of(r.event.store_id, cfg.partitions), &r.event.kind);
-                let msg = Publish::build()
+                let mut msg = Publish::build()
                     .payload(payload.into())
                     .message_id(r.event.id.to_string())
                     .header(SHARD_HEADER, self.shard.to_string())
                     .header(SEQ_HEADER, r.seq.to_string());
+                if let Some(tp) = r.traceparent {
+                    msg = msg.header(TRACEPARENT_HEADER, tp.to_string());
+                }
                 match within(cfg.timeout, "publishing", self.bus.inner.js.send_publish(subject, msg)).await {
                     Ok(ack) => pending.push((i, ack)),
                     Err(e) => {
@@ -944,7 +950,9 @@ impl Worker {
                 }
             }
         };
-        Some(match self.consumer.effects(&event) {
+        let traceparent =
+            msg.headers.as_ref().and_then(|h| h.get(TRACEPARENT_HEADER)).and_then(|v| TraceParent::parse(v.as_str()));
+        Some(match crate::consumers::effects_in_trace(&*self.consumer, &event, traceparent.as_ref()) {
             Ok(effects) => Judged::Ready(shard, Applied { event, effects }),
             Err(e) => Judged::Failed(e, Some((event, Some(shard)))),
         })
@@ -1081,7 +1089,7 @@ impl Worker {
         }
         if let Some((event, Some(shard))) = parsed {
             // Position 0: the shard's positions are the embedded backend's, not touched here.
-            let logged = Logged { seq: 0, event };
+            let logged = Logged { seq: 0, event, traceparent: None };
             let mut failures = 0;
             loop {
                 let r = match self.storage.logs().nth(shard) {

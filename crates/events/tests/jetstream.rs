@@ -615,3 +615,59 @@ async fn a_delivery_lost_to_another_reader_is_read_again_before_what_follows_it(
     worker.await.unwrap();
     drop_streams(&bus).await;
 }
+
+/// Every (span name, trace id) recorded by spans created on this thread.
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<(String, String)>>>);
+
+impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> tracing_subscriber::Layer<S>
+    for Spans
+{
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct TraceId(Option<String>);
+        impl tracing::field::Visit for TraceId {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "trace_id" {
+                    self.0 = Some(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut trace = TraceId(None);
+        values.record(&mut trace);
+        if let (Some(t), Some(span)) = (trace.0, ctx.span(id)) {
+            self.0.lock().unwrap().push((span.name().to_string(), t));
+        }
+    }
+}
+
+// One thread, so the test's subscriber sees the relay's and the consumers' tasks too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_works_in_the_trace_of_the_request_that_wrote_the_event() {
+    use tracing_subscriber::layer::SubscriberExt;
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let url = shared_nats();
+    let world = World::new(1, 1).await;
+    let bus = jetstream::connect(test_config(&url, 4)).await.expect("the shared NATS answers");
+    let spans = Spans::default();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+
+    let request = kirana_storage::trace::TraceParent::parse(&format!("00-{TRACE}-00f067aa0ba902b7-01")).unwrap();
+    kirana_storage::trace::scope(request, world.order(0, 1)).await;
+    let running = Running::start(&bus, &world, vec![Arc::new(SalesAnalytics)], patient());
+    eventually(Duration::from_secs(30), "the order's events are applied in its trace", || {
+        let seen = spans.0.lock().unwrap().clone();
+        async move {
+            let joined = seen.iter().any(|(name, trace)| name == "event" && trace == TRACE);
+            if joined { Ok(()) } else { Err(format!("event spans so far: {seen:?}")) }
+        }
+    })
+    .await;
+    running.stop().await;
+    drop_streams(&bus).await;
+}

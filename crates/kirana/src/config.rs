@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// twice that); default 500.
     #[arg(long, env = "KIRANA_STORE_RPS")]
     pub store_rps: Option<u32>,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318
+    /// (`/v1/traces` is added unless given). Absent: nothing is exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The file layer: every field optional.
@@ -110,6 +114,7 @@ struct FileConfig {
     cache_mb: Option<u64>,
     node_name: Option<String>,
     store_rps: Option<u32>,
+    otlp_endpoint: Option<String>,
     postgres: Option<FilePostgres>,
 }
 
@@ -156,6 +161,8 @@ pub struct Config {
     pub store_rps: u32,
     /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
     pub postgres: Option<PgConfig>,
+    /// Where spans are exported (the full OTLP/HTTP traces URL); `None`: nowhere.
+    pub otlp_traces_url: Option<String>,
 }
 
 impl Config {
@@ -223,8 +230,18 @@ impl Config {
         if store_rps == 0 {
             bail!("--store-rps must be at least 1");
         }
+        let otlp_traces_url = match serve.and_then(|s| s.otlp_endpoint.clone()).or(file.otlp_endpoint) {
+            None => None,
+            Some(u) if u.trim().is_empty() => None,
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                let base = u.trim().trim_end_matches('/');
+                Some(if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") })
+            }
+            Some(other) => bail!("--otlp-endpoint must be an http:// or https:// URL, not {other:?}"),
+        };
         Ok(Config {
             store_rps,
+            otlp_traces_url,
             search_consumer,
             cache_url,
             cache_bytes: cache_mb << 20,
@@ -387,6 +404,7 @@ mod tests {
             cache_mb: None,
             node_name: None,
             store_rps: None,
+            otlp_endpoint: None,
         }
     }
 
@@ -413,6 +431,21 @@ mod tests {
         flags.cache = Some("memcached://x".into());
         let e = Config::resolve(&g, Some(&flags)).unwrap_err().to_string();
         assert!(e.contains("--cache"), "{e}");
+    }
+
+    #[test]
+    fn traces_are_exported_only_to_a_configured_otlp_endpoint() {
+        assert_eq!(Config::resolve(&globals(), Some(&serve_args())).unwrap().otlp_traces_url, None);
+        let (_dir, g) = with_file("otlp_endpoint = \"http://127.0.0.1:4318\"\n");
+        let c = Config::resolve(&g, Some(&serve_args())).unwrap();
+        assert_eq!(c.otlp_traces_url.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+        let mut flags = serve_args();
+        flags.otlp_endpoint = Some("http://collector:4318/v1/traces".into());
+        let c = Config::resolve(&g, Some(&flags)).unwrap();
+        assert_eq!(c.otlp_traces_url.as_deref(), Some("http://collector:4318/v1/traces"), "the flag wins, kept whole");
+        flags.otlp_endpoint = Some("collector:4317".into());
+        let e = Config::resolve(&g, Some(&flags)).unwrap_err().to_string();
+        assert!(e.contains("--otlp-endpoint"), "{e}");
     }
 
     #[test]

@@ -136,9 +136,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
     let config = Config::resolve(&cli.global, serve_args)?;
-    init_logs(config.json_logs);
+    let exporter = init_logs(config.json_logs, config.otlp_traces_url.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         match cli.command {
             Command::Serve(_) => serve(config).await,
             Command::Migrate => migrate(&config).await,
@@ -174,19 +174,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // Sends the spans still batched; outside the runtime, as the blocking HTTP client needs.
+    if let Some(provider) = exporter
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("could not flush the last spans: {e}");
+    }
+    outcome
 }
 
-fn init_logs(json: bool) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr, as text or JSON, and spans to an OTLP collector when one is configured.
+/// JSON lines carry the fields of every span they were logged in (`spans`), so a line logged
+/// while serving a request has its `trace_id`, `request_id` and `store_id`.
+fn init_logs(
+    json: bool,
+    otlp_traces_url: Option<&str>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,tokio_postgres=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().with_current_span(false).with_span_list(true).boxed() } else { fmt.boxed() };
+    let provider = match otlp_traces_url {
+        None => None,
+        Some(url) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .build()
+                .with_context(|| format!("cannot set up span export to {url}"))?;
+            let resource = opentelemetry_sdk::Resource::builder().with_service_name("kirana").build();
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+    };
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("kirana")));
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+    Ok(provider)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1271,3 +1271,91 @@ async fn doctor_reads_a_running_nodes_objectives_and_fails_when_it_cannot() -> R
     ensure!(gone.stdout.contains("UNREACHABLE") && gone.stdout.contains("PROBLEM: node"), "{}", gone.stdout);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs and traces
+// ---------------------------------------------------------------------------------------------
+
+/// A merchant's and a shopper's whole session against `--log-format json` at debug level: every
+/// line logged while serving the traced checkout names its trace, request and store, the
+/// consumers' work joins the checkout's trace, and no credential appears anywhere in the logs.
+#[tokio::test]
+async fn a_full_session_logs_its_traces_and_never_a_secret() -> Result<()> {
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let root = tempfile::tempdir()?;
+    let data = root.path().join("data");
+    let mut args = strings(&["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"]);
+    args.push(path_arg(&data));
+    let mut server = Server::spawn(root.path(), &args, &[("RUST_LOG", "debug")]).await?;
+    let api = server.api.clone();
+
+    let token = api.sign_in(&data, MERCHANT_PHONE).await?;
+    let outbox = std::fs::read_to_string(data.join("dev-outbox.jsonl"))?;
+    let codes: Vec<String> = outbox
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["code"].as_str().map(str::to_string))
+        .collect();
+    ensure!(!codes.is_empty(), "no sign-in code in the dev outbox");
+    let (store_id, slug) = api.create_store(&token, "Quiet Spices").await?;
+    let (product_id, variant) = api.create_product(&token, &store_id, "Saffron", 10).await?;
+    let (cart_id, cart_token) = api.cart_with(&slug, &variant, 1).await?;
+    let checkout = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/storefront/{slug}/carts/{cart_id}/checkout"),
+            None,
+            &[("x-cart-token", &cart_token), ("traceparent", PARENT), ("x-request-id", "e2e-checkout-1")],
+            Some(&checkout_body()),
+        )
+        .await?;
+    let returned = checkout.headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let request_id = checkout.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    checkout.expect(201, "checking out")?;
+    ensure!(returned.starts_with(&format!("00-{TRACE}-")), "the checkout's trace comes back: {returned:?}");
+    ensure!(request_id == "e2e-checkout-1", "the request id comes back: {request_id:?}");
+    api.all_orders(&token, &store_id).await?;
+    ensure!(api.stock(&token, &store_id, &product_id).await? == 9, "one unit was sold");
+    api.call(Method::GET, &format!("/{slug}"), None, &[], None).await?.expect(200, "the storefront")?;
+
+    // The consumers apply the order's events in the background; their lines join its trace.
+    let joined = |logs: &str| logs.lines().any(|l| l.contains(r#""name":"event""#) && l.contains(TRACE));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !joined(&server.stderr_text().await) {
+        ensure!(Instant::now() < deadline, "no consumer line in the checkout's trace");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.sigterm().await?;
+    server.wait_exit(EXIT_TIMEOUT).await?;
+    let logs = server.stderr_text().await;
+
+    let in_request: Vec<&str> = logs.lines().filter(|l| l.contains(r#""request_id":"e2e-checkout-1""#)).collect();
+    ensure!(!in_request.is_empty(), "nothing was logged inside the checkout");
+    for line in &in_request {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("not a JSON line: {line}"))?;
+        let request = v["spans"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "request"))
+            .with_context(|| format!("no request span on {line}"))?;
+        ensure!(request["trace_id"] == TRACE, "{line}");
+        ensure!(request["store_id"] == store_id.as_str(), "{line}");
+    }
+    let mut secrets = vec![("the session token", token.clone()), ("the cart token", cart_token.clone())];
+    secrets.push(("the Authorization header", format!("Bearer {token}")));
+    secrets.extend(codes.iter().map(|c| ("a sign-in code", c.clone())));
+    for (what, secret) in secrets {
+        if let Some(line) = logs.lines().find(|l| contains_token(l, &secret)) {
+            bail!("{what} was logged: {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `secret` appears in `line` as a whole token: a six-digit code inside a timestamp's
+/// fraction or a hex id is a coincidence, not a leak.
+fn contains_token(line: &str, secret: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    line.match_indices(secret)
+        .any(|(at, _)| !word(line[..at].chars().next_back()) && !word(line[at + secret.len()..].chars().next()))
+}

@@ -78,8 +78,9 @@ pub trait Notifier: Send + Sync + 'static {
     fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String>;
 }
 
-/// The embedded default: writes each code to the log and appends it as a JSON line to
-/// `<data-dir>/dev-outbox.jsonl`, so a developer can sign in without an SMS provider.
+/// The embedded default: appends each code as a JSON line to `<data-dir>/dev-outbox.jsonl`, so
+/// a developer can sign in without an SMS provider. The log only says where to look: a code in
+/// the log would be a credential in every log shipper downstream.
 pub struct DevOutbox {
     path: PathBuf,
     lock: Mutex<()>,
@@ -93,7 +94,10 @@ impl DevOutbox {
 
 impl Notifier for DevOutbox {
     fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String> {
-        tracing::info!(phone = %phone.as_str(), %code, "sign-in code (dev outbox; configure an SMS provider for production)");
+        tracing::info!(
+            outbox = %self.path.display(),
+            "a sign-in code was written to the dev outbox (configure an SMS provider for production)"
+        );
         let line = serde_json::json!({
             "kind": "otp",
             "phone": phone.as_str(),

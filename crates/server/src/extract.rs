@@ -235,6 +235,7 @@ impl FromRequestParts<AppState> for StoreAccess {
         let store_id = path.id("store_id", StoreId::parse)?;
         let scope = state.storage.scope_for_owner(merchant.id, store_id).await?;
         state.store_limits.check(scope.store_id())?;
+        crate::trace::record_store(scope.store_id());
         Ok(StoreAccess { merchant, scope, path })
     }
 }
@@ -253,6 +254,7 @@ impl FromRequestParts<AppState> for Shop {
         let slug = path.raw("slug").filter(|s| s.len() <= 64).ok_or(ApiError::NotFound)?;
         let (scope, _canonical) = state.storage.scope_for_slug(&slug.to_ascii_lowercase()).await?;
         state.store_limits.check(scope.store_id())?;
+        crate::trace::record_store(scope.store_id());
         Ok(Shop { scope, path })
     }
 }

@@ -8,6 +8,7 @@
 //! - [`http_cache`]: `Cache-Control`, strong ETags and 304s for the API.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`read_cache`]: public storefront reads (pages, the shopper API) served from memory/Redis.
+//! - [`trace`]: the `request` span, W3C `traceparent` and `X-Request-Id` in and out.
 //! - [`read_routing`]: how fresh each request's reads must be; write tokens for read-your-writes.
 //!
 //! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
@@ -25,13 +26,13 @@ pub mod read_routing;
 pub mod routes;
 pub mod slo;
 pub mod state;
+pub mod trace;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 pub use state::{AppState, ServerConfig};
 
@@ -43,8 +44,9 @@ pub fn app(state: AppState) -> Router {
     app_with(state.clone(), Router::new()).layer(axum::middleware::from_fn_with_state(state, metrics::track))
 }
 
-/// The application with more routes (the web pages) merged in, under the same limits, timeouts
-/// and error handling as the API. Request metrics (`metrics::track`) are the caller's to wrap
+/// The application with more routes (the web pages) merged in, under the same limits, timeouts,
+/// tracing and error handling as the API (a caller that wraps [`trace::trace`] around more, as
+/// the web app does around its edge cache, gets one span, not two). Request metrics (`metrics::track`) are the caller's to wrap
 /// around the whole (`app` does; the web app does, outside its edge cache).
 pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
     // The recorder must exist before the first request counts anything, not at the first scrape.
@@ -62,11 +64,13 @@ pub fn app_with(state: AppState, pages: Router<AppState>) -> Router {
         .layer(axum::middleware::from_fn(http_cache::http_cache))
         .layer(axum::middleware::from_fn(read_routing::route_reads))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))
-        .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             use axum::response::IntoResponse;
             error::ApiError::Internal("a handler panicked".into()).into_response()
         }))
+        // Outside the panic catcher, so even that answer names its trace. (tower-http's
+        // TraceLayer is not used: its span records the URI, and query strings are the client's.)
+        .layer(axum::middleware::from_fn(trace::trace))
         .with_state(state)
 }
 

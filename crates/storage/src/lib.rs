@@ -12,6 +12,7 @@
 //!   coupons, and the outbox of events written in the same transaction as each change.
 //! - [`log`]: a shard's event log as the event pipeline walks it: outbox in commit order,
 //!   consumer positions, effects applied once, dead letters.
+//! - [`trace`]: the W3C trace context a write happens under, which its outbox rows carry.
 //! - [`webhooks`]: merchants' webhook endpoints, their delivery log, and the worker's queue.
 //! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
 //!   both (creating a store, renaming its slug).
@@ -32,6 +33,7 @@ pub mod scope;
 pub mod shard;
 pub mod sqlite;
 pub mod storage;
+pub mod trace;
 pub mod webhooks;
 
 pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};

@@ -12,12 +12,16 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::scope::ShardId;
+use crate::trace::TraceParent;
 
 /// An outbox row: the event and its position in the shard's commit order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logged {
     pub seq: i64,
     pub event: Event,
+    /// The trace of the request that wrote it, for the relay (a NATS header) and consumers to
+    /// join. Kept beside the event rather than in it: webhooks send the event to merchants.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// How much the relay has yet to move.

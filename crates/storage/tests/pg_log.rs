@@ -597,8 +597,11 @@ async fn scenario(b: &dyn Backend) -> Vec<Value> {
     // Dead letters.
     record(l, "no dead letters", &b.dead_letters(true, 10).await);
     record(l, "park", &b.park("webhooks", 7, &all[1], "endpoint said 500", 5, at(60)).await);
-    let synthetic =
-        Logged { seq: 0, event: Event::new(all[0].event.store_id, "test.synthetic", at(61), json!({"x": 1})) };
+    let synthetic = Logged {
+        seq: 0,
+        event: Event::new(all[0].event.store_id, "test.synthetic", at(61), json!({"x": 1})),
+        traceparent: None,
+    };
     record(l, "park an unlogged event", &b.park("webhooks", 8, &synthetic, "bad", 1, at(61)).await);
     record(l, "park behind the position", &b.park("cache", 0, &all[0], "late", 2, at(62)).await);
     record(l, "positions after parking", &b.positions("webhooks").await);

@@ -68,6 +68,9 @@ pub fn app(state: AppState, web: Arc<Web>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge_cache))
         .layer(axum::middleware::from_fn_with_state((state.clone(), domains), domains::rewrite))
         .layer(axum::middleware::from_fn_with_state(state, kirana_server::metrics::track))
+        // Outermost, so edge-cache hits return `traceparent` too; the API's own copy inside
+        // sees the request already traced and steps aside.
+        .layer(axum::middleware::from_fn(kirana_server::trace::trace))
 }
 
 /// Answers a public page or shopper-API read straight from this node's memory when everything

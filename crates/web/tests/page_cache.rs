@@ -67,6 +67,15 @@ async fn a_cached_page_is_served_with_validators_and_an_edit_reaches_the_next_re
     assert!(again.header("cache-control").contains("s-maxage"), "{:?}", again.header("cache-control"));
     assert!(again.header("vary").is_empty(), "nothing varies a public page");
     assert!(again.set_cookie_names().is_empty());
+    // An edge hit still joins the caller's trace and says so.
+    let traced = b.get_with(&page, &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]).await;
+    assert_eq!(traced.header("x-kirana-cache"), "hit");
+    assert!(
+        traced.header("traceparent").starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{:?}",
+        traced.header("traceparent")
+    );
+    assert!(!traced.header("x-request-id").is_empty());
 
     // A browser's revalidation is a 304 without a body; a campaign link is the same page.
     let revalidated = b.get_with(&page, &[("if-none-match", &etag)]).await;

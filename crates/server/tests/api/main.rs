@@ -16,4 +16,5 @@ mod isolation;
 mod limits;
 mod orders;
 mod stores;
+mod trace_context;
 mod webhooks;

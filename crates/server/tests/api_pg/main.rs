@@ -25,5 +25,7 @@ mod isolation;
 mod orders;
 #[path = "../api/stores.rs"]
 mod stores;
+#[path = "../api/trace_context.rs"]
+mod trace_context;
 #[path = "../api/webhooks.rs"]
 mod webhooks;

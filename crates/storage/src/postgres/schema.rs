@@ -544,6 +544,11 @@ CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_endpoint
 CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_deliveries FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'endpoint_id', 'event_id');
 CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_attempts FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'endpoint_id', 'event_id', 'attempt');
 "#,
+    r#"
+-- The W3C traceparent of the request that wrote the event (NULL when none was traced), so the
+-- relay and consumers can join that request's trace (docs/decisions/0022-tracing.md).
+ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+"#,
 ];
 
 /// Applies the migrations the database has not seen, each in its own transaction, under an

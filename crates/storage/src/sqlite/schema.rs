@@ -423,6 +423,11 @@ CREATE TABLE webhook_attempts (
     PRIMARY KEY (store_id, endpoint_id, event_id, attempt)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- The W3C traceparent of the request that wrote the event (NULL when none was traced), so the
+-- relay and consumers can join that request's trace (docs/decisions/0022-tracing.md).
+ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+"#,
 ];
 
 /// Applies the migrations the file has not seen, in one transaction.

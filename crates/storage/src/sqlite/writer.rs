@@ -29,6 +29,9 @@ struct Task<F, T> {
     work: Option<F>,
     outcome: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
+    /// The caller's trace context: the job runs on this thread, away from the caller's task,
+    /// and the outbox rows it writes must still name the request that caused them.
+    trace: Option<crate::trace::TraceParent>,
 }
 
 impl<F, T> Job for Task<F, T>
@@ -41,7 +44,7 @@ where
             return false;
         };
         // A panicking job must not take the writer (and every later write) down with it.
-        let outcome = catch_unwind(AssertUnwindSafe(|| work(conn)))
+        let outcome = crate::trace::on_this_thread(self.trace, || catch_unwind(AssertUnwindSafe(|| work(conn))))
             .unwrap_or_else(|_| Err(StorageError::Internal("a write job panicked".into())));
         let ok = outcome.is_ok();
         self.outcome = Some(outcome);
@@ -100,7 +103,7 @@ impl Writer {
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let task = Task { work: Some(work), outcome: None, reply };
+        let task = Task { work: Some(work), outcome: None, reply, trace: crate::trace::current() };
         self.jobs
             .send(Box::new(task))
             .await

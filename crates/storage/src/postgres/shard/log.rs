@@ -19,6 +19,7 @@ use super::{exec, one, opt, rows};
 use crate::Result;
 use crate::error::StorageError;
 use crate::log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing};
+use crate::trace::TraceParent;
 
 fn u32_of(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
@@ -35,6 +36,7 @@ fn logged(r: &Row) -> Logged {
             occurred_at: Timestamp::from_millis(r.get(5)),
             payload: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(serde_json::Value::Null),
         },
+        traceparent: r.get::<_, Option<&str>>(7).and_then(TraceParent::parse),
     }
 }
 
@@ -153,7 +155,7 @@ fn dead_letter_row(shard: u32, r: &Row) -> DeadLetter {
 pub async fn outbox_window<C: GenericClient>(c: &C, after: i64, limit: u32) -> Result<(Vec<Logged>, Snapshot)> {
     let found = rows(
         c,
-        "SELECT o.seq, o.store_id, o.event_id, o.type, o.version, o.occurred_at, o.payload,
+        "SELECT o.seq, o.store_id, o.event_id, o.type, o.version, o.occurred_at, o.payload, o.traceparent,
                 pg_snapshot_xmin(s)::text::BIGINT, pg_snapshot_xmax(s)::text::BIGINT
          FROM pg_current_snapshot() s LEFT JOIN LATERAL
               (SELECT * FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2) o ON true
@@ -161,7 +163,7 @@ pub async fn outbox_window<C: GenericClient>(c: &C, after: i64, limit: u32) -> R
         &[&after, &i64::from(limit)],
     )
     .await?;
-    let snapshot = found.first().map_or(Snapshot { xmin: 0, xmax: 0 }, |r| Snapshot { xmin: r.get(7), xmax: r.get(8) });
+    let snapshot = found.first().map_or(Snapshot { xmin: 0, xmax: 0 }, |r| Snapshot { xmin: r.get(8), xmax: r.get(9) });
     let logged = found.iter().filter(|r| r.get::<_, Option<i64>>(0).is_some()).map(logged).collect();
     Ok((logged, snapshot))
 }

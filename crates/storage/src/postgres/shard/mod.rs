@@ -118,7 +118,8 @@ pub async fn emit<C: GenericClient>(
     let event = Event::new(store, kind, now, payload);
     exec(
         c,
-        "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &store.uuid(),
             &event.id.uuid(),
@@ -126,6 +127,7 @@ pub async fn emit<C: GenericClient>(
             &i64::from(event.version),
             &now.millis(),
             &event.payload.to_string(),
+            &crate::trace::current().map(|tp| tp.to_string()),
         ],
     )
     .await?;

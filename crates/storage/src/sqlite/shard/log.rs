@@ -12,6 +12,7 @@ use crate::Result;
 use crate::error::StorageError;
 use crate::log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing, ShardLog};
 use crate::scope::ShardId;
+use crate::trace::TraceParent;
 
 fn logged(r: &Row<'_>) -> rusqlite::Result<Logged> {
     let payload: String = r.get(6)?;
@@ -25,6 +26,7 @@ fn logged(r: &Row<'_>) -> rusqlite::Result<Logged> {
             occurred_at: Timestamp::from_millis(r.get(5)?),
             payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
         },
+        traceparent: r.get::<_, Option<String>>(7)?.as_deref().and_then(TraceParent::parse),
     })
 }
 
@@ -133,7 +135,7 @@ impl ShardLog for SqliteShard {
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<Logged>> {
         self.db.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, store_id, event_id, type, version, occurred_at, payload FROM outbox
+                "SELECT seq, store_id, event_id, type, version, occurred_at, payload, traceparent FROM outbox
                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let rows = st.query_map(params![after, limit], logged)?;

@@ -53,7 +53,8 @@ pub(super) fn emit(
 ) -> Result<()> {
     let event = Event::new(store, kind, now, payload);
     c.prepare_cached(
-        "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO outbox (store_id, event_id, type, version, occurred_at, payload, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         store.uuid(),
@@ -61,7 +62,8 @@ pub(super) fn emit(
         event.kind,
         event.version,
         now.millis(),
-        event.payload.to_string()
+        event.payload.to_string(),
+        crate::trace::current().map(|tp| tp.to_string())
     ])?;
     Ok(())
 }
