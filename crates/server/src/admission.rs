@@ -6,8 +6,10 @@
 //!
 //! Why adaptive: a fixed limit is either too low for a quick node (sheds for nothing) or too high
 //! for a slow database (admits a queue). The limit grows by one per limit's worth of quick
-//! answers and shrinks by a tenth on a slow or failed one; a request counts as slow past
-//! `target` (by default the storefront's p99 objective, 100 ms, times two).
+//! answers and shrinks by a tenth on a slow or failed one (at most once per `target`: answers
+//! slow together are one congestion event); a request counts as slow past `target` (by default
+//! the storefront's p99 objective, 100 ms, times two). It starts high (512 in flight): a burst of
+//! checkouts that the database's group commit absorbs is not a reason to shed.
 //!
 //! Health probes and `/metrics` are never shed; edge-cache hits never get here.
 
@@ -79,7 +81,7 @@ pub struct AdmissionConfig {
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        Self { initial: 64.0, min: 8.0, max: 1024.0, target: Duration::from_millis(200), backoff: 0.9 }
+        Self { initial: 512.0, min: 16.0, max: 4096.0, target: Duration::from_millis(200), backoff: 0.9 }
     }
 }
 
@@ -93,6 +95,9 @@ pub struct Admission {
 struct Limits {
     limit: f64,
     inflight: usize,
+    /// When the limit was last cut: answers that were slow together are one congestion event,
+    /// and cut it once (per `target`), not once each.
+    last_cut: Option<Instant>,
 }
 
 /// A request let in. It leaves when the ticket is dropped, counted as a failure unless
@@ -119,7 +124,7 @@ impl Drop for Ticket {
 
 impl Admission {
     pub fn new(cfg: AdmissionConfig) -> Admission {
-        Admission { cfg, state: Mutex::new(Limits { limit: cfg.initial.clamp(cfg.min, cfg.max), inflight: 0 }) }
+        Admission { cfg, state: Mutex::new(Limits { limit: cfg.initial.clamp(cfg.min, cfg.max), inflight: 0, last_cut: None }) }
     }
 
     /// Lets a request in if its priority's share of the limit has room.
@@ -137,11 +142,15 @@ impl Admission {
         let slow = started.elapsed() > self.cfg.target;
         let mut s = self.state.lock().expect("admission lock");
         s.inflight = s.inflight.saturating_sub(1);
-        s.limit = if slow || failed {
-            (s.limit * self.cfg.backoff).max(self.cfg.min)
+        if slow || failed {
+            let now = Instant::now();
+            if s.last_cut.is_none_or(|at| now >= at + self.cfg.target) {
+                s.limit = (s.limit * self.cfg.backoff).max(self.cfg.min);
+                s.last_cut = Some(now);
+            }
         } else {
-            (s.limit + 1.0 / s.limit).min(self.cfg.max)
-        };
+            s.limit = (s.limit + 1.0 / s.limit).min(self.cfg.max);
+        }
     }
 
     /// The current limit and the requests in flight.
@@ -228,8 +237,12 @@ mod tests {
         t.outcome(false);
         assert!((a.snapshot().0 - grown * 0.9).abs() < 1e-9, "a slow answer takes a tenth off");
         a.try_admit(Priority::Browse).unwrap().outcome(true);
-        assert!((a.snapshot().0 - grown * 0.81).abs() < 1e-9, "so does a failure");
+        assert!((a.snapshot().0 - grown * 0.9).abs() < 1e-9, "a failure at the same moment is the same event");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        a.try_admit(Priority::Browse).unwrap().outcome(true);
+        assert!((a.snapshot().0 - grown * 0.81).abs() < 1e-9, "a later failure cuts again");
         for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(200)).await;
             a.try_admit(Priority::Checkout).unwrap().outcome(true);
         }
         assert_eq!(a.snapshot().0, 2.0, "never below the floor");
