@@ -373,6 +373,53 @@ async fn a_nats_killed_mid_burst_loses_nothing_and_applies_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_nats_reset_mid_burst_lose_nothing_and_apply_nothing_twice() {
+    // The shared server behind a proxy of this test's own: the resets cut this test's
+    // connections (the relay's publishes, the consumers' fetches and acks) and no one else's.
+    logs();
+    let shared = shared_nats();
+    let proxy = kirana_faultproxy::FaultProxy::start(shared.trim_start_matches("nats://").parse().unwrap())
+        .expect("a proxy in front of NATS");
+    let world = World::new(2, 12).await;
+    let bus =
+        jetstream::connect(test_config(&format!("nats://{}", proxy.addr()), 4)).await.expect("NATS via the proxy");
+    let (consumers, sales) = watched_consumers();
+    let list = names(&consumers);
+    let running = Running::start(&bus, &world, consumers, patient());
+
+    let w = world.clone();
+    let shoppers = tokio::spawn(async move { w.burst(400, 6, Duration::from_millis(10)).await });
+    // Three resets while orders are placed (and their events relayed and consumed): after a
+    // quarter, a half and three quarters of the burst.
+    let mut resets_mid_burst = 0;
+    for round in 1..=3 {
+        eventually(Duration::from_secs(60), "more orders taken", || async {
+            let taken = world.orders_taken();
+            if taken >= round * 100 { Ok(()) } else { Err(format!("{taken} taken")) }
+        })
+        .await;
+        resets_mid_burst += usize::from(!shoppers.is_finished());
+        proxy.reset_all();
+    }
+    shoppers.await.unwrap();
+    assert_eq!(resets_mid_burst, 3, "every reset came while orders were still being placed");
+
+    eventually(Duration::from_secs(60), "every order applied once after the resets", || world.all_settled()).await;
+    drained(&world).await;
+    caught_up(&bus, &list).await;
+    assert_eq!(sales.out_of_order.load(Ordering::SeqCst), 0, "a store's orders arrived out of order");
+    println!(
+        "resets: {resets_mid_burst} of 3 during the burst; {} events written, {} messages in the stream, {} handed to the \
+         sales consumer again (absorbed)",
+        world.events_written().await,
+        stream_messages(&bus, &bus.config().stream).await,
+        sales.repeats.load(Ordering::SeqCst),
+    );
+    running.stop().await;
+    drop_streams(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkouts_go_on_while_nats_is_away_and_the_outbox_drains_when_it_returns() {
     // NATS is not even running when the node starts.
     logs();

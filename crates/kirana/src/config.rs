@@ -129,6 +129,10 @@ struct FilePostgres {
     acquire_timeout_ms: Option<u64>,
     lag_max_seconds: Option<f64>,
     lag_max_bytes: Option<u64>,
+    /// How long one read on a replica may take before it moves to the primary.
+    replica_read_deadline_ms: Option<u64>,
+    /// How long one operation on a shard's primary may take before the caller gets a 503.
+    primary_deadline_ms: Option<u64>,
     #[serde(default)]
     shards: Vec<ShardUrls>,
 }
@@ -324,10 +328,23 @@ fn postgres_config(g: &GlobalArgs, file: Option<FilePostgres>) -> anyhow::Result
     if !(max_seconds.is_finite() && max_seconds >= 0.0) {
         bail!("postgres.lag_max_seconds must be a number of seconds, 0 or more, not {max_seconds}");
     }
+    let replica_defaults = ReplicaSettings::default();
+    let read_deadline =
+        file.replica_read_deadline_ms.map(Duration::from_millis).unwrap_or(replica_defaults.read_deadline);
+    if read_deadline.is_zero() {
+        bail!("postgres.replica_read_deadline_ms must be more than 0");
+    }
     pg.replicas = ReplicaSettings {
         policy: LagPolicy { max_bytes: file.lag_max_bytes.unwrap_or(policy.max_bytes), max_seconds },
-        ..ReplicaSettings::default()
+        read_deadline,
+        ..replica_defaults
     };
+    if let Some(ms) = file.primary_deadline_ms {
+        if ms == 0 {
+            bail!("postgres.primary_deadline_ms must be more than 0");
+        }
+        pg.primary_deadline = Duration::from_millis(ms);
+    }
     Ok(Some(pg))
 }
 
@@ -516,6 +533,8 @@ mod tests {
         assert_eq!(pg.shards[1].primary, "postgres://kirana@db2/shard1");
         assert!(pg.shards[1].replicas.is_empty());
         assert_eq!(pg.directory_ttl, Duration::from_secs(5), "the default TTL");
+        assert_eq!(pg.replicas.read_deadline, Duration::from_millis(250), "the default replica read deadline");
+        assert_eq!(pg.primary_deadline, Duration::from_secs(5), "the default primary deadline");
     }
 
     #[test]
@@ -529,6 +548,8 @@ pool_size = 4
 acquire_timeout_ms = 750
 lag_max_seconds = 2.5
 lag_max_bytes = 1048576
+replica_read_deadline_ms = 400
+primary_deadline_ms = 3000
 
 [[postgres.shards]]
 primary = "postgres://kirana@db1/s0"
@@ -543,6 +564,8 @@ primary = "postgres://kirana@db2/s1"
         assert_eq!(pg.pool.max_size, 4);
         assert_eq!(pg.pool.acquire_timeout, Duration::from_millis(750));
         assert_eq!(pg.replicas.policy, LagPolicy { max_bytes: 1 << 20, max_seconds: 2.5 });
+        assert_eq!(pg.replicas.read_deadline, Duration::from_millis(400));
+        assert_eq!(pg.primary_deadline, Duration::from_secs(3));
         assert_eq!(pg.shards.len(), 2);
         assert_eq!(pg.shards[0].replicas.len(), 1);
 

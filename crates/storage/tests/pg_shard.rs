@@ -188,6 +188,8 @@ async fn reads_follow_consistency_and_lag_across_a_real_replica() {
         policy: LagPolicy { max_bytes: 16 << 20, max_seconds: 5.0 },
         probe_every: Duration::from_millis(50),
         probe_timeout: Duration::from_secs(2),
+        // As roomy as the probe's: this test is about lag, not slowness, on a busy machine.
+        read_deadline: Duration::from_secs(2),
     };
     let (c, _control) =
         cluster(vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }], settings).await;
@@ -276,7 +278,11 @@ async fn reads_follow_consistency_and_lag_across_a_real_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_fails_a_read_is_left_for_the_primary_at_once() {
     let pair = PgPair::start();
-    let settings = ReplicaSettings { probe_timeout: Duration::from_secs(2), ..Default::default() };
+    let settings = ReplicaSettings {
+        probe_timeout: Duration::from_secs(2),
+        read_deadline: Duration::from_secs(2),
+        ..Default::default()
+    };
     let (c, _control) =
         cluster(vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }], settings).await;
     let (_, scope) = store(&c).await;

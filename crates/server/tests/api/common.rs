@@ -91,6 +91,9 @@ async fn open(shards: u32) -> Opened {
             let urls = vec![ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] }];
             let mut config = PgConfig::new(control.url(), urls);
             config.replicas.probe_every = std::time::Duration::from_millis(50);
+            // These suites are about lag and routing, not slowness: a busy machine must not make
+            // a healthy replica miss its read deadline and leave rotation mid-test.
+            config.replicas.read_deadline = std::time::Duration::from_secs(2);
             // Roomy bounds: on a busy shared machine a healthy replica can be a second behind;
             // the tests pause replay to make a laggard, which no bound admits.
             config.replicas.policy =

@@ -30,6 +30,9 @@ pub struct PgConfig {
     pub shards: Vec<ShardUrls>,
     pub pool: PoolSettings,
     pub replicas: ReplicaSettings,
+    /// How long one operation on a shard's primary may take (see
+    /// [`PgPool::with_operation_deadline`]): past it the caller gets `Unavailable` (a 503).
+    pub primary_deadline: Duration,
     /// How long a node trusts its cached directory lookups.
     pub directory_ttl: Duration,
     /// Connections per shard primary for background work (event consumers, webhooks), apart
@@ -44,6 +47,7 @@ impl PgConfig {
             shards,
             pool: PoolSettings::default(),
             replicas: ReplicaSettings::default(),
+            primary_deadline: super::pool::DEFAULT_OPERATION_DEADLINE,
             directory_ttl: Duration::from_secs(5),
             background_pool: 4,
         }
@@ -66,7 +70,8 @@ pub async fn open(config: &PgConfig) -> Result<PgCluster> {
     let mut shards = Vec::with_capacity(config.shards.len());
     for (i, urls) in config.shards.iter().enumerate() {
         let id = ShardId(i as u32);
-        let primary = PgPool::new(&urls.primary, PoolRole::Primary(id), config.pool)?;
+        let primary = PgPool::new(&urls.primary, PoolRole::Primary(id), config.pool)?
+            .with_operation_deadline(config.primary_deadline);
         match primary.get().await {
             Ok(mut c) => {
                 schema::migrate(&mut c, schema::SHARD).await?;

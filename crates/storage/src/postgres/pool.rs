@@ -70,7 +70,17 @@ pub struct PgPool {
     pool: Pool,
     role: PoolRole,
     settings: PoolSettings,
+    /// How long one operation (a read, or a write's whole transaction) may take on a connection
+    /// from this pool; see [`PgPool::with_operation_deadline`]. `Duration::MAX` (the default):
+    /// no deadline (tokio's timeout treats an unreachable instant as never).
+    operation_deadline: Duration,
 }
+
+/// The default deadline of a shard primary's request pool ([`PgPool::with_operation_deadline`]):
+/// far above any query kirana runs on a request's path, so that only a server that stopped
+/// answering reaches it. Other pools (background work, whose batches may be long) have none
+/// unless given one.
+pub const DEFAULT_OPERATION_DEADLINE: Duration = Duration::from_secs(5);
 
 impl PgPool {
     /// Builds the pool without connecting: the first `get` opens the first connection.
@@ -94,7 +104,24 @@ impl PgPool {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StorageError::Internal(format!("{role}: cannot build the pool: {e}")))?;
-        Ok(PgPool { pool, role, settings })
+        Ok(PgPool { pool, role, settings, operation_deadline: Duration::MAX })
+    }
+
+    /// Sets how long one operation on this pool's connections may take before the caller gets
+    /// `Unavailable` and the connection is discarded.
+    ///
+    /// Why, beside the acquire and connect timeouts: those bound getting a connection, not using
+    /// it. A server that stops answering on a connection already open (a network partition, a
+    /// blackholed link, a hung host) leaves every query on it waiting for TCP to give up, which
+    /// takes many minutes; PostgreSQL's `statement_timeout` cannot help, it runs on the server
+    /// that no longer hears us. The caller's deadline is the only bound left.
+    pub fn with_operation_deadline(mut self, deadline: Duration) -> PgPool {
+        self.operation_deadline = deadline;
+        self
+    }
+
+    pub fn operation_deadline(&self) -> Duration {
+        self.operation_deadline
     }
 
     pub fn role(&self) -> PoolRole {

@@ -25,6 +25,16 @@ pub struct ReplicaSettings {
     pub probe_every: Duration,
     /// A probe that takes longer counts as failed (the replica leaves rotation).
     pub probe_timeout: Duration,
+    /// How long one read on a replica may take, its connection included. A read past it is
+    /// abandoned and run on the primary, and the replica leaves rotation; a probe slower than
+    /// it is a failed probe, so a slow replica stays out rather than flapping back in between
+    /// reads that each pay the deadline.
+    ///
+    /// Why: without it a slow replica (a saturated disk, a congested link) does not fail, it
+    /// only makes every read that lands on it as slow as it is, and nothing moves them. Every
+    /// replica-level read is an indexed lookup or reads a rollup, milliseconds when healthy;
+    /// the default leaves ample room for a busy server and still bounds what a slow one costs.
+    pub read_deadline: Duration,
 }
 
 impl Default for ReplicaSettings {
@@ -34,6 +44,7 @@ impl Default for ReplicaSettings {
             policy: LagPolicy { max_bytes: 16 << 20, max_seconds: 1.0 },
             probe_every: Duration::from_millis(250),
             probe_timeout: Duration::from_secs(1),
+            read_deadline: Duration::from_millis(250),
         }
     }
 }
@@ -117,7 +128,17 @@ impl ReplicaSet {
             let outcome = tokio::time::timeout(self.settings.probe_timeout, async {
                 let p = primary.get().await.map_err(|e| e.to_string())?;
                 let c = r.pool.get().await.map_err(|e| e.to_string())?;
-                probe(&p, &c).await.map_err(|e| format!("{}: {e}", r.pool.role()))
+                let started = Instant::now();
+                let health = probe(&p, &c).await.map_err(|e| format!("{}: {e}", r.pool.role()))?;
+                let took = started.elapsed();
+                if took > self.settings.read_deadline {
+                    return Err(format!(
+                        "{}: a probe took {took:?}, longer than the read deadline {:?}",
+                        r.pool.role(),
+                        self.settings.read_deadline
+                    ));
+                }
+                Ok(health)
             })
             .await
             .unwrap_or_else(|_| Err(format!("{}: probe took longer than {:?}", r.pool.role(), self.settings.probe_timeout)));
@@ -159,7 +180,8 @@ impl ReplicaSet {
 
     /// A connection to a replica that may serve a replica-level read: in rotation and, for
     /// read-your-writes, replayed at least to `after`. Round-robin among those; `None` sends
-    /// the read to the primary. A replica whose pool cannot give a connection leaves rotation.
+    /// the read to the primary. A replica whose pool cannot give a connection within the read
+    /// deadline leaves rotation.
     pub(crate) async fn pick(&self, after: Option<u64>) -> Option<(u32, Object)> {
         let n = self.replicas.len();
         if n == 0 {
@@ -176,12 +198,20 @@ impl ReplicaSet {
             if !eligible {
                 continue;
             }
-            match r.pool.get().await {
-                Ok(c) => {
+            match tokio::time::timeout(self.settings.read_deadline, r.pool.get()).await {
+                Ok(Ok(c)) => {
                     r.reads.fetch_add(1, Ordering::Relaxed);
                     return Some((r.index, c));
                 }
-                Err(e) => self.failed(r.index, &e.to_string()),
+                Ok(Err(e)) => self.failed(r.index, &e.to_string()),
+                Err(_) => self.failed(
+                    r.index,
+                    &format!(
+                        "{}: no connection within the read deadline {:?}",
+                        r.pool.role(),
+                        self.settings.read_deadline
+                    ),
+                ),
             }
         }
         self.fallbacks.fetch_add(1, Ordering::Relaxed);

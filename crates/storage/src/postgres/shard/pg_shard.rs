@@ -66,28 +66,51 @@ enum Reader {
 }
 
 /// Runs `$body` (an expression over the client `$c`) where the request's consistency allows,
-/// and once more on the primary if a replica failed it.
+/// and once more on the primary if a replica failed it or did not answer within the read
+/// deadline ([`ReplicaSettings::read_deadline`]).
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {{
         match $self.reader().await? {
-            Reader::Primary(conn) => {
-                let $c = &conn;
-                $body.await
-            }
-            Reader::Replica(index, conn) => {
+            Reader::Primary(conn) => on_primary!($self, conn, |$c| $body),
+            Reader::Replica(index, conn) => 'read: {
+                let deadline = $self.replicas.settings().read_deadline;
                 let first = {
                     let $c = &conn;
-                    $body.await
+                    tokio::time::timeout(deadline, $body).await
                 };
-                match first {
-                    Err(StorageError::Unavailable(e)) => {
-                        $self.replicas.failed(index, &e);
-                        let conn = $self.primary.get().await?;
-                        let $c = &conn;
-                        $body.await
+                let error = match first {
+                    Ok(Err(StorageError::Unavailable(e))) => e,
+                    Ok(other) => break 'read other,
+                    Err(_) => {
+                        // Detached from the pool, not returned to it: the abandoned query's
+                        // answer may still be on its way, and the next reader would wait for it.
+                        drop(Object::take(conn));
+                        format!("shard {} replica {index}: no answer within the read deadline {deadline:?}", $self.id.0)
                     }
-                    other => other,
-                }
+                };
+                $self.replicas.failed(index, &error);
+                let conn = $self.primary.get().await?;
+                on_primary!($self, conn, |$c| $body)
+            }
+        }
+    }};
+}
+
+/// Runs `$body` over the primary's connection `$conn` within the primary's operation deadline;
+/// past it, the connection is discarded and the caller gets `Unavailable`.
+macro_rules! on_primary {
+    ($self:ident, $conn:ident, |$c:ident| $body:expr) => {{
+        let deadline = $self.primary.operation_deadline();
+        let outcome = {
+            let $c = &$conn;
+            tokio::time::timeout(deadline, $body).await
+        };
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // Its answer may still come; the next user of the connection would wait for it.
+                drop(Object::take($conn));
+                Err(StorageError::Unavailable(format!("{}: no answer within {deadline:?}", $self.primary.role())))
             }
         }
     }};
@@ -96,6 +119,10 @@ macro_rules! read {
 /// Runs `$body` in a transaction `$t` on the primary: the store's fence first (unless `$store`
 /// is `None`, for a store row that does not exist yet), commit if `$body` succeeded, then the
 /// write token.
+///
+/// The whole transaction runs within the primary's operation deadline. Past it the caller gets
+/// `Unavailable` without knowing whether the commit landed (it may have been on its way): that
+/// is what idempotency keys are for, and why a retried checkout finds its first attempt's order.
 macro_rules! write {
     ($self:ident, $store:expr, |$t:ident| $body:expr) => {
         write!($self, on primary, $store, |$t| $body)
@@ -103,19 +130,31 @@ macro_rules! write {
     // `on background`: the event pipeline's and webhook worker's pool (see `PgShard::background`).
     ($self:ident, on $pool:ident, $store:expr, |$t:ident| $body:expr) => {{
         let mut conn = $self.$pool.get().await?;
-        let $t = conn.transaction().await.map_err(pg)?;
-        if let Some(store) = $store {
-            if let Err(e) = stores::fence(&$t, store).await {
-                if let StorageError::Moved { store, .. } = &e {
-                    $self.moved(*store);
+        let deadline = $self.$pool.operation_deadline();
+        let outcome = tokio::time::timeout(deadline, async {
+            let $t = conn.transaction().await.map_err(pg)?;
+            if let Some(store) = $store {
+                if let Err(e) = stores::fence(&$t, store).await {
+                    if let StorageError::Moved { store, .. } = &e {
+                        $self.moved(*store);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+            }
+            let out = $body.await?;
+            $t.commit().await.map_err(pg)?;
+            $self.token(&conn).await;
+            Ok::<_, StorageError>(out)
+        })
+        .await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // Its answer may still come; the next user of the connection would wait for it.
+                drop(Object::take(conn));
+                Err(StorageError::Unavailable(format!("{}: no answer within {deadline:?}", $self.$pool.role())))
             }
         }
-        let out = $body.await?;
-        $t.commit().await.map_err(pg)?;
-        $self.token(&conn).await;
-        Ok(out)
     }};
 }
 

@@ -1,0 +1,375 @@
+//! Issue 8's fault-injection proof: the platform with a [`FaultProxy`] between it and one of
+//! its services, and a fault switched on while it serves.
+//!
+//! - A blackholed Redis costs the read cache one timeout per breaker cool-off, not one per
+//!   request.
+//! - A slow replica misses its read deadline once, leaves rotation, and reads move to the
+//!   primary until it is fast again.
+//! - A blackholed primary: cached pages serve on, checkouts answer 201 or 503 (with
+//!   Retry-After) within a bound, and retrying every 503 with its Idempotency-Key makes
+//!   exactly one order per checkout.
+//!
+//! Times here are on the real clock (real sockets, real servers); every bound on them is
+//! one-sided and generous, so a busy machine can make a test slower, not wrong.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use kirana_faultproxy::FaultProxy;
+use kirana_server::read_cache::ReadCacheConfig;
+use kirana_storage::postgres::cluster::{PgConfig, ShardUrls, open};
+use kirana_storage::postgres::testing::{PgPair, TempDb};
+use serde_json::{Value, json};
+use support::*;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// Polls `probe` until it answers, for at most `patience`.
+async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up after {patience:?} waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `host:port` of a `postgresql://user@host:port/db?…` URL.
+fn pg_addr(url: &str) -> SocketAddr {
+    let host_port = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("a host and port");
+    host_port.parse().expect("an IP address and port")
+}
+
+/// An API answer with its headers.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<String>,
+    replayed: bool,
+    body: Value,
+}
+
+/// A JSON API call with extra headers (the cart token, an idempotency key).
+async fn call(p: &Platform, method: Method, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> Answer {
+    let mut b = Request::builder().method(method).uri(uri).header(header::HOST, PLATFORM_HOST);
+    for (name, value) in headers {
+        b = b.header(*name, *value);
+    }
+    let req = match body {
+        Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
+        None => b.body(Body::empty()),
+    }
+    .expect("a request");
+    let res = p.router.clone().oneshot(req).await.expect("the router answers");
+    let status = res.status();
+    let (retry_after, replayed) = {
+        let text = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        (text("retry-after"), text("idempotent-replayed").is_some())
+    };
+    let bytes = res.into_body().collect().await.expect("a body").to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer { status, retry_after, replayed, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_redis_costs_one_timeout_per_cool_off_not_one_per_request() {
+    // In front of the shared Redis, which is never stopped: the fault is this test's proxy.
+    let proxy = FaultProxy::start("127.0.0.1:6379".parse().unwrap()).expect("a proxy in front of Redis");
+    let cache_config =
+        kirana_cache::Config { redis_url: Some(format!("redis://{}", proxy.addr())), ..Default::default() };
+    let cool_off = cache_config.breaker_cool_off;
+    let config = ReadCacheConfig { cache: cache_config, ..ReadCacheConfig::default() };
+    let (p, cache, _) = Platform::new().await.cached(config, false);
+    let shop = p.shop("+919800008001", "Blackhole Tea House").await;
+    let mut products = Vec::new();
+    for n in 0..51 {
+        products
+            .push(id(&p.product(&shop, json!({ "title": format!("Darjeeling {n}"), "price": 100, "stock": 5 })).await));
+    }
+    let slug = shop.slug();
+    let b = p.browser();
+    let warm = b.get(&format!("/{slug}/product/{}", products[0])).await;
+    assert_eq!(warm.header("x-kirana-cache"), "miss");
+    let before = cache.cache().l2_stats().expect("an L2");
+    assert!(
+        before.calls > 0 && before.timeouts == 0 && before.errors == 0,
+        "Redis answers through the proxy: {before:?}"
+    );
+
+    proxy.set_blackhole(true);
+    let started = Instant::now();
+    for (n, pid) in products.iter().enumerate().skip(1) {
+        let page = b.get(&format!("/{slug}/product/{pid}")).await;
+        assert!(page.html().contains(&format!("Darjeeling {n}")), "cold page {n}");
+    }
+    let took = started.elapsed();
+    let after = cache.cache().l2_stats().expect("an L2");
+    let timeouts = after.timeouts - before.timeouts;
+    // One timeout opens the breaker; another may come only from the probe after a cool-off.
+    let allowed = 1 + (took.as_secs_f64() / cool_off.as_secs_f64()) as u64;
+    println!("50 cold pages with Redis blackholed in {took:?}: {after:?} (before: {before:?})");
+    assert!(timeouts >= 1, "the blackhole was noticed: {after:?}");
+    assert!(timeouts <= allowed, "{timeouts} timeouts in {took:?}, at most {allowed} allowed: {after:?}");
+    assert_eq!(after.errors, before.errors, "silence is timeouts, not errors: {after:?}");
+    assert_eq!(after.calls - before.calls, timeouts, "every call that went to Redis was one that timed out");
+    assert!(after.skipped - before.skipped >= 50 - allowed, "the rest skipped Redis: {after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_misses_its_read_deadline_once_and_reads_move_to_the_primary() {
+    let pair = tokio::task::spawn_blocking(PgPair::start).await.expect("start a primary and a replica");
+    let proxy = FaultProxy::start(pg_addr(&pair.replica_url())).expect("a proxy in front of the replica");
+    let replica = pair.replica_url().replace(&pg_addr(&pair.replica_url()).to_string(), &proxy.addr().to_string());
+    let control = TempDb::create().await;
+    let mut pg = PgConfig::new(control.url(), vec![ShardUrls { primary: pair.primary_url(), replicas: vec![replica] }]);
+    pg.replicas.probe_every = Duration::from_millis(50);
+    // Roomy lag bounds, as the API suite's: this test is about slowness, not lag.
+    pg.replicas.policy = kirana_storage::postgres::replica::LagPolicy { max_bytes: 64 << 20, max_seconds: 10.0 };
+    let deadline = pg.replicas.read_deadline;
+    assert_eq!(deadline, Duration::from_millis(250), "the default read deadline");
+    let cluster = open(&pg).await.expect("open the PostgreSQL backend");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let probers = cluster.start_probers(stopped);
+    let shard = cluster.shards[0].clone();
+    let replica_reads = || shard.replica_report()[0].reads;
+    let p = Platform::over(cluster.storage.clone(), Box::new(control));
+    let shop = p.shop("+919800008002", "Slow Replica Spices").await;
+    let pid = id(&p.product(&shop, json!({ "title": "Kashmiri Chilli", "price": 300, "stock": 5 })).await);
+    let read = format!("/api/v1/storefront/{}/products/{pid}", shop.slug());
+
+    eventually("the replica is in rotation and serves the product", Duration::from_secs(30), || async {
+        let before = replica_reads();
+        let res = p.api(Method::GET, &read, None, None).await;
+        (res.status == 200 && replica_reads() > before && shard.replica_report()[0].in_rotation).then_some(())
+    })
+    .await;
+
+    // 300 ms each way: a replica round trip (a read, or a probe) now takes at least 600 ms,
+    // past the read deadline and well within the probe's own timeout of a second. Only the
+    // deadline rule can keep such a replica out: its probes would otherwise succeed and bring
+    // it back every 50 ms, and every read sent to it would pay the deadline again.
+    proxy.set_latency(Duration::from_millis(300));
+    let (mut slowest, mut paid_the_deadline) = (Duration::ZERO, 0);
+    let mut reads_after_first = None;
+    let started = Instant::now();
+    let mut n = 0;
+    // A read every 20 ms for two seconds: dozens of probe intervals.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    while n < 20 || started.elapsed() < Duration::from_secs(2) {
+        pace.tick().await;
+        let one = Instant::now();
+        let res = p.api(Method::GET, &read, None, None).await;
+        slowest = slowest.max(one.elapsed());
+        paid_the_deadline += usize::from(one.elapsed() >= deadline);
+        assert_eq!(res.status, 200, "read {n} with the replica slow: {}", res.body);
+        assert_eq!(res.body["title"], "Kashmiri Chilli");
+        reads_after_first.get_or_insert_with(replica_reads);
+        n += 1;
+    }
+    let report = shard.replica_report()[0].clone();
+    println!(
+        "{n} reads with a 300 ms replica: {paid_the_deadline} paid the deadline, slowest {slowest:?}; replica: {report:?}"
+    );
+    // The first read pays it; a replica let back in by a probe would make later ones pay it
+    // too. (One more is tolerated: a primary read slowed by a busy machine.)
+    assert!(paid_the_deadline <= 2, "{paid_the_deadline} of {n} reads waited out the replica's deadline");
+    assert!(!report.in_rotation, "the slow replica left rotation: {report:?}");
+    assert_eq!(replica_reads(), reads_after_first.unwrap(), "after the first miss the replica served nothing");
+    // No read waited for the replica: one of its round trips alone is 600 ms.
+    assert!(slowest < Duration::from_millis(600), "the slowest read took {slowest:?}");
+    eventually("a probe fails for its slowness", Duration::from_secs(10), || async {
+        let report = shard.replica_report()[0].clone();
+        report.error.as_deref().is_some_and(|e| e.contains("a probe took")).then_some(())
+    })
+    .await;
+
+    proxy.set_latency(Duration::ZERO);
+    eventually("the replica is fast again, back in rotation and serving", Duration::from_secs(30), || async {
+        let before = replica_reads();
+        let res = p.api(Method::GET, &read, None, None).await;
+        (res.status == 200 && replica_reads() > before).then_some(())
+    })
+    .await;
+    assert!(shard.replica_report()[0].in_rotation);
+
+    stop.send(true).expect("the probers listen");
+    for prober in probers {
+        prober.await.expect("a prober stops cleanly");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_blackholed_pages_serve_checkouts_fail_fast_and_no_acknowledged_order_is_lost_or_doubled() {
+    // The shard's primary is a database of the shared server, reached through the proxy: the
+    // blackhole cuts this test's connections only. The directory is reached directly.
+    let (shard_db, control) = (TempDb::create().await, TempDb::create().await);
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).expect("a proxy in front of PostgreSQL");
+    let primary = format!("postgres://postgres@{}/{}", proxy.addr(), shard_db.name);
+    let mut pg = PgConfig::new(control.url(), vec![ShardUrls { primary, replicas: vec![] }]);
+    pg.pool.acquire_timeout = Duration::from_secs(1);
+    pg.pool.connect_timeout = Duration::from_secs(1);
+    pg.primary_deadline = Duration::from_millis(1500);
+    let cluster = open(&pg).await.expect("open the PostgreSQL backend");
+    // Fresh for a moment only, so the outage is served from stale entries; versions trusted
+    // for an hour (as in the page cache tests), so a page needs no database read at all.
+    let config = ReadCacheConfig {
+        ttl: kirana_cache::Ttl::new(Duration::from_millis(200), Duration::from_secs(3600)),
+        version_ttl: Duration::from_secs(3600),
+        ..ReadCacheConfig::default()
+    };
+    let (p, _, _) = Platform::over(cluster.storage.clone(), Box::new((control, shard_db))).cached(config, false);
+    let p = Arc::new(p);
+    let shop = p.shop("+919800008003", "Partitioned Pantry").await;
+    const STOCK: i64 = 100;
+    const N: usize = 40;
+    let product = p.product(&shop, json!({ "title": "Nilgiri Tea", "price": 25000, "stock": STOCK })).await;
+    let (pid, variant) = (id(&product), variant(&product));
+    let cold = id(&p.product(&shop, json!({ "title": "Never Viewed", "price": 100, "stock": 5 })).await);
+    let slug = shop.slug();
+    let pages =
+        [format!("/{slug}"), format!("/{slug}/product/{pid}"), format!("/api/v1/storefront/{slug}/products/{pid}")];
+    let b = p.browser();
+    for page in &pages {
+        assert_eq!(b.get(page).await.status, 200, "{page} warmed");
+    }
+    let mut carts = Vec::new();
+    for _ in 0..N {
+        let cart = call(&p, Method::POST, &format!("/api/v1/storefront/{slug}/carts"), &[], Some(json!({}))).await;
+        assert_eq!(cart.status, 201, "{}", cart.body);
+        let (cart_id, token) = (cart.body["cart_id"].as_str().unwrap(), cart.body["token"].as_str().unwrap());
+        let items = format!("/api/v1/storefront/{slug}/carts/{cart_id}/items");
+        let item = json!({ "variant_id": variant, "quantity": 1 });
+        let set = call(&p, Method::PUT, &items, &[("x-cart-token", token)], Some(item)).await;
+        assert_eq!(set.status, 200, "{}", set.body);
+        carts.push((cart_id.to_string(), token.to_string()));
+    }
+    let body = json!({
+        "customer": { "name": "Asha Rao", "phone": "+919812345678" },
+        "address": { "line1": "12 MG Road", "city": "Pune", "postal_code": "411001" },
+        "payment_method": "cod"
+    });
+    let checkout = {
+        let (p, slug, body) = (p.clone(), slug.clone(), body.clone());
+        move |n: usize, cart: String, token: String| {
+            let (p, slug, body) = (p.clone(), slug.clone(), body.clone());
+            async move {
+                let uri = format!("/api/v1/storefront/{slug}/carts/{cart}/checkout");
+                let key = format!("faults-checkout-{n}");
+                let headers = [("x-cart-token", token.as_str()), ("idempotency-key", key.as_str())];
+                call(&p, Method::POST, &uri, &headers, Some(body)).await
+            }
+        }
+    };
+
+    // All N at once; the primary goes silent once the first few have been answered, with the
+    // rest queued on the stock row's lock, inside their transactions or waiting for a
+    // connection.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let first_answers = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for (n, (cart, token)) in carts.iter().cloned().enumerate() {
+        let (checkout, answered, first_answers) = (checkout.clone(), answered.clone(), first_answers.clone());
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = checkout(n, cart, token).await;
+            if answered.fetch_add(1, Ordering::SeqCst) + 1 >= 3 {
+                first_answers.notify_one();
+            }
+            (answer, started.elapsed())
+        }));
+    }
+    first_answers.notified().await;
+    proxy.set_blackhole(true);
+    let cut_after = answered.load(Ordering::SeqCst);
+
+    // While the primary is silent: the warmed pages answer from the cache, without waiting for
+    // it; a page nobody warmed says to come back.
+    for page in &pages {
+        let started = Instant::now();
+        let res = b.get(page).await;
+        assert_eq!(res.status, 200, "{page} with the primary blackholed: {}", res.body);
+        assert!(started.elapsed() < pg.primary_deadline, "{page} waited for the database: {:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    let res = b.get(&format!("/{slug}/product/{cold}")).await;
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert!(!res.header("retry-after").is_empty(), "a 503 page says when to retry");
+    println!("a cold page with the primary blackholed: 503 in {:?}", started.elapsed());
+
+    let mut acknowledged = HashMap::new();
+    let mut to_retry = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (n, task) in tasks.into_iter().enumerate() {
+        let (answer, took) = task.await.expect("a checkout task");
+        slowest = slowest.max(took);
+        assert!(took < Duration::from_secs(5), "checkout {n} took {took:?} to answer {}", answer.status);
+        match answer.status.as_u16() {
+            201 => {
+                acknowledged.insert(n, id(&answer.body));
+            }
+            503 => {
+                assert!(answer.retry_after.is_some(), "a 503 says when to retry: {}", answer.body);
+                to_retry.push(n);
+            }
+            other => panic!("checkout {n}: {other} {}", answer.body),
+        }
+    }
+    println!(
+        "blackholed after {cut_after} answers: {} acknowledged, {} answered 503, slowest in {slowest:?}",
+        acknowledged.len(),
+        to_retry.len()
+    );
+    assert!(!to_retry.is_empty(), "the blackhole came while checkouts were in flight");
+
+    // The primary is back (what it was sent meanwhile arrives now): every 503 is retried with
+    // its own key until it is acknowledged.
+    proxy.set_blackhole(false);
+    let mut replayed = 0;
+    for n in to_retry {
+        let (cart, token) = carts[n].clone();
+        let answer = eventually(&format!("checkout {n} retried"), Duration::from_secs(30), || {
+            let attempt = checkout(n, cart.clone(), token.clone());
+            async move {
+                let answer = attempt.await;
+                match answer.status.as_u16() {
+                    201 => Some(answer),
+                    503 => None,
+                    other => panic!("retried checkout {n}: {other} {}", answer.body),
+                }
+            }
+        })
+        .await;
+        replayed += usize::from(answer.replayed);
+        acknowledged.insert(n, id(&answer.body));
+    }
+    println!("{replayed} retries found the order their first attempt had committed after all");
+
+    let orders = p.api(Method::GET, &shop.at("/orders?limit=100"), Some(&shop.token), None).await.expect(200)["items"]
+        .as_array()
+        .expect("an items list")
+        .clone();
+    let ids: HashSet<String> = orders.iter().map(id).collect();
+    let numbers: HashSet<i64> = orders.iter().map(|o| o["number"].as_i64().expect("an order number")).collect();
+    assert_eq!(orders.len(), N, "one order per checkout");
+    assert_eq!(ids.len(), N, "no order twice");
+    assert_eq!(numbers.len(), N, "no order number twice");
+    assert_eq!(acknowledged.len(), N);
+    for (n, order) in &acknowledged {
+        assert!(ids.contains(order), "checkout {n}'s acknowledged order {order} is in the store");
+    }
+    let stock = p.merchant_product(&shop, &pid).await["variants"][0]["stock"].as_i64();
+    assert_eq!(stock, Some(STOCK - N as i64), "stock taken once per order");
+}
