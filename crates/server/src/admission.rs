@@ -124,7 +124,10 @@ impl Drop for Ticket {
 
 impl Admission {
     pub fn new(cfg: AdmissionConfig) -> Admission {
-        Admission { cfg, state: Mutex::new(Limits { limit: cfg.initial.clamp(cfg.min, cfg.max), inflight: 0, last_cut: None }) }
+        Admission {
+            cfg,
+            state: Mutex::new(Limits { limit: cfg.initial.clamp(cfg.min, cfg.max), inflight: 0, last_cut: None }),
+        }
     }
 
     /// Lets a request in if its priority's share of the limit has room.
