@@ -115,7 +115,7 @@ async fn openapi() -> Response {
 /// operator's network, not the public.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 503, body = Health)))]
 async fn metrics(State(s): State<AppState>) -> Response {
-    match crate::metrics::render(&s.storage) {
+    match crate::metrics::render(&s.storage).await {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -60,3 +60,31 @@ async fn a_saturated_node_sheds_browsing_with_a_fast_503_but_still_answers_probe
     assert!(availability["budget_remaining"].as_f64().unwrap() < 0.0, "one in three failed: far over budget");
     assert!(availability["alerts"].as_array().unwrap().iter().any(|a| a == "page"), "{availability}");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_orders_and_the_event_backlog() {
+    let app = TestApp::new().await;
+    let (token, store) = app.merchant_with_store("+919800008004", "Counted Store").await;
+    let product = app.create_product(&token, &store, json!({ "title": "Jaggery", "price": 12_000, "stock": 5 })).await;
+    let variant = product["variants"][0]["id"].as_str().unwrap().to_string();
+    let order = app.place_order(&slug(&store), &variant, 2).await;
+    let total = order["totals"]["total"].as_i64().expect("a total");
+    app.get(&format!("/api/v1/storefront/{}/products", slug(&store)), None).await.expect(200);
+
+    let res = app.get("/metrics", None).await;
+    assert_eq!(res.status.as_u16(), 200);
+    let text = res.body.as_str().map(str::to_string).unwrap_or_else(|| res.body.to_string());
+    let has = |needle: &str| text.lines().any(|l| l.starts_with(needle) && !l.ends_with(" 0"));
+    assert!(has("kirana_orders_total{currency=\"INR\"} 1"), "one order counted:\n{text}");
+    assert!(has(&format!("kirana_order_revenue_minor_total{{currency=\"INR\"}} {total}")), "its revenue, in paise");
+    assert!(
+        text.lines().any(|l| l.starts_with("kirana_http_requests_total")
+            && l.contains("group=\"shopper_api\"")
+            && l.contains("journey=\"storefront\"")),
+        "requests by group and journey"
+    );
+    assert!(text.contains("kirana_http_request_duration_seconds_bucket"), "latency as a histogram");
+    // No consumer runs in this app, so everything written is still in the outbox.
+    assert!(has("kirana_outbox_rows{shard=\"0\"}"), "the backlog per shard:\n{text}");
+    assert!(!text.contains(&id(&store)), "never a store id in a label");
+}
