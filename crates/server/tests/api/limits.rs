@@ -84,6 +84,13 @@ async fn metrics_count_requests_orders_and_the_event_backlog() {
         "requests by group and journey"
     );
     assert!(text.contains("kirana_http_request_duration_seconds_bucket"), "latency as a histogram");
+    for op in ["read", "write"] {
+        let db = format!("db=\"s0\",op=\"{op}\"");
+        assert!(
+            text.lines().any(|l| l.starts_with("kirana_db_seconds_count") && l.contains(&db)),
+            "database {op} latency per shard:\n{text}"
+        );
+    }
     // No consumer runs in this app, so everything written is still in the outbox.
     assert!(has("kirana_outbox_rows{shard=\"0\"}"), "the backlog per shard:\n{text}");
     assert!(!text.contains(&id(&store)), "never a store id in a label");

@@ -39,6 +39,8 @@ impl Default for SqliteOptions {
 }
 
 pub(crate) struct Db {
+    /// The file's name (`directory`, `shard-0000`…): the `db` label of its latency histogram.
+    name: String,
     writer: Writer,
     /// Dropping this ends the checkpointer thread (after a last checkpoint).
     _checkpointer: std::sync::mpsc::Sender<()>,
@@ -68,7 +70,7 @@ impl Db {
         }
         let writer = Writer::spawn(writer, format!("kirana-writer-{name}"), opts.max_batch, opts.queue)
             .map_err(|e| StorageError::Internal(format!("could not start the writer thread: {e}")))?;
-        Ok(Db { writer, _checkpointer: checkpointer, readers, next: AtomicUsize::new(0) })
+        Ok(Db { name: name.to_owned(), writer, _checkpointer: checkpointer, readers, next: AtomicUsize::new(0) })
     }
 
     /// Runs `work` in the next write transaction; answers after it is committed.
@@ -77,7 +79,12 @@ impl Db {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.writer.write(work).await
+        // From the caller's point of view: the wait for the writer's batch included.
+        let started = std::time::Instant::now();
+        let out = self.writer.write(work).await;
+        metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "op" => "write")
+            .record(started.elapsed().as_secs_f64());
+        out
     }
 
     /// Runs a read on a pooled connection, on the calling thread.
@@ -86,6 +93,14 @@ impl Db {
     /// run inline rather than hopping to a blocking pool: on this hardware inline SQLite reads
     /// served ~1.5× the requests of `spawn_blocking` ones (docs/decisions/0002).
     pub(crate) fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let started = std::time::Instant::now();
+        let out = self.read_inner(work);
+        metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "op" => "read")
+            .record(started.elapsed().as_secs_f64());
+        out
+    }
+
+    fn read_inner<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         // The first free reader, always searched from the first: the busiest connection keeps the
         // warmest page cache, and the others serve only when reads overlap. (Round-robin spread
         // the hot pages over every connection's private cache and measured slower.)

@@ -70,7 +70,8 @@ enum Reader {
 /// deadline ([`ReplicaSettings::read_deadline`]).
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {{
-        match $self.reader().await? {
+        let started = std::time::Instant::now();
+        let out = match $self.reader().await? {
             Reader::Primary(conn) => on_primary!($self, conn, |$c| $body),
             Reader::Replica(index, conn) => 'read: {
                 let deadline = $self.replicas.settings().read_deadline;
@@ -92,7 +93,9 @@ macro_rules! read {
                 let conn = $self.primary.get().await?;
                 on_primary!($self, conn, |$c| $body)
             }
-        }
+        };
+        $self.record_latency("read", started);
+        out
     }};
 }
 
@@ -129,6 +132,7 @@ macro_rules! write {
     };
     // `on background`: the event pipeline's and webhook worker's pool (see `PgShard::background`).
     ($self:ident, on $pool:ident, $store:expr, |$t:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
         let mut conn = $self.$pool.get().await?;
         let deadline = $self.$pool.operation_deadline();
         let outcome = tokio::time::timeout(deadline, async {
@@ -147,14 +151,16 @@ macro_rules! write {
             Ok::<_, StorageError>(out)
         })
         .await;
-        match outcome {
+        let out = match outcome {
             Ok(result) => result,
             Err(_) => {
                 // Its answer may still come; the next user of the connection would wait for it.
                 drop(Object::take(conn));
                 Err(StorageError::Unavailable(format!("{}: no answer within {deadline:?}", $self.$pool.role())))
             }
-        }
+        };
+        $self.record_latency(if stringify!($pool) == "background" { "background_write" } else { "write" }, started);
+        out
     }};
 }
 
@@ -225,6 +231,12 @@ impl PgShard {
 
     pub fn replica_settings(&self) -> ReplicaSettings {
         self.replicas.settings()
+    }
+
+    /// `kirana_db_seconds{db="s<shard>",op}`: the same histogram the SQLite backend records.
+    fn record_latency(&self, op: &'static str, started: std::time::Instant) {
+        metrics::histogram!("kirana_db_seconds", "db" => format!("s{}", self.id.0), "op" => op)
+            .record(started.elapsed().as_secs_f64());
     }
 
     fn moved(&self, store: StoreId) {
