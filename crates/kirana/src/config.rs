@@ -116,6 +116,45 @@ struct FileConfig {
     store_rps: Option<u32>,
     otlp_endpoint: Option<String>,
     postgres: Option<FilePostgres>,
+    /// `[[slo]]` tables: the service level objectives, replacing the defaults as a whole.
+    #[serde(default)]
+    slo: Vec<FileSlo>,
+}
+
+/// One `[[slo]]`: `name`, `journey` (`storefront` | `checkout`), `target` (a percentage, e.g.
+/// 99.9), and `latency_ms` for a latency objective (absent: availability).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSlo {
+    name: String,
+    journey: String,
+    target: f64,
+    latency_ms: Option<u64>,
+}
+
+fn objectives(file: Vec<FileSlo>) -> anyhow::Result<Vec<kirana_server::slo::Objective>> {
+    use kirana_server::slo::{Indicator, Journey, Objective};
+    if file.is_empty() {
+        return Ok(Objective::defaults());
+    }
+    file.into_iter()
+        .map(|s| {
+            let journey = match s.journey.as_str() {
+                "storefront" => Journey::Storefront,
+                "checkout" => Journey::Checkout,
+                other => bail!("slo {:?}: journey must be storefront or checkout, not {other:?}", s.name),
+            };
+            if !(s.target > 0.0 && s.target < 100.0) {
+                bail!("slo {:?}: target is a percentage between 0 and 100 (e.g. 99.9), not {}", s.name, s.target);
+            }
+            let indicator = match s.latency_ms {
+                None => Indicator::Availability,
+                Some(0) => bail!("slo {:?}: latency_ms must be more than 0", s.name),
+                Some(ms) => Indicator::LatencyBelow { ms },
+            };
+            Ok(Objective { name: s.name, journey, indicator, target: s.target / 100.0 })
+        })
+        .collect()
 }
 
 /// `[postgres]` in the file.
@@ -163,6 +202,8 @@ pub struct Config {
     pub search_consumer: String,
     /// Per-store request rate on this node.
     pub store_rps: u32,
+    /// The service level objectives each node evaluates (`[[slo]]`, else the defaults).
+    pub objectives: Vec<kirana_server::slo::Objective>,
     /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
     pub postgres: Option<PgConfig>,
     /// Where spans are exported (the full OTLP/HTTP traces URL); `None`: nowhere.
@@ -243,7 +284,9 @@ impl Config {
             }
             Some(other) => bail!("--otlp-endpoint must be an http:// or https:// URL, not {other:?}"),
         };
+        let objectives = objectives(file.slo)?;
         Ok(Config {
+            objectives,
             store_rps,
             otlp_traces_url,
             search_consumer,
@@ -433,6 +476,27 @@ mod tests {
         assert_eq!(Config::resolve(&globals(), Some(&named)).unwrap().search_consumer, "search.node-2");
         named.node_name = Some("a b".into());
         assert!(Config::resolve(&globals(), Some(&named)).is_err());
+    }
+
+    #[test]
+    fn objectives_come_from_slo_tables_or_are_the_defaults() {
+        let c = Config::resolve(&globals(), Some(&serve_args())).unwrap();
+        assert_eq!(c.objectives, kirana_server::slo::Objective::defaults());
+        let (_dir, g) = with_file(
+            "[[slo]]\nname = \"checkout-availability\"\njourney = \"checkout\"\ntarget = 99.99\n\
+             [[slo]]\nname = \"storefront-latency\"\njourney = \"storefront\"\ntarget = 99.5\nlatency_ms = 250\n",
+        );
+        let c = Config::resolve(&g, Some(&serve_args())).unwrap();
+        assert_eq!(c.objectives.len(), 2, "the file's objectives replace the defaults");
+        assert!((c.objectives[0].target - 0.9999).abs() < 1e-12);
+        assert_eq!(c.objectives[1].indicator, kirana_server::slo::Indicator::LatencyBelow { ms: 250 });
+        let (_dir, g) = with_file("[[slo]]\nname = \"x\"\njourney = \"dashboard\"\ntarget = 99\n");
+        let e = Config::resolve(&g, Some(&serve_args())).unwrap_err().to_string();
+        assert!(e.contains("journey"), "{e}");
+        let (_dir, g) = with_file("[[slo]]\nname = \"x\"\njourney = \"checkout\"\ntarget = 0.999\n");
+        assert!(Config::resolve(&g, Some(&serve_args())).is_ok(), "0.999 % is odd but a percentage");
+        let (_dir, g) = with_file("[[slo]]\nname = \"x\"\njourney = \"checkout\"\ntarget = 100\n");
+        assert!(Config::resolve(&g, Some(&serve_args())).is_err(), "100 % leaves no budget");
     }
 
     #[test]

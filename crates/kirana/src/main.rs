@@ -248,6 +248,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         trust_proxy: config.trust_proxy,
         store_rps: config.store_rps,
         store_burst: config.store_rps.saturating_mul(2),
+        objectives: config.objectives.clone(),
         ..ServerConfig::default()
     };
     let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
