@@ -25,6 +25,7 @@ PORT=18300
 NGX_PORT=18301
 mkdir -p "$OUT"
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/kirana
+. bench/nginx.sh
 log() { printf '\n== %s\n' "$*" | tee -a "$OUT/log.txt"; }
 
 log "build"
@@ -40,7 +41,7 @@ fi
 SERVER_PID=
 NGX=
 stop() { [ -n "$SERVER_PID" ] && { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }; SERVER_PID=; }
-cleanup() { stop; [ -n "$NGX" ] && [ -f "$NGX/nginx.pid" ] && nginx -c "$NGX/nginx.conf" -s stop 2>/dev/null || true; }
+cleanup() { stop; nginx_stop; }
 trap cleanup EXIT
 serve() { # name, extra args…
   local name=$1; shift
@@ -48,8 +49,6 @@ serve() { # name, extra args…
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     if curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null; then
-      # The metrics recorder is installed by the first scrape; counts before it are lost.
-      curl -sf "http://127.0.0.1:$PORT/metrics" > /dev/null
       return
     fi
     sleep 0.1
@@ -68,22 +67,7 @@ serve wrk
 BASE="http://127.0.0.1:$PORT"
 PRODUCT=$(curl -s -H 'X-Kirana-Consistency: strong' "$BASE/api/v1/storefront/seed-0/products?limit=1" \
   | python3 -c 'import json,sys;print(json.load(sys.stdin)["items"][0]["id"])')
-NGX=$(mktemp -d); mkdir -p "$NGX/www" "$NGX/logs"; chmod 755 "$NGX" "$NGX/www"  # nginx workers drop root
-cat > "$NGX/nginx.conf" <<CONF
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  types { application/json json; text/html html; }
-  server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / { root $NGX/www; }
-  }
-}
-CONF
-nginx -c "$NGX/nginx.conf"
+nginx_start "$NGX_PORT"
 NGX_WORKER=$(pgrep -P "$(cat "$NGX/nginx.pid")" | head -1)
 
 # run_wrk name pid url [header]: one wrk run, with the serving process's CPU time beside it.
@@ -132,7 +116,7 @@ for kind in html json; do
 done
 if grep -l "Non-2xx" "$OUT"/wrk-*.txt; then echo "some responses above were errors; the numbers are void" >&2; exit 1; fi
 grep -H "Socket errors" "$OUT"/wrk-*.txt | tee -a "$OUT/log.txt" || true
-nginx -c "$NGX/nginx.conf" -s stop || true
+nginx_stop
 stop
 
 # --- 2. Hit ratio under Zipf ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ RATE=${RATE:-200}          # open-loop sessions/s for the 1k-vs-1M comparison
 DURATION=${DURATION:-60s}
 mkdir -p "$OUT"
 BIN=$PWD/target/release/kirana
+. bench/nginx.sh
 log() { printf '\n== %s\n' "$*" | tee -a "$OUT/log.txt"; }
 
 log "build"
@@ -46,22 +47,8 @@ log "product page vs nginx (wrk -t1 -c64 -d10s, 3 runs each, interleaved)"
 serve "$DATA_1M" 18100
 PRODUCT=$(curl -s "http://127.0.0.1:18100/api/v1/storefront/seed-0/products?limit=1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["items"][0]["id"])')
 URL="http://127.0.0.1:18100/api/v1/storefront/seed-0/products/$PRODUCT"
-NGX=$(mktemp -d); mkdir -p "$NGX/www" "$NGX/logs"; chmod 755 "$NGX" "$NGX/www"  # nginx workers drop root
+nginx_start 18101
 curl -s "$URL" > "$NGX/www/product.json"; chmod 644 "$NGX/www/product.json"
-cat > "$NGX/nginx.conf" <<CONF
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:18101;
-    location / { root $NGX/www; default_type application/json; }
-  }
-}
-CONF
-nginx -c "$NGX/nginx.conf"
 # A baseline that answers errors measures nothing: check it serves the bytes first.
 cmp -s <(curl -s http://127.0.0.1:18101/product.json) "$NGX/www/product.json" || { echo "nginx does not serve product.json" >&2; exit 1; }
 wc -c < "$NGX/www/product.json" > "$OUT/product-bytes.txt"
@@ -69,7 +56,7 @@ for i in 1 2 3; do
   wrk -t1 -c64 -d10s --latency "$URL" > "$OUT/wrk-kirana-$i.txt"
   wrk -t1 -c64 -d10s --latency "http://127.0.0.1:18101/product.json" > "$OUT/wrk-nginx-$i.txt"
 done
-nginx -c "$NGX/nginx.conf" -s stop || true
+nginx_stop
 stop
 
 # --- 2. Checkout orders/s vs the database's own single-row insert rate ------------------------

@@ -15,6 +15,7 @@ OUT=${1:-bench/results/web-$(date -u +%Y%m%dT%H%M%SZ)}
 DATA=${DATA:-/work/benchdata/1k}
 mkdir -p "$OUT"
 BIN=$PWD/target/release/kirana
+. bench/nginx.sh
 log() { printf '\n== %s\n' "$*" | tee -a "$OUT/log.txt"; }
 
 log "build"
@@ -36,22 +37,7 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18200/readyz > /dev/null && 
 
 log "storefront product page, JSON and HTML, vs nginx serving the same bytes (wrk -t1 -c64 -d10s, 3 runs each, interleaved)"
 PRODUCT=$(curl -s "http://127.0.0.1:18200/api/v1/storefront/seed-0/products?limit=1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["items"][0]["id"])')
-NGX=$(mktemp -d); mkdir -p "$NGX/www" "$NGX/logs"; chmod 755 "$NGX" "$NGX/www"  # nginx workers drop root
-cat > "$NGX/nginx.conf" <<CONF
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  types { application/json json; text/html html; }
-  server {
-    listen 127.0.0.1:18201;
-    location / { root $NGX/www; }
-  }
-}
-CONF
-nginx -c "$NGX/nginx.conf"
+nginx_start 18201
 for kind in json html; do
   if [ $kind = json ]; then URL="http://127.0.0.1:18200/api/v1/storefront/seed-0/products/$PRODUCT";
   else URL="http://127.0.0.1:18200/seed-0/product/$PRODUCT"; fi
@@ -67,7 +53,7 @@ for kind in json html; do
   done
 done
 if grep -l "Non-2xx" "$OUT"/wrk-*.txt; then echo "some responses above were errors; the numbers are void" >&2; exit 1; fi
-nginx -c "$NGX/nginx.conf" -s stop || true
+nginx_stop
 stop
 
 log "the merchant's path in headless Chromium (release build, 3 runs)"

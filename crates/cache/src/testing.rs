@@ -1,8 +1,39 @@
-//! Test support: a `redis-server` of a test's own, for tests that stop Redis (the shared one on
-//! 6379 must never be stopped). Not used by the cache itself.
+//! Test support, not used by the cache itself: a `redis-server` of a test's own, for tests that
+//! stop Redis (the shared one on 6379 must never be stopped), and loaders that count their runs.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::Value;
+
+/// A loader's error in tests: the database is down.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DbDown;
+
+impl std::fmt::Display for DbDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("database down")
+    }
+}
+
+/// An HTML page whose body is `body`.
+pub fn page(body: &'static str) -> Value {
+    Value::new("text/html; charset=utf-8", body)
+}
+
+/// A loader that counts its runs in `calls` and answers [`page`]`(body)`.
+pub fn counted(
+    calls: &Arc<AtomicUsize>,
+    body: &'static str,
+) -> impl Future<Output = Result<Value, DbDown>> + Send + 'static {
+    let calls = calls.clone();
+    async move {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok(page(body))
+    }
+}
 
 /// A `redis-server` of this test's own, on a free port, in a temporary directory.
 pub struct OwnRedis {

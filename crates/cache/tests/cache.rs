@@ -5,39 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use kirana_cache::testing::{DbDown, counted, page};
 use kirana_cache::{Cache, CacheKey, Config, Source, StaleReason, Ttl, Value};
 use kirana_domain::StoreId;
 use tokio::sync::Notify;
 
 const TTL: Ttl = Ttl::new(Duration::from_secs(10), Duration::from_secs(60));
 
-#[derive(Debug, PartialEq, Eq)]
-struct DbDown;
-
-impl std::fmt::Display for DbDown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("database down")
-    }
-}
-
 fn cache() -> Cache {
     Cache::new(Config::default()).unwrap()
-}
-
-fn page(body: &'static str) -> Value {
-    Value::new("text/html; charset=utf-8", body)
-}
-
-/// A loader that counts its runs and answers `body`.
-fn counted(
-    calls: &Arc<AtomicUsize>,
-    body: &'static str,
-) -> impl Future<Output = Result<Value, DbDown>> + Send + 'static {
-    let calls = calls.clone();
-    async move {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok(page(body))
-    }
 }
 
 /// Counts what the cache reports through the `metrics` facade, for the test's thread only.

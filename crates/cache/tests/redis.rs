@@ -12,22 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kirana_cache::testing::OwnRedis;
-use kirana_cache::{BreakerState, Cache, CacheKey, Config, Source, Ttl, Value};
+use kirana_cache::testing::{OwnRedis, counted};
+use kirana_cache::{BreakerState, Cache, CacheKey, Config, Source, Ttl};
 use kirana_domain::StoreId;
 
 const TTL: Ttl = Ttl::new(Duration::from_secs(10), Duration::from_secs(60));
 const SHARED: &str = "127.0.0.1:6379";
 const COOL_OFF: Duration = Duration::from_millis(300);
-
-#[derive(Debug)]
-struct DbDown;
-
-impl std::fmt::Display for DbDown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("database down")
-    }
-}
 
 fn shared_redis() -> String {
     let addr = SHARED.parse().unwrap();
@@ -51,17 +42,6 @@ fn node_with_deadline(url: &str, l2_timeout: Duration) -> Cache {
 
 fn node(url: &str) -> Cache {
     node_with_deadline(url, Duration::from_secs(2))
-}
-
-fn counted(
-    calls: &Arc<AtomicUsize>,
-    body: &'static str,
-) -> impl Future<Output = Result<Value, DbDown>> + Send + 'static {
-    let calls = calls.clone();
-    async move {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Value::new("text/html", body))
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //! - [`events_cli`], [`seed`]: the event pipeline's and the bulk loader's commands.
 
 /// mimalloc instead of glibc's malloc: a cached page is mostly small short-lived allocations
-/// (headers, keys, futures), where glibc's allocator took ~15 % of the serving CPU (BENCHMARKS.md).
+/// (headers, keys, futures), where glibc's allocator took ~11 % of the serving CPU in the profile of
+/// a cached page (BENCHMARKS.md, "Read cache").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -81,8 +81,13 @@ pub fn page_key(req: &Request) -> (String, String) {
 /// Whether a path has the shape of a public page (`/{slug}`, `/{slug}/`, `/{slug}/search`,
 /// `/{slug}/product/{id}`, `/{slug}/category/{id}`), as `router` routes them.
 pub fn is_page_path(path: &str) -> bool {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    matches!(parts.as_slice(), [s] | [s, ""] | [s, "search"] | [s, "product" | "category", _] if !s.is_empty())
+    // Runs on every GET at the edge: no allocation.
+    let mut parts = path.trim_start_matches('/').splitn(4, '/');
+    let (slug, second, third, rest) = (parts.next(), parts.next(), parts.next(), parts.next());
+    if slug.is_none_or(str::is_empty) || rest.is_some() {
+        return false;
+    }
+    matches!((second, third), (None, None) | (Some("" | "search"), None) | (Some("product" | "category"), Some(_)))
 }
 
 /// A store as its pages see it, resolved from `{slug}`.
