@@ -24,11 +24,11 @@ use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
 use crate::CacheError;
-use crate::breaker::{Breaker, BreakerState};
 use crate::key::CacheKey;
 use crate::l2::{L2, L2Stats};
 use crate::metrics as m;
 use crate::value::{Freshness, Stored, Ttl, Value};
+use kirana_resilience::{Breaker, BreakerState};
 
 /// How the cache is built. `Default` is the production setting without Redis.
 #[derive(Debug, Clone)]
@@ -147,6 +147,13 @@ impl moka::Expiry<String, Arc<Stored>> for Horizon {
     }
 }
 
+/// `host:port` of a Redis URL, for the breaker's label (no scheme, credentials or database).
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_string()
+}
+
 /// Overhead counted per L1 entry beyond its bytes: the entry, its `Arc`s and moka's bookkeeping.
 const ENTRY_OVERHEAD: usize = 160;
 
@@ -164,7 +171,8 @@ impl Cache {
         let l2 = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(CacheError::InvalidRedisUrl)?;
-                let breaker = Breaker::new(config.breaker_threshold, config.breaker_cool_off);
+                let breaker =
+                    Breaker::new(config.breaker_threshold, config.breaker_cool_off).named("redis", host_of(url));
                 Some(L2::new(client, config.l2_timeout, breaker))
             }
             None => None,

@@ -15,9 +15,9 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use crate::breaker::{Breaker, BreakerState, Failure};
 use crate::metrics as m;
 use crate::value::Stored;
+use kirana_resilience::{Breaker, BreakerState, Failure};
 
 /// Counts of what the L2 did, since the cache was built. The same numbers go to metrics; tests
 /// and `kirana doctor` read them here.

@@ -8,7 +8,7 @@
 //!   of an entry in Redis.
 //! - `cache`: [`Cache::get_or_load`]: L1 (moka, bounded in bytes), L2 (Redis), then the loader,
 //!   with single flight, stale-while-revalidate and stale-if-error.
-//! - `l2` and `breaker`: Redis behind a short deadline and a circuit breaker, so a down Redis
+//! - `l2`: Redis behind a short deadline and a circuit breaker, so a down Redis
 //!   costs one timeout and the node goes on from memory and the database.
 //! - `metrics`: the `kirana_cache_*` metrics.
 //!
@@ -29,7 +29,6 @@
 //! # let _ = page; Ok(()) }
 //! ```
 
-mod breaker;
 mod cache;
 mod error;
 mod key;
@@ -39,10 +38,10 @@ pub mod testing;
 mod value;
 mod versions;
 
-pub use breaker::BreakerState;
 pub use cache::{Cache, Cached, Config, Source, StaleReason};
 pub use error::CacheError;
 pub use key::{CacheKey, MAX_NAME_LEN};
+pub use kirana_resilience::BreakerState;
 pub use l2::L2Stats;
 pub use value::{Ttl, Value};
 pub use versions::{DEFAULT_VERSION_TTL, Versions};

@@ -1,7 +1,7 @@
 //! The cache's metric names and labels, in one place. Labels are levels, results and reasons:
 //! never a store id or a key, which would grow without bound.
 
-use crate::breaker::BreakerState;
+use kirana_resilience::BreakerState;
 
 pub(crate) fn request(level: &'static str, result: &'static str) {
     metrics::counter!("kirana_cache_requests_total", "level" => level, "result" => result).increment(1);

@@ -20,6 +20,12 @@
 //!   retry window: by then the oldest delivery has used up all of its tries, so disabling loses
 //!   nothing the retries would have saved. A count of failures would punish busy stores for the
 //!   same outage that a quiet store survives.
+//! - each host (`host:port`) has a circuit breaker: after a few transport failures in a row
+//!   (connection refused, reset, no answer in time) its endpoints are left alone for a cool-off,
+//!   then one delivery probes it. A host that is down costs one failed attempt per cool-off, not
+//!   one per queued delivery, and its deliveries wait without using up their tries. An HTTP
+//!   answer, even a 500, is the endpoint's own failure and never opens its host's breaker: many
+//!   merchants may share a host, and one failing app must not hold back the others.
 //! - requests go only to public addresses, checked after DNS resolution and for literal IPs,
 //!   unless [`WebhookConfig::allow_private_targets`] says otherwise (development, tests).
 //!
@@ -35,6 +41,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use kirana_domain::{Clock, Timestamp};
+use kirana_resilience::{Breaker, BreakerState, Breakers, Failure};
 use kirana_storage::webhooks::{host_ip, is_public};
 use kirana_storage::{AttemptRecord, DeliveryKey, DueDelivery, EndpointId, Outcome, Recorded, Storage};
 use rand::Rng;
@@ -71,6 +78,10 @@ pub struct WebhookConfig {
     pub retry_for: Duration,
     /// An endpoint failing every attempt for this long is disabled.
     pub disable_after: Duration,
+    /// Transport failures in a row that open a host's breaker…
+    pub host_breaker_threshold: u32,
+    /// …and how long it then leaves the host alone before one delivery probes it.
+    pub host_breaker_cool_off: Duration,
     /// Send to loopback and private addresses too. Off in production: a merchant must not be
     /// able to aim kirana at its own network (cloud metadata, admin ports). On for development
     /// and tests, whose receivers listen on 127.0.0.1.
@@ -90,6 +101,8 @@ impl Default for WebhookConfig {
             backoff_max: Duration::from_secs(3600),
             retry_for: Duration::from_secs(24 * 3600),
             disable_after: Duration::from_secs(24 * 3600),
+            host_breaker_threshold: 5,
+            host_breaker_cool_off: Duration::from_secs(30),
             allow_private_targets: false,
         }
     }
@@ -222,6 +235,10 @@ struct Inner {
     busy: Mutex<HashMap<EndpointId, usize>>,
     /// Signalled whenever a request is done (recorded), so a freed slot is refilled at once.
     finished: Notify,
+    /// One breaker per host.
+    hosts: Breakers,
+    /// Endpoints seen behind an open host breaker: the due query leaves them out until it ends.
+    held: Mutex<HashMap<EndpointId, Arc<Breaker>>>,
 }
 
 /// One request slot: a global permit and a place in its endpoint's lane, given back on drop.
@@ -269,6 +286,7 @@ impl Deliverer {
             builder = builder.dns_resolver(PublicOnly);
         }
         let client = builder.build().map_err(|e| format!("could not build the webhook HTTP client: {e}"))?;
+        let hosts = Breakers::new("webhook", cfg.host_breaker_threshold, cfg.host_breaker_cool_off);
         Ok(Deliverer {
             inner: Arc::new(Inner {
                 storage,
@@ -278,6 +296,8 @@ impl Deliverer {
                 client,
                 busy: Mutex::new(HashMap::new()),
                 finished: Notify::new(),
+                hosts,
+                held: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -313,29 +333,35 @@ impl Deliverer {
                 break;
             }
             let now = inner.clock.now();
-            let skip = self.saturated();
+            let mut skip = self.saturated();
+            skip.extend(self.held_back());
             let due = hooks.due_webhook_deliveries(now, inner.cfg.batch, &skip).await?;
             let full_page = due.len() >= inner.cfg.batch as usize;
             let mut picked = Vec::new();
             for d in due {
+                let breaker = inner.hosts.get(&host_key(&d.url));
+                if !breaker.allow() {
+                    inner.held.lock().unwrap_or_else(PoisonError::into_inner).insert(d.key.endpoint_id, breaker);
+                    continue;
+                }
                 if let Some(slot) = self.slot(d.key.endpoint_id) {
-                    picked.push((d, slot));
+                    picked.push((d, slot, breaker));
                 } else if inner.permits.available_permits() == 0 {
                     break;
                 }
             }
             if !picked.is_empty() {
-                let keys = picked.iter().map(|(d, _)| d.key).collect();
+                let keys = picked.iter().map(|(d, _, _)| d.key).collect();
                 let until = now.plus_millis((inner.cfg.timeout + LEASE_SLACK).as_millis() as i64);
                 let taken: HashSet<DeliveryKey> =
                     hooks.claim_webhook_deliveries(keys, now, until).await?.into_iter().collect();
-                for (d, slot) in picked {
+                for (d, slot, breaker) in picked {
                     // One not taken was sent or finished elsewhere meanwhile; its slot frees here.
                     if taken.contains(&d.key) {
                         started += 1;
                         let inner = inner.clone();
                         tokio::spawn(async move {
-                            deliver(&inner, index, d).await;
+                            deliver(&inner, index, d, &breaker).await;
                             drop(slot);
                         });
                     }
@@ -348,6 +374,22 @@ impl Deliverer {
             }
         }
         Ok(started)
+    }
+
+    /// Endpoints whose host's breaker is open (not merely probing): forgets those whose host
+    /// has recovered, and reports the count of open hosts.
+    fn held_back(&self) -> Vec<EndpointId> {
+        let mut held = self.inner.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.retain(|_, b| b.state() != BreakerState::Closed);
+        let out = held.iter().filter(|(_, b)| b.open_for().is_some()).map(|(e, _)| *e).collect();
+        drop(held);
+        self.inner.hosts.open();
+        out
+    }
+
+    /// Hosts whose breaker is open or probing now.
+    pub fn hosts_open(&self) -> Vec<String> {
+        self.inner.hosts.open()
     }
 
     /// Endpoints with every slot in use.
@@ -403,10 +445,29 @@ impl Deliverer {
     }
 }
 
-/// Sends one delivery and records how it went.
-async fn deliver(inner: &Inner, shard: usize, d: DueDelivery) {
+/// The breaker's key for an endpoint URL: its host and port.
+fn host_key(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        Err(_) => String::new(),
+    }
+}
+
+/// Sends one delivery, tells its host's breaker how the host did, and records how it went.
+async fn deliver(inner: &Inner, shard: usize, d: DueDelivery, breaker: &Breaker) {
     let started = std::time::Instant::now();
     let answer = send(inner, &d).await;
+    match &answer {
+        Ok(_) => breaker.success(),
+        Err(e) if e.host_fault => {
+            if breaker.failure(Failure::Error) {
+                tracing::warn!(host = %host_key(&d.url), error = %e.message, "webhook host unreachable; its deliveries wait");
+            }
+        }
+        // Refused before sending (a private address, an unusable URL): says nothing of the host.
+        Err(_) => {}
+    }
+    let answer = answer.map_err(|e| e.message);
     let duration_ms = started.elapsed().as_millis() as i64;
     let at = inner.clock.now();
     let (status_code, error) = match &answer {
@@ -451,15 +512,29 @@ async fn deliver(inner: &Inner, shard: usize, d: DueDelivery) {
     }
 }
 
+/// Why a delivery got no answer; `host_fault` when the host did not answer (not when kirana
+/// refused to send).
+struct SendError {
+    message: String,
+    host_fault: bool,
+}
+
+impl SendError {
+    fn refused(message: String) -> Self {
+        SendError { message, host_fault: false }
+    }
+}
+
 /// POSTs the event; the answer's status and the start of its body, or why there was none.
-async fn send(inner: &Inner, d: &DueDelivery) -> Result<(u16, String), String> {
-    let url = reqwest::Url::parse(&d.url).map_err(|e| format!("the endpoint URL is not usable: {e}"))?;
+async fn send(inner: &Inner, d: &DueDelivery) -> Result<(u16, String), SendError> {
+    let url =
+        reqwest::Url::parse(&d.url).map_err(|e| SendError::refused(format!("the endpoint URL is not usable: {e}")))?;
     // Literal addresses skip DNS, so they are checked here; names are checked by the resolver.
     if !inner.cfg.allow_private_targets
         && let Some(ip) = url.host_str().and_then(host_ip)
         && !is_public(ip)
     {
-        return Err(format!("refused: {ip} is not a public address"));
+        return Err(SendError::refused(format!("refused: {ip} is not a public address")));
     }
     let timestamp = inner.clock.now().millis().div_euclid(1000);
     let body = d.payload.clone().into_bytes();
@@ -473,7 +548,12 @@ async fn send(inner: &Inner, d: &DueDelivery) -> Result<(u16, String), String> {
         .header(TIMESTAMP_HEADER, timestamp.to_string())
         .header(SIGNATURE_HEADER, signature)
         .body(body);
-    let mut response = request.send().await.map_err(|e| describe(&e, &inner.cfg))?;
+    let mut response = request.send().await.map_err(|e| {
+        let message = describe(&e, &inner.cfg);
+        // A name resolving only to private addresses is refused by our resolver, not the host.
+        let host_fault = !message.contains("public address");
+        SendError { message, host_fault }
+    })?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         return Ok((status, String::new()));

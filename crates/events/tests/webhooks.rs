@@ -88,11 +88,14 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
 
 impl Receiver {
     async fn start(behaviour: Behaviour) -> Receiver {
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), behaviour)
+    }
+
+    fn start_on(listener: tokio::net::TcpListener, behaviour: Behaviour) -> Receiver {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(AtomicUsize::new(0));
         let state = ReceiverState { behaviour, hits: hits.clone(), requests: requests.clone() };
         let app = Router::new().route("/hook", axum::routing::post(receive)).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver { url: format!("http://127.0.0.1:{}/hook", addr.port()), hits, requests }
@@ -305,6 +308,64 @@ async fn a_hanging_receiver_does_not_slow_the_others() {
         assert_eq!(d.last_error.as_deref(), Some("timed out after 5000 ms"));
         assert!(d.recent_attempts[0].duration_ms >= 4900, "{:?}", d.recent_attempts);
     }
+}
+
+#[tokio::test]
+async fn a_host_that_is_down_costs_a_few_attempts_per_cool_off_not_one_per_delivery() {
+    let w = World::new().await;
+    // A port with nothing listening: every connection is refused, until a receiver takes it.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut down = Vec::new();
+    for n in 0..3 {
+        down.push(w.endpoint(&format!("http://127.0.0.1:{port}/hook?merchant-app={n}"), &["*"]).await);
+    }
+    let healthy = Receiver::start(Behaviour::Accept).await;
+    w.endpoint(&healthy.url, &["*"]).await;
+    w.changes(9).await;
+    w.fan_out().await;
+    let expected = w.event_ids().await;
+    assert_eq!(expected.len(), 10);
+
+    const COOL_OFF: Duration = Duration::from_millis(300);
+    let cfg =
+        WebhookConfig { per_endpoint: 1, host_breaker_threshold: 2, host_breaker_cool_off: COOL_OFF, ..w.config() };
+    let d = w.deliverer(cfg);
+    // The breaker opens between these two instants.
+    let before = tokio::time::Instant::now();
+    d.deliver_due_once().await;
+    let after = tokio::time::Instant::now();
+    assert_eq!(healthy.received(), expected, "the healthy host gets everything");
+    let tried = |all: &[Vec<Delivery>]| all.iter().flatten().filter(|x| x.attempts > 0).count();
+    let mut logs = Vec::new();
+    for e in &down {
+        logs.push(w.deliveries(e).await);
+    }
+    assert_eq!(logs.iter().flatten().count(), 30);
+    // One request per endpoint was in flight when the second refusal opened the breaker.
+    assert!(tried(&logs) <= 3, "{} of 30 deliveries tried against a refusing host", tried(&logs));
+    assert_eq!(d.hosts_open(), vec![format!("127.0.0.1:{port}")]);
+
+    // The tried ones are due again an hour later; the breaker still holds every one back.
+    w.clock.advance_secs(3600);
+    if before.elapsed() < COOL_OFF {
+        d.deliver_due_once().await;
+        let mut again = Vec::new();
+        for e in &down {
+            again.push(w.deliveries(e).await);
+        }
+        assert_eq!(tried(&again), tried(&logs), "no attempt while the breaker is open");
+    }
+
+    // The host comes back; after the cool-off one delivery probes it, then all go.
+    let back = Receiver::start_on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(), Behaviour::Accept);
+    tokio::time::sleep_until(after + COOL_OFF).await;
+    d.deliver_due_once().await;
+    assert_eq!(back.requests(), 30, "each endpoint's ten events, once each");
+    assert_eq!(back.received(), expected);
+    assert!(d.hosts_open().is_empty());
 }
 
 #[tokio::test]

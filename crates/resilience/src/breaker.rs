@@ -1,9 +1,6 @@
-//! The circuit breaker in front of Redis: after enough failures, Redis is skipped for a cool-off
-//! period, then one probe is let through (half-open) and its outcome decides. A down or blackholed
-//! Redis therefore costs one timeout, not one per request.
-//!
-//! It never calls Redis itself and never sleeps; it only answers "may I?" and is told how it went.
-//! On tokio time, so tests pause and advance the clock.
+//! The circuit breaker in front of one dependency instance: after enough failures the dependency
+//! is skipped for a cool-off period, then one probe is let through (half-open) and its outcome
+//! decides. A down or blackholed dependency therefore costs one timeout, not one per call.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,11 +10,11 @@ use tokio::time::Instant;
 /// What the breaker currently lets through, for metrics and `kirana doctor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
-    /// Every call goes to Redis.
+    /// Every call goes through.
     Closed,
-    /// Redis is skipped until the cool-off ends.
+    /// The dependency is skipped until the cool-off ends.
     Open,
-    /// One probe is out; everyone else skips Redis until it answers.
+    /// One probe is out; everyone else skips the dependency until it answers.
     HalfOpen,
 }
 
@@ -30,16 +27,24 @@ impl BreakerState {
             Self::Open => 2.0,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half_open",
+            Self::Open => "open",
+        }
+    }
 }
 
 /// How a call that was let through ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// The call hit its deadline. It opens the breaker at once: every further caller would wait
     /// the same deadline, which is exactly the cost a breaker exists to avoid.
     Timeout,
-    /// A quick error (connection refused, reset). Cheap, so it takes `threshold` of them in a
-    /// row: one dropped connection during a Redis restart should not switch L2 off.
+    /// A quick error (connection refused, reset, a 5xx). Cheap, so it takes `threshold` of them
+    /// in a row: one dropped connection during a restart should not switch the dependency off.
     Error,
 }
 
@@ -51,15 +56,47 @@ enum Inner {
 }
 
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     threshold: u32,
     cool_off: Duration,
     inner: Mutex<Inner>,
+    /// `(dependency, instance)` labels of `kirana_breaker_state`; `None` for breakers too many to
+    /// label (one per webhook host: [`crate::Breakers`] reports those as a count).
+    labels: Option<(&'static str, String)>,
 }
 
 impl Breaker {
+    /// `threshold` quick errors in a row (or one timeout) open it for `cool_off`.
     pub fn new(threshold: u32, cool_off: Duration) -> Self {
-        Self { threshold: threshold.max(1), cool_off, inner: Mutex::new(Inner::Closed { failures: 0 }) }
+        Self { threshold: threshold.max(1), cool_off, inner: Mutex::new(Inner::Closed { failures: 0 }), labels: None }
+    }
+
+    /// Reports its state as `kirana_breaker_state{dependency,instance}` (0 closed, 1 half-open,
+    /// 2 open) and each opening in `kirana_breaker_opened_total{dependency}`. `instance` must
+    /// come from configuration (a host name), never from a request.
+    pub fn named(mut self, dependency: &'static str, instance: impl Into<String>) -> Self {
+        self.labels = Some((dependency, instance.into()));
+        self.report(BreakerState::Closed);
+        self
+    }
+
+    fn report(&self, state: BreakerState) {
+        if let Some((dependency, instance)) = &self.labels {
+            metrics::gauge!("kirana_breaker_state", "dependency" => *dependency, "instance" => instance.clone())
+                .set(state.as_gauge());
+            if state == BreakerState::Open {
+                metrics::counter!("kirana_breaker_opened_total", "dependency" => *dependency).increment(1);
+            }
+        }
+    }
+
+    /// How long until an open breaker lets a probe through (for a `Retry-After`); `None` when
+    /// a call would be let through now, or a probe is out.
+    pub fn open_for(&self) -> Option<Duration> {
+        match *self.inner.lock().expect("breaker lock") {
+            Inner::Open { until } => Some(until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero()),
+            _ => None,
+        }
     }
 
     pub fn state(&self) -> BreakerState {
@@ -70,7 +107,7 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go to Redis now. The caller must report the outcome with
+    /// Whether a call may go to the dependency now. The caller must report the outcome with
     /// [`Breaker::success`] or [`Breaker::failure`].
     pub fn allow(&self) -> bool {
         let now = Instant::now();
@@ -80,6 +117,8 @@ impl Breaker {
             Inner::Open { until } if now < until => false,
             Inner::Open { .. } => {
                 *inner = Inner::HalfOpen { probe_started: now };
+                drop(inner);
+                self.report(BreakerState::HalfOpen);
                 true
             }
             // A probe whose caller was cancelled never reports; after a cool-off another may go.
@@ -92,7 +131,10 @@ impl Breaker {
     }
 
     pub fn success(&self) {
-        *self.inner.lock().expect("breaker lock") = Inner::Closed { failures: 0 };
+        let was = std::mem::replace(&mut *self.inner.lock().expect("breaker lock"), Inner::Closed { failures: 0 });
+        if !matches!(was, Inner::Closed { .. }) {
+            self.report(BreakerState::Closed);
+        }
     }
 
     /// Records a failure; returns whether this one opened the breaker.
@@ -113,6 +155,10 @@ impl Breaker {
                 _ => unreachable!("only a closed breaker stays closed on failure"),
             }
         };
+        drop(inner);
+        if open {
+            self.report(BreakerState::Open);
+        }
         open
     }
 }
@@ -151,6 +197,20 @@ mod tests {
         let b = Breaker::new(3, COOL_OFF);
         assert!(b.failure(Failure::Timeout));
         assert!(!b.allow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_says_how_long_until_its_probe() {
+        let b = Breaker::new(1, COOL_OFF);
+        assert_eq!(b.open_for(), None);
+        b.failure(Failure::Error);
+        assert_eq!(b.open_for(), Some(COOL_OFF));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(b.open_for(), Some(COOL_OFF - Duration::from_secs(2)));
+        tokio::time::advance(COOL_OFF - Duration::from_secs(2)).await;
+        assert_eq!(b.open_for(), None, "the cool-off is over");
+        assert!(b.allow());
+        assert_eq!(b.open_for(), None, "half-open is not open");
     }
 
     #[tokio::test(start_paused = true)]
