@@ -205,6 +205,22 @@ async fn a_slow_replica_misses_its_read_deadline_once_and_reads_move_to_the_prim
     .await;
     assert!(shard.replica_report()[0].in_rotation);
 
+    // The operator sees where reads were answered, and the retry the budget allowed (when a read,
+    // not a probe, found the replica slow first).
+    let metrics = p.browser().get("/metrics").await.body;
+    let line = |needle: &[&str]| {
+        metrics.lines().any(|l| l.starts_with("kirana_db_seconds_count{") && needle.iter().all(|n| l.contains(n)))
+    };
+    assert!(line(&["db=\"s0\"", "role=\"replica\"", "op=\"read\""]), "replica reads timed:\n{metrics}");
+    assert!(line(&["db=\"s0\"", "role=\"primary\"", "op=\"read\""]), "primary reads timed");
+    let retried = metrics.lines().any(|l| {
+        l.starts_with("kirana_retries_total{")
+            && l.contains("dependency=\"replica_read\"")
+            && l.contains("outcome=\"allowed\"")
+            && !l.ends_with(" 0")
+    });
+    assert!(retried || paid_the_deadline == 0, "the read that missed the deadline was retried, within budget:\n{metrics}");
+
     stop.send(true).expect("the probers listen");
     for prober in probers {
         prober.await.expect("a prober stops cleanly");

@@ -85,10 +85,13 @@ async fn metrics_count_requests_orders_and_the_event_backlog() {
     );
     assert!(text.contains("kirana_http_request_duration_seconds_bucket"), "latency as a histogram");
     for op in ["read", "write"] {
-        let db = format!("db=\"s0\",op=\"{op}\"");
+        let op = format!("op=\"{op}\"");
         assert!(
-            text.lines().any(|l| l.starts_with("kirana_db_seconds_count") && l.contains(&db)),
-            "database {op} latency per shard:\n{text}"
+            text.lines().any(|l| l.starts_with("kirana_db_seconds_count")
+                && l.contains("db=\"s0\"")
+                && l.contains("role=\"primary\"")
+                && l.contains(&op)),
+            "database {op} latency per shard and role:\n{text}"
         );
     }
     // No consumer runs in this app, so everything written is still in the outbox.

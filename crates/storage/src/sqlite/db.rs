@@ -82,7 +82,7 @@ impl Db {
         // From the caller's point of view: the wait for the writer's batch included.
         let started = std::time::Instant::now();
         let out = self.writer.write(work).await;
-        metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "op" => "write")
+        metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "role" => "primary", "op" => "write")
             .record(started.elapsed().as_secs_f64());
         out
     }
@@ -95,7 +95,7 @@ impl Db {
     pub(crate) fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let started = std::time::Instant::now();
         let out = self.read_inner(work);
-        metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "op" => "read")
+        metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "role" => "primary", "op" => "read")
             .record(started.elapsed().as_secs_f64());
         out
     }

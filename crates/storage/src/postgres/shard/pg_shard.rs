@@ -44,6 +44,8 @@ use crate::webhooks::{
     Webhooks,
 };
 
+use kirana_resilience::RetryBudget;
+
 /// Called with a store that a write found moved away: the node's directory cache drops it.
 pub type OnMoved = Arc<dyn Fn(StoreId) + Send + Sync>;
 
@@ -55,6 +57,8 @@ pub struct PgShard {
     /// cannot take the connections checkout needs.
     background: PgPool,
     replicas: ReplicaSet,
+    /// Reads a replica failed that may be retried on the primary.
+    retries: RetryBudget,
     gaps: log::Gaps,
     on_moved: std::sync::RwLock<Option<OnMoved>>,
 }
@@ -71,9 +75,10 @@ enum Reader {
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {{
         let started = std::time::Instant::now();
-        let out = match $self.reader().await? {
-            Reader::Primary(conn) => on_primary!($self, conn, |$c| $body),
+        let (out, role) = match $self.reader().await? {
+            Reader::Primary(conn) => (on_primary!($self, conn, |$c| $body), "primary"),
             Reader::Replica(index, conn) => 'read: {
+                $self.retries.attempt();
                 let deadline = $self.replicas.settings().read_deadline;
                 let first = {
                     let $c = &conn;
@@ -81,7 +86,7 @@ macro_rules! read {
                 };
                 let error = match first {
                     Ok(Err(StorageError::Unavailable(e))) => e,
-                    Ok(other) => break 'read other,
+                    Ok(other) => break 'read (other, "replica"),
                     Err(_) => {
                         // Detached from the pool, not returned to it: the abandoned query's
                         // answer may still be on its way, and the next reader would wait for it.
@@ -90,11 +95,16 @@ macro_rules! read {
                     }
                 };
                 $self.replicas.failed(index, &error);
+                // When replicas fail together, retrying every read on the primary would add
+                // their whole load to it at once: past the budget the caller gets the error.
+                if !$self.retries.retry() {
+                    break 'read (Err(StorageError::Unavailable(error)), "replica");
+                }
                 let conn = $self.primary.get().await?;
-                on_primary!($self, conn, |$c| $body)
+                (on_primary!($self, conn, |$c| $body), "primary")
             }
         };
-        $self.record_latency("read", started);
+        $self.record_latency(role, "read", started);
         out
     }};
 }
@@ -159,7 +169,12 @@ macro_rules! write {
                 Err(StorageError::Unavailable(format!("{}: no answer within {deadline:?}", $self.$pool.role())))
             }
         };
-        $self.record_latency(if stringify!($pool) == "background" { "background_write" } else { "write" }, started);
+        let background = stringify!($pool) == "background";
+        $self.record_latency(
+            if background { "background" } else { "primary" },
+            if background { "background_write" } else { "write" },
+            started,
+        );
         out
     }};
 }
@@ -178,6 +193,7 @@ impl PgShard {
             primary,
             background,
             replicas: ReplicaSet::new(id, replicas, settings),
+            retries: RetryBudget::standard("replica_read"),
             gaps: log::Gaps::default(),
             on_moved: std::sync::RwLock::new(None),
         }
@@ -233,9 +249,10 @@ impl PgShard {
         self.replicas.settings()
     }
 
-    /// `kirana_db_seconds{db="s<shard>",op}`: the same histogram the SQLite backend records.
-    fn record_latency(&self, op: &'static str, started: std::time::Instant) {
-        metrics::histogram!("kirana_db_seconds", "db" => format!("s{}", self.id.0), "op" => op)
+    /// `kirana_db_seconds{db="s<shard>",role,op}`: the histogram the SQLite backend records too;
+    /// `role` is where the answer came from (`primary`, `replica`, or the `background` pool).
+    fn record_latency(&self, role: &'static str, op: &'static str, started: std::time::Instant) {
+        metrics::histogram!("kirana_db_seconds", "db" => format!("s{}", self.id.0), "role" => role, "op" => op)
             .record(started.elapsed().as_secs_f64());
     }
 
