@@ -38,8 +38,9 @@ pub struct EventsBench {
 
 struct Silent;
 
+#[async_trait::async_trait]
 impl Messenger for Silent {
-    fn send(&self, _: &Phone, _: &str, _: &str) -> Result<(), String> {
+    async fn send(&self, _: &Phone, _: &str, _: &str) -> Result<(), String> {
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 //!   with subjects partitioned by store, and durable consumers per partition.
 //! - [`webhooks`]: delivering events to merchants' endpoints, signed, retried, logged.
 //! - [`notify`]: the worker that sends queued notifications through a [`notify::Messenger`].
+//! - [`sms`]: the SMS provider over HTTP, behind a timeout, a breaker and a retry budget.
 //! - [`status`]: backlog, lag per consumer and partition, heartbeats, dead letters, alerts.
 //! - [`Pipeline`]: starts all of it and stops it gracefully.
 //! - [`bench`]: events/s and commit-to-effect latency beside a same-run baseline.
@@ -24,6 +25,7 @@ pub mod jetstream;
 pub mod notify;
 pub mod partition;
 pub mod pipeline;
+pub mod sms;
 pub mod status;
 pub mod webhooks;
 

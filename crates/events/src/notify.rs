@@ -13,10 +13,18 @@ use crate::consumers::STORE_OWNER;
 use crate::embedded::RetryPolicy;
 
 /// Whatever delivers a text message (SMS, WhatsApp; a file in development).
+#[async_trait::async_trait]
 pub trait Messenger: Send + Sync + 'static {
     /// `key` identifies the message: a provider that supports idempotency keys gets it, so a
     /// retry after an unclear failure is not a second message.
-    fn send(&self, to: &Phone, message: &str, key: &str) -> Result<(), String>;
+    async fn send(&self, to: &Phone, message: &str, key: &str) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl Messenger for crate::sms::HttpSms {
+    async fn send(&self, to: &Phone, message: &str, key: &str) -> Result<(), String> {
+        crate::sms::HttpSms::send(self, to, message, key).await.map_err(|e| e.to_string())
+    }
 }
 
 /// Stops retrying a message after this many attempts (about a day with the backoff below).
@@ -39,7 +47,7 @@ pub async fn send_due(storage: &Storage, messenger: &dyn Messenger, clock: &dyn 
     for log in storage.logs() {
         for out in log.due_notifications(clock.now(), 100).await? {
             let result = match recipient(storage, &out).await {
-                Ok(to) => messenger.send(&to, &out.message, &out.event_id.to_string()),
+                Ok(to) => messenger.send(&to, &out.message, &out.event_id.to_string()).await,
                 Err(e) => Err(e),
             };
             let outcome = match result {

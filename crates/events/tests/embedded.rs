@@ -366,8 +366,9 @@ async fn status_shows_lag_per_partition_and_raises_alerts() {
 #[derive(Default)]
 struct Outbox(Mutex<Vec<(String, String)>>);
 
+#[async_trait::async_trait]
 impl Messenger for Outbox {
-    fn send(&self, to: &Phone, message: &str, _key: &str) -> Result<(), String> {
+    async fn send(&self, to: &Phone, message: &str, _key: &str) -> Result<(), String> {
         self.0.lock().unwrap().push((to.as_str().to_string(), message.to_string()));
         Ok(())
     }

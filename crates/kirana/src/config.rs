@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// (`/v1/traces` is added unless given). Absent: nothing is exported.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// The SMS provider's send endpoint (`https://…`): sign-in codes and merchants'
+    /// notifications go there. Absent: the dev outbox (`<data-dir>/dev-outbox.jsonl`). Its
+    /// bearer token comes from `KIRANA_SMS_TOKEN` (or `sms_token` in the file), never a flag.
+    #[arg(long, env = "KIRANA_SMS_URL")]
+    pub sms_url: Option<String>,
 }
 
 /// The file layer: every field optional.
@@ -115,6 +120,8 @@ struct FileConfig {
     node_name: Option<String>,
     store_rps: Option<u32>,
     otlp_endpoint: Option<String>,
+    sms_url: Option<String>,
+    sms_token: Option<String>,
     postgres: Option<FilePostgres>,
     /// `[[slo]]` tables: the service level objectives, replacing the defaults as a whole.
     #[serde(default)]
@@ -208,6 +215,8 @@ pub struct Config {
     pub postgres: Option<PgConfig>,
     /// Where spans are exported (the full OTLP/HTTP traces URL); `None`: nowhere.
     pub otlp_traces_url: Option<String>,
+    /// The SMS provider; `None`: the dev outbox.
+    pub sms: Option<kirana_events::sms::SmsConfig>,
 }
 
 impl Config {
@@ -285,7 +294,19 @@ impl Config {
             Some(other) => bail!("--otlp-endpoint must be an http:// or https:// URL, not {other:?}"),
         };
         let objectives = objectives(file.slo)?;
+        let sms = match serve.and_then(|s| s.sms_url.clone()).or(file.sms_url) {
+            Some(u) if !u.trim().is_empty() => {
+                let u = u.trim().to_string();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    bail!("--sms-url must be an http:// or https:// URL, not {u:?}");
+                }
+                let token = std::env::var("KIRANA_SMS_TOKEN").ok().or(file.sms_token).filter(|t| !t.is_empty());
+                Some(kirana_events::sms::SmsConfig { token, ..kirana_events::sms::SmsConfig::new(u) })
+            }
+            _ => None,
+        };
         Ok(Config {
+            sms,
             objectives,
             store_rps,
             otlp_traces_url,
@@ -465,6 +486,7 @@ mod tests {
             node_name: None,
             store_rps: None,
             otlp_endpoint: None,
+            sms_url: None,
         }
     }
 
@@ -512,6 +534,22 @@ mod tests {
         flags.cache = Some("memcached://x".into());
         let e = Config::resolve(&g, Some(&flags)).unwrap_err().to_string();
         assert!(e.contains("--cache"), "{e}");
+    }
+
+    #[test]
+    fn codes_go_to_the_configured_sms_provider_else_the_dev_outbox() {
+        assert!(Config::resolve(&globals(), Some(&serve_args())).unwrap().sms.is_none());
+        let (_dir, g) = with_file("sms_url = \"https://sms.example/send\"\nsms_token = \"tok\"\n");
+        let sms = Config::resolve(&g, Some(&serve_args())).unwrap().sms.unwrap();
+        assert_eq!(sms.url, "https://sms.example/send");
+        // The environment wins over the file, when the test's environment sets it.
+        if std::env::var("KIRANA_SMS_TOKEN").is_err() {
+            assert_eq!(sms.token.as_deref(), Some("tok"));
+        }
+        let mut flags = serve_args();
+        flags.sms_url = Some("sms.example:443".into());
+        let e = Config::resolve(&g, Some(&flags)).unwrap_err().to_string();
+        assert!(e.contains("--sms-url"), "{e}");
     }
 
     #[test]

@@ -252,7 +252,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         objectives: config.objectives.clone(),
         ..ServerConfig::default()
     };
-    let notifier = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
+    // One sender for sign-in codes (the server) and notifications (the pipeline).
+    let (notifier, messenger): (Arc<dyn kirana_server::auth::Notifier>, Arc<dyn kirana_events::notify::Messenger>) =
+        match &config.sms {
+            Some(sms) => {
+                let sms = Arc::new(kirana_events::sms::HttpSms::new(sms.clone()).map_err(anyhow::Error::msg)?);
+                (sms.clone(), sms)
+            }
+            None => {
+                let outbox = Arc::new(DevOutbox::new(config.data_dir.join("dev-outbox.jsonl")));
+                (outbox.clone(), outbox)
+            }
+        };
     let media = match &config.media_url {
         // object_store's own option names, from the environment S3 tools already use.
         Some(url) => kirana_server::media::MediaStore::from_url(
@@ -289,7 +300,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let pipeline = kirana_events::Pipeline::start(
         storage.clone(),
         kirana_events::consumers::all_consumers_notifying(Arc::new(move |store| forget.forget_version(store))),
-        notifier.clone(),
+        messenger,
         clock.clone(),
         kirana_events::PipelineConfig {
             backend: match &config.nats_url {

@@ -74,8 +74,45 @@ pub fn parse_key(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// Delivers sign-in codes. An SMS gateway at scale; the log and a file in the embedded default.
+#[async_trait::async_trait]
 pub trait Notifier: Send + Sync + 'static {
-    fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String>;
+    async fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), SendFailure>;
+
+    /// How long codes are known to be undeliverable (the provider's breaker is open): sign-in
+    /// then answers 503 at once instead of issuing a code nobody can receive.
+    fn unavailable_for(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Why a code was not sent, and when to try again if that is known.
+#[derive(Debug, Clone)]
+pub struct SendFailure {
+    pub message: String,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl From<String> for SendFailure {
+    fn from(message: String) -> Self {
+        SendFailure { message, retry_after: None }
+    }
+}
+
+/// Codes by SMS through the configured provider, each with a key of its own.
+#[async_trait::async_trait]
+impl Notifier for kirana_events::sms::HttpSms {
+    async fn send_code(&self, phone: &Phone, code: &str, _expires_at: Timestamp) -> Result<(), SendFailure> {
+        let message = format!("{code} is your kirana sign-in code. Do not share it with anyone.");
+        let key = new_token("otp");
+        self.send(phone, &message, &key).await.map_err(|e| match e {
+            kirana_events::sms::SmsError::Unavailable { message, retry_after } => SendFailure { message, retry_after },
+            rejected => SendFailure { message: rejected.to_string(), retry_after: None },
+        })
+    }
+
+    fn unavailable_for(&self) -> Option<std::time::Duration> {
+        kirana_events::sms::HttpSms::unavailable_for(self)
+    }
 }
 
 /// The embedded default: appends each code as a JSON line to `<data-dir>/dev-outbox.jsonl`, so
@@ -92,8 +129,9 @@ impl DevOutbox {
     }
 }
 
+#[async_trait::async_trait]
 impl Notifier for DevOutbox {
-    fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), String> {
+    async fn send_code(&self, phone: &Phone, code: &str, expires_at: Timestamp) -> Result<(), SendFailure> {
         tracing::info!(
             outbox = %self.path.display(),
             "a sign-in code was written to the dev outbox (configure an SMS provider for production)"
@@ -110,13 +148,14 @@ impl Notifier for DevOutbox {
             .append(true)
             .open(&self.path)
             .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
-        writeln!(f, "{line}").map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        Ok(writeln!(f, "{line}").map_err(|e| format!("cannot write {}: {e}", self.path.display()))?)
     }
 }
 
 /// Notifications from the event pipeline go to the same development outbox as codes.
+#[async_trait::async_trait]
 impl kirana_events::notify::Messenger for DevOutbox {
-    fn send(&self, to: &Phone, message: &str, key: &str) -> Result<(), String> {
+    async fn send(&self, to: &Phone, message: &str, key: &str) -> Result<(), String> {
         tracing::info!(phone = %to.masked(), key, "message (dev outbox; configure an SMS provider for production)");
         let line = serde_json::json!({ "kind": "message", "phone": to.as_str(), "message": message, "key": key });
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,8 +175,9 @@ pub struct MemoryNotifier {
     messages: Mutex<Vec<(String, String)>>,
 }
 
+#[async_trait::async_trait]
 impl kirana_events::notify::Messenger for MemoryNotifier {
-    fn send(&self, to: &Phone, message: &str, _key: &str) -> Result<(), String> {
+    async fn send(&self, to: &Phone, message: &str, _key: &str) -> Result<(), String> {
         self.messages.lock().unwrap_or_else(|p| p.into_inner()).push((to.as_str().to_string(), message.to_string()));
         Ok(())
     }
@@ -157,8 +197,9 @@ impl MemoryNotifier {
     }
 }
 
+#[async_trait::async_trait]
 impl Notifier for MemoryNotifier {
-    fn send_code(&self, phone: &Phone, code: &str, _: Timestamp) -> Result<(), String> {
+    async fn send_code(&self, phone: &Phone, code: &str, _: Timestamp) -> Result<(), SendFailure> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner()).push((phone.as_str().to_string(), code.to_string()));
         Ok(())
     }

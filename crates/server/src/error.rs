@@ -32,6 +32,9 @@ pub enum ApiError {
     RateLimited { retry_after_secs: i64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A dependency is known to be down (its breaker is open): 503 with its own `Retry-After`.
+    #[error("dependency down: {detail}")]
+    DependencyDown { detail: String, retry_after_secs: i64 },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -243,6 +246,10 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(detail) => {
                 (Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail), Some(1))
             }
+            ApiError::DependencyDown { detail, retry_after_secs } => (
+                Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail),
+                Some(retry_after_secs),
+            ),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (

@@ -36,6 +36,13 @@ impl From<ApiError> for WebError {
             ApiError::NotFound => WebError::NotFound,
             ApiError::Invalid(i) => WebError::Invalid(i),
             ApiError::Unauthorized(_) => WebError::SignIn,
+            // The page says to wait, with the same statuses the API uses (never a 500).
+            ApiError::RateLimited { retry_after_secs } => {
+                WebError::Storage(StorageError::RateLimited { retry_after_secs })
+            }
+            ApiError::Unavailable(detail) | ApiError::DependencyDown { detail, .. } => {
+                WebError::Storage(StorageError::Unavailable(detail))
+            }
             other => WebError::Internal(other.to_string()),
         }
     }

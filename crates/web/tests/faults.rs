@@ -219,7 +219,10 @@ async fn a_slow_replica_misses_its_read_deadline_once_and_reads_move_to_the_prim
             && l.contains("outcome=\"allowed\"")
             && !l.ends_with(" 0")
     });
-    assert!(retried || paid_the_deadline == 0, "the read that missed the deadline was retried, within budget:\n{metrics}");
+    assert!(
+        retried || paid_the_deadline == 0,
+        "the read that missed the deadline was retried, within budget:\n{metrics}"
+    );
 
     stop.send(true).expect("the probers listen");
     for prober in probers {

@@ -56,15 +56,31 @@ pub async fn send_code(s: &AppState, ip: ClientIp, phone: &str) -> ApiResult<Cod
     if s.otp_limiter.check_key(&ip.0).is_err() {
         return Err(ApiError::RateLimited { retry_after_secs: 60 });
     }
+    // Before a code is issued: one nobody can receive would only use up the phone's quota.
+    if let Some(wait) = s.notifier.unavailable_for() {
+        return Err(ApiError::DependencyDown {
+            detail: "sign-in codes cannot be sent right now; try again shortly".into(),
+            retry_after_secs: retry_secs(wait),
+        });
+    }
     let code = new_code();
     let now = s.clock.now();
     let policy = s.config.otp;
     s.storage.directory().otp_issue(&phone, hash_code(&s.config.otp_key, &phone, &code), now, policy).await?;
-    s.notifier
-        .send_code(&phone, &code, now.plus_secs(policy.ttl_secs))
-        .map_err(|e| ApiError::Unavailable(format!("the code could not be sent: {e}")))?;
+    s.notifier.send_code(&phone, &code, now.plus_secs(policy.ttl_secs)).await.map_err(|e| {
+        tracing::warn!(phone = %phone.masked(), error = %e.message, "a sign-in code could not be sent");
+        ApiError::DependencyDown {
+            detail: "the sign-in code could not be sent; try again shortly".into(),
+            retry_after_secs: e.retry_after.map_or(1, retry_secs),
+        }
+    })?;
     tracing::info!(phone = %phone.masked(), "sign-in code sent");
     Ok(CodeSent { sent: true, expires_in_secs: policy.ttl_secs })
+}
+
+/// Whole seconds for a `Retry-After`, at least one.
+fn retry_secs(wait: std::time::Duration) -> i64 {
+    wait.as_secs_f64().ceil().max(1.0) as i64
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
