@@ -42,6 +42,7 @@ use async_nats::jetstream::{self, stream};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use kirana_domain::event::Event;
 use kirana_domain::{Clock, EventId, StoreId, Timestamp};
+use kirana_resilience::{Breaker, BreakerState, Failure};
 use kirana_storage::trace::TraceParent;
 use kirana_storage::{Applied, Logged, ShardLog, Storage, StorageError};
 use serde::Deserialize;
@@ -103,6 +104,9 @@ pub struct JetStreamConfig {
     pub idle: Duration,
     /// The limit on every request to NATS (connect, publish ack, stream and consumer calls).
     pub timeout: Duration,
+    /// How long the connection's breaker, once open, keeps relays and consumers off NATS
+    /// before one of them probes it.
+    pub breaker_cool_off: Duration,
     /// Readers of the outbox itself, one position per shard (the search indexer), that the
     /// relay's trimming waits for: the stream is the consumers' log, not theirs.
     pub trim_behind: Vec<String>,
@@ -126,6 +130,7 @@ impl JetStreamConfig {
             fetch_wait: Duration::from_secs(2),
             idle: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
+            breaker_cool_off: Duration::from_secs(1),
             trim_behind: Vec::new(),
         }
     }
@@ -149,6 +154,64 @@ fn nats(e: impl std::fmt::Display) -> Error {
     Error::Nats(e.to_string())
 }
 
+/// What a failed step says about NATS: nothing when the database failed it.
+fn breaker_failure(e: &Error) -> Option<Failure> {
+    match e {
+        // Our own deadline, or the client's ("request timed out").
+        Error::Nats(m) if m.contains(NO_ANSWER) || m.contains("timed out") => Some(Failure::Timeout),
+        Error::Nats(_) => Some(Failure::Error),
+        Error::Storage(_) => None,
+    }
+}
+
+/// `host:port` of the first server in a NATS URL list, for the breaker's label.
+fn nats_instance(url: &str) -> String {
+    let first = url.split(',').next().unwrap_or(url).trim();
+    let rest = first.split_once("://").map_or(first, |(_, r)| r);
+    rest.rsplit_once('@').map_or(rest, |(_, r)| r).trim_end_matches('/').to_string()
+}
+
+/// Says a call hit its deadline (see [`within`]).
+const NO_ANSWER: &str = "no answer within";
+
+impl JetStreamBus {
+    /// Before a step: whether the connection's breaker lets it go, else how long to wait.
+    fn may_call(&self) -> Result<(), Duration> {
+        if self.inner.breaker.allow() {
+            Ok(())
+        } else {
+            Err(self.inner.breaker.open_for().unwrap_or(Duration::from_millis(100)))
+        }
+    }
+
+    /// After a step: tells the breaker how NATS did.
+    fn called<T>(&self, result: &Result<T, Error>) {
+        match result {
+            Ok(_) => self.inner.breaker.success(),
+            Err(e) => {
+                let Some(f) = breaker_failure(e) else { return };
+                if f == Failure::Timeout {
+                    self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("kirana_nats_timeouts_total").increment(1);
+                }
+                if self.inner.breaker.failure(f) {
+                    tracing::warn!(error = %e, "NATS is not answering; relays and consumers wait for a probe");
+                }
+            }
+        }
+    }
+
+    /// Steps that waited out a NATS deadline since the connection opened.
+    pub fn timeouts(&self) -> u64 {
+        self.inner.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// The connection's breaker state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+}
+
 /// Runs `fut` with a deadline: no call to NATS may hang a worker.
 async fn within<T, E: std::fmt::Display>(
     limit: Duration,
@@ -157,7 +220,7 @@ async fn within<T, E: std::fmt::Display>(
 ) -> Result<T, Error> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r.map_err(|e| Error::Nats(format!("{what}: {e}"))),
-        Err(_) => Err(Error::Nats(format!("{what}: no answer within {limit:?}"))),
+        Err(_) => Err(Error::Nats(format!("{what}: {NO_ANSWER} {limit:?}"))),
     }
 }
 
@@ -178,6 +241,12 @@ struct Inner {
     /// back without its data gets them again).
     ready: AtomicBool,
     heartbeats: Arc<Heartbeats>,
+    /// The connection's breaker, shared by every relay and consumer on it: when NATS stops
+    /// answering, one of them pays the timeout and the rest wait for a probe instead of each
+    /// paying it (a node runs a consumer task per partition and consumer: dozens).
+    breaker: Arc<Breaker>,
+    /// Calls that hit their deadline (`kirana_nats_timeouts_total`).
+    timeouts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JetStreamBus {
@@ -217,6 +286,7 @@ impl JetStreamBus {
             .timeout(cfg.timeout)
             .ack_timeout(cfg.timeout)
             .build(client.clone());
+        let breaker = Arc::new(Breaker::new(3, cfg.breaker_cool_off).named("nats", nats_instance(&cfg.url)));
         Ok(JetStreamBus {
             inner: Arc::new(Inner {
                 cfg,
@@ -225,6 +295,8 @@ impl JetStreamBus {
                 epoch,
                 ready: AtomicBool::new(false),
                 heartbeats: Arc::new(Heartbeats::default()),
+                breaker,
+                timeouts: Arc::default(),
             }),
         })
     }
@@ -240,6 +312,8 @@ impl JetStreamBus {
                 epoch: i.epoch.clone(),
                 ready: AtomicBool::new(i.ready.load(Ordering::Relaxed)),
                 heartbeats,
+                breaker: i.breaker.clone(),
+                timeouts: i.timeouts.clone(),
             }),
         }
     }
@@ -384,7 +458,16 @@ pub async fn run_relay(
         if *shutdown.borrow() {
             return;
         }
-        let wait = match relay.step().await {
+        if let Err(wait) = relay.bus.may_call() {
+            relay.bus.inner.heartbeats.beat(&key);
+            if pause(wait, &mut shutdown).await {
+                return;
+            }
+            continue;
+        }
+        let step = relay.step().await;
+        relay.bus.called(&step);
+        let wait = match step {
             Ok(0) => {
                 failures = 0;
                 relay.bus.inner.cfg.idle
@@ -641,7 +724,16 @@ pub async fn run_consumer(
         if *shutdown.borrow() {
             return;
         }
-        let wait = match w.step(&mut shutdown).await {
+        if let Err(wait) = w.bus.may_call() {
+            w.bus.inner.heartbeats.beat(&key);
+            if pause(wait, &mut shutdown).await {
+                return;
+            }
+            continue;
+        }
+        let step = w.step(&mut shutdown).await;
+        w.bus.called(&step);
+        let wait = match step {
             Ok(Step::Stop) => return,
             Ok(Step::Progress) => {
                 failures = 0;

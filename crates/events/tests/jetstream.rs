@@ -17,7 +17,7 @@ use kirana_domain::event::{Event, kinds};
 use kirana_domain::{Clock, EventId, StoreId, SystemClock};
 use kirana_events::consumers::{CacheInvalidation, Consumer, Notifications, SalesAnalytics, Webhooks};
 use kirana_events::embedded::RetryPolicy;
-use kirana_events::jetstream::{self, JetStreamBus, lag};
+use kirana_events::jetstream::{self, JetStreamBus, JetStreamConfig, lag};
 use kirana_events::partition::partition_of;
 use kirana_storage::Effect;
 use nats_support::*;
@@ -415,6 +415,56 @@ async fn connections_to_nats_reset_mid_burst_lose_nothing_and_apply_nothing_twic
         stream_messages(&bus, &bus.config().stream).await,
         sales.repeats.load(Ordering::SeqCst),
     );
+    running.stop().await;
+    drop_streams(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_nats_costs_one_timeout_per_cool_off_not_one_per_worker_and_loses_nothing() {
+    logs();
+    let shared = shared_nats();
+    let proxy = kirana_faultproxy::FaultProxy::start(shared.trim_start_matches("nats://").parse().unwrap())
+        .expect("a proxy in front of NATS");
+    let world = World::new(2, 10).await;
+    let cool_off = Duration::from_millis(500);
+    let cfg = JetStreamConfig {
+        timeout: Duration::from_millis(500),
+        breaker_cool_off: cool_off,
+        ..test_config(&format!("nats://{}", proxy.addr()), 4)
+    };
+    let bus = jetstream::connect(cfg).await.expect("NATS via the proxy");
+    let (consumers, _sales) = watched_consumers();
+    let list = names(&consumers);
+    let workers = list.len() * 4 + 2;
+    let running = Running::start(&bus, &world, consumers, patient());
+    world.burst(40, 4, Duration::ZERO).await;
+    eventually(Duration::from_secs(30), "applied before the fault", || world.all_settled()).await;
+
+    // NATS accepts bytes and never answers. Whatever was in flight times out; then the breaker
+    // lets one probe through per cool-off, and every other relay and consumer waits.
+    proxy.set_blackhole(true);
+    world.burst(40, 4, Duration::ZERO).await;
+    eventually(Duration::from_secs(10), "the breaker opened", || async {
+        if bus.breaker_state() == kirana_resilience::BreakerState::Closed { Err("closed".to_string()) } else { Ok(()) }
+    })
+    .await;
+    // The first wave: calls sent before it opened run out their own deadline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (first_wave, start) = (bus.timeouts(), tokio::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = bus.timeouts() - first_wave;
+    let window = start.elapsed();
+    // A probe at most every cool-off (in fact every cool-off plus its timeout), one to spare.
+    // Without the breaker each worker times out on its own, every second or two.
+    let bound = (window.as_millis() / cool_off.as_millis()) as u64 + 1;
+    println!("{workers} workers; first wave {first_wave} timeouts, then {later} in {window:?} (bound {bound})");
+    assert!(later <= bound, "{later} timeouts in {window:?} with {workers} workers: not one probe per cool-off");
+
+    proxy.heal();
+    eventually(Duration::from_secs(60), "everything applied once after NATS answers", || world.all_settled()).await;
+    drained(&world).await;
+    caught_up(&bus, &list).await;
+    assert_eq!(bus.breaker_state(), kirana_resilience::BreakerState::Closed);
     running.stop().await;
     drop_streams(&bus).await;
 }
