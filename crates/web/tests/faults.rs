@@ -8,6 +8,8 @@
 //! - A blackholed primary: cached pages serve on, checkouts answer 201 or 503 (with
 //!   Retry-After) within a bound, and retrying every 503 with its Idempotency-Key makes
 //!   exactly one order per checkout.
+//! - A blackholed directory (control database): pages of stores already seen serve on, their
+//!   shoppers still check out, and sign-in or an unknown store answers 503 within the deadline.
 //!
 //! Times here are on the real clock (real sockets, real servers); every bound on them is
 //! one-sided and generous, so a busy machine can make a test slower, not wrong.
@@ -391,4 +393,88 @@ async fn with_the_primary_blackholed_pages_serve_checkouts_fail_fast_and_no_ackn
     }
     let stock = p.merchant_product(&shop, &pid).await["variants"][0]["stock"].as_i64();
     assert_eq!(stock, Some(STOCK - N as i64), "stock taken once per order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_directory_blackholed_known_stores_keep_serving_and_selling_and_sign_in_fails_fast() {
+    // The control database behind the proxy; the shard reached directly.
+    let (shard_db, control) = (TempDb::create().await, TempDb::create().await);
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).expect("a proxy in front of PostgreSQL");
+    let directory = format!("postgres://postgres@{}/{}", proxy.addr(), control.name);
+    let mut pg = PgConfig::new(directory, vec![ShardUrls { primary: shard_db.url(), replicas: vec![] }]);
+    pg.pool.acquire_timeout = Duration::from_secs(1);
+    pg.pool.connect_timeout = Duration::from_secs(1);
+    let deadline = Duration::from_millis(1000);
+    pg.primary_deadline = deadline;
+    let cluster = open(&pg).await.expect("open the PostgreSQL backend");
+    let (p, _, _) = Platform::over(cluster.storage.clone(), Box::new((control, shard_db)))
+        .cached(ReadCacheConfig::default(), false);
+    let shop = p.shop("+919800008004", "Directoryless Dhaba").await;
+    let product = p.product(&shop, json!({ "title": "Masala Chai", "price": 2000, "stock": 50 })).await;
+    let (pid, variant) = (id(&product), variant(&product));
+    let slug = shop.slug();
+    let pages =
+        [format!("/{slug}"), format!("/{slug}/product/{pid}"), format!("/api/v1/storefront/{slug}/products/{pid}")];
+    let b = p.browser();
+    for page in &pages {
+        assert_eq!(b.get(page).await.status, 200, "{page} warmed");
+    }
+
+    proxy.set_blackhole(true);
+    // Pages for a few seconds: every one answers, and the directory's silence is paid rarely
+    // (the store's entry is remembered and the last answer kept), not once per request.
+    let (started, mut n, mut waited) = (Instant::now(), 0, 0);
+    while started.elapsed() < Duration::from_secs(3) {
+        for page in &pages {
+            let one = Instant::now();
+            let res = b.get(page).await;
+            assert_eq!(res.status, 200, "{page} with the directory silent: {}", res.body);
+            waited += usize::from(one.elapsed() >= deadline);
+            n += 1;
+        }
+    }
+    assert!(waited <= 3, "{waited} of {n} page requests waited out the directory's deadline");
+
+    // A shopper of a store already seen can still buy: cart, item, checkout.
+    let cart = call(&p, Method::POST, &format!("/api/v1/storefront/{slug}/carts"), &[], Some(json!({}))).await;
+    assert_eq!(cart.status, 201, "{}", cart.body);
+    let (cart_id, token) = (cart.body["cart_id"].as_str().unwrap(), cart.body["token"].as_str().unwrap());
+    let items = format!("/api/v1/storefront/{slug}/carts/{cart_id}/items");
+    let set = call(
+        &p,
+        Method::PUT,
+        &items,
+        &[("x-cart-token", token)],
+        Some(json!({ "variant_id": variant, "quantity": 2 })),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let body = json!({
+        "customer": { "name": "Asha Rao", "phone": "+919812345678" },
+        "address": { "line1": "12 MG Road", "city": "Pune", "postal_code": "411001" },
+        "payment_method": "cod"
+    });
+    let uri = format!("/api/v1/storefront/{slug}/carts/{cart_id}/checkout");
+    let order =
+        call(&p, Method::POST, &uri, &[("x-cart-token", token), ("idempotency-key", "dir-down-1")], Some(body)).await;
+    assert_eq!(order.status, 201, "checkout with the directory silent: {}", order.body);
+
+    // What needs the directory fails within its deadline, as a 503 to retry, never a 404 or a hang.
+    for (what, method, uri, body) in [
+        ("sign-in", Method::POST, "/api/v1/auth/otp".to_string(), Some(json!({ "phone": "+919800008005" }))),
+        ("an unknown store", Method::GET, "/api/v1/storefront/never-seen-store/products".to_string(), None),
+    ] {
+        let one = Instant::now();
+        let res = call(&p, method, &uri, &[], body).await;
+        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {}", res.body);
+        assert!(res.retry_after.is_some(), "{what}: a Retry-After");
+        assert!(one.elapsed() < deadline * 3, "{what} took {:?}", one.elapsed());
+    }
+
+    proxy.heal();
+    eventually("sign-in works again", Duration::from_secs(30), || async {
+        let res = call(&p, Method::POST, "/api/v1/auth/otp", &[], Some(json!({ "phone": "+919800008006" }))).await;
+        (res.status == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
 }

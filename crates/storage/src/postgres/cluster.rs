@@ -88,7 +88,9 @@ pub async fn open(config: &PgConfig) -> Result<PgCluster> {
         let background = PgPool::new(&urls.primary, PoolRole::Background(id), background_settings)?;
         shards.push(Arc::new(PgShard::new(id, primary, background, replicas, config.replicas)));
     }
-    let storage = Storage::new(directory.clone(), shards.iter().map(|s| s.clone() as Arc<dyn crate::Shard>).collect())
+    // Requests wait at most the primary deadline on the control database too.
+    let bounded = Arc::new(super::bounded::Bounded::new(directory.clone(), config.primary_deadline));
+    let storage = Storage::new(bounded, shards.iter().map(|s| s.clone() as Arc<dyn crate::Shard>).collect())
         .with_directory_cache(config.directory_ttl)
         .with_placement(Placement::LeastStores)
         .with_store_moves();

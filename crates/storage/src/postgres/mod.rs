@@ -10,6 +10,7 @@
 //!   becomes `Unavailable` (503) naming the pool, and its status for metrics.
 //! - [`directory`]: `PgDirectory`, the directory on the control database, behaving exactly as
 //!   the SQLite one (`tests/pg_directory.rs` runs the same checks against both).
+//! - [`bounded`]: the deadline on every request's call to the control database.
 //! - [`shard`]: `PgShard`, and the shard's queries, one module per concern as on SQLite.
 //! - [`replicas`]: a shard's replicas as its router sees them, the prober that keeps their
 //!   lag current, and the choice of a replica for a read.
@@ -17,6 +18,7 @@
 //!   freeze, the directory flip) and the journal that lets a stopped move resume.
 //! - [`testing`]: throwaway databases and replica pairs for the test suites.
 
+pub mod bounded;
 pub mod cluster;
 pub mod directory;
 pub mod moves;
