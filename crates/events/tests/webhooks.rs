@@ -1,5 +1,6 @@
-//! Webhook delivery against real receivers: axum servers on 127.0.0.1:0 that verify the
-//! signature, fail, recover, redirect or hang, fed by real SQLite shards through the `webhooks`
+//! Webhook delivery against real receivers: axum servers on 127.0.0.1:0 (one behind the fault
+//! proxy, refusing connections until healed) that verify the signature, fail, recover, redirect
+//! or hang, fed by real SQLite shards through the `webhooks`
 //! consumer. Time for backoff and disabling is a manual clock the worker reads, so a day of
 //! retries takes a few seconds of real time.
 
@@ -88,10 +89,7 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
 
 impl Receiver {
     async fn start(behaviour: Behaviour) -> Receiver {
-        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), behaviour)
-    }
-
-    fn start_on(listener: tokio::net::TcpListener, behaviour: Behaviour) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hits = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(AtomicUsize::new(0));
         let state = ReceiverState { behaviour, hits: hits.clone(), requests: requests.clone() };
@@ -313,14 +311,15 @@ async fn a_hanging_receiver_does_not_slow_the_others() {
 #[tokio::test]
 async fn a_host_that_is_down_costs_a_few_attempts_per_cool_off_not_one_per_delivery() {
     let w = World::new().await;
-    // A port with nothing listening: every connection is refused, until a receiver takes it.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // The merchants' host behind the fault proxy, refusing every connection until healed.
+    let host = Receiver::start(Behaviour::Accept).await;
+    let upstream: std::net::SocketAddr =
+        host.url.trim_start_matches("http://").trim_end_matches("/hook").parse().unwrap();
+    let proxy = kirana_faultproxy::FaultProxy::start(upstream).unwrap();
+    proxy.set_refuse(true);
     let mut down = Vec::new();
     for n in 0..3 {
-        down.push(w.endpoint(&format!("http://127.0.0.1:{port}/hook?merchant-app={n}"), &["*"]).await);
+        down.push(w.endpoint(&format!("http://{}/hook?merchant-app={n}", proxy.addr()), &["*"]).await);
     }
     let healthy = Receiver::start(Behaviour::Accept).await;
     w.endpoint(&healthy.url, &["*"]).await;
@@ -346,7 +345,8 @@ async fn a_host_that_is_down_costs_a_few_attempts_per_cool_off_not_one_per_deliv
     assert_eq!(logs.iter().flatten().count(), 30);
     // One request per endpoint was in flight when the second refusal opened the breaker.
     assert!(tried(&logs) <= 3, "{} of 30 deliveries tried against a refusing host", tried(&logs));
-    assert_eq!(d.hosts_open(), vec![format!("127.0.0.1:{port}")]);
+    assert_eq!(d.hosts_open(), vec![proxy.addr().to_string()]);
+    assert_eq!(host.requests(), 0);
 
     // The tried ones are due again an hour later; the breaker still holds every one back.
     w.clock.advance_secs(3600);
@@ -360,11 +360,11 @@ async fn a_host_that_is_down_costs_a_few_attempts_per_cool_off_not_one_per_deliv
     }
 
     // The host comes back; after the cool-off one delivery probes it, then all go.
-    let back = Receiver::start_on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(), Behaviour::Accept);
+    proxy.heal();
     tokio::time::sleep_until(after + COOL_OFF).await;
     d.deliver_due_once().await;
-    assert_eq!(back.requests(), 30, "each endpoint's ten events, once each");
-    assert_eq!(back.received(), expected);
+    assert_eq!(host.requests(), 30, "each endpoint's ten events, once each");
+    assert_eq!(host.received(), expected);
     assert!(d.hosts_open().is_empty());
 }
 
