@@ -120,6 +120,20 @@ enum MerchantCommand {
     },
 }
 
+/// Connections the kernel may queue before the server accepts them. tokio's `bind` asks for
+/// 1024: a flash sale's crowd (thousands of shoppers connecting in the same second) overflowed it,
+/// and each dropped SYN cost its shopper the kernel's one-second retransmit (BENCHMARKS.md, "Flash
+/// sale under browsing"). The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // A restarted node takes its port back while the old one's connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -340,7 +354,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
     let web = kirana_web::Web::new(&public_url, &otp_key);
     let app = kirana_web::app(state.clone(), web);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
