@@ -108,6 +108,9 @@ pub enum Outcome {
     /// Refused for a reason the workload expects (stock ran out): not an error.
     Rejected,
     Error(String),
+    /// An error answer from the server, by HTTP status: 429s (rate limited) and 503s (shed) are
+    /// counted apart as well, since they are the platform's protections at work.
+    Refused(u16, String),
 }
 
 /// Distinct error messages kept per run; beyond this only the counts grow.
@@ -125,11 +128,25 @@ pub(crate) struct KindStats {
     pub ok: u64,
     pub rejected: u64,
     pub errors: u64,
+    /// Of the errors, answers 429 (a rate limit) and 503 (shed or unavailable).
+    pub limited: u64,
+    pub shed: u64,
 }
 
 impl KindStats {
-    fn new() -> Self {
-        KindStats { hist: new_histogram(), ok: 0, rejected: 0, errors: 0 }
+    pub fn new() -> Self {
+        KindStats { hist: new_histogram(), ok: 0, rejected: 0, errors: 0, limited: 0, shed: 0 }
+    }
+
+    /// Adds `other`'s samples and counts (for figures over several types).
+    pub fn merge(&mut self, other: &KindStats) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+        self.ok += other.ok;
+        self.rejected += other.rejected;
+        self.errors += other.errors;
+        self.limited += other.limited;
+        self.shed += other.shed;
     }
 
     pub fn count(&self) -> u64 {
@@ -183,7 +200,7 @@ impl Recorder {
     /// the window. `latency` runs to the end of the response.
     pub fn record(&self, kind: RequestKind, at: Instant, latency: Duration, outcome: Outcome) {
         if at < self.from {
-            if matches!(outcome, Outcome::Error(_)) {
+            if matches!(outcome, Outcome::Error(_) | Outcome::Refused(..)) {
                 self.warmup_errors.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -206,6 +223,12 @@ impl Recorder {
                 }
                 Outcome::Error(m) => {
                     s.errors += 1;
+                    Some(m)
+                }
+                Outcome::Refused(status, m) => {
+                    s.errors += 1;
+                    s.limited += u64::from(status == 429);
+                    s.shed += u64::from(status == 503);
                     Some(m)
                 }
             }
@@ -270,6 +293,22 @@ mod tests {
         assert_eq!(samples.len(), MAX_ERROR_SAMPLES);
         assert_eq!(samples[0], ErrorSample { kind: RequestKind::Checkout, message: "HTTP 500".into(), count: 3 });
         assert_eq!(r.snapshot(RequestKind::Home).errors, 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_errors_and_429s_and_503s_are_counted_apart_and_merged() {
+        let t0 = Instant::now();
+        let r = Recorder::new(t0, t0 + Duration::from_secs(10));
+        let ms = Duration::from_millis(2);
+        r.record(RequestKind::Home, t0, ms, Outcome::Refused(429, "HTTP 429: slow down".into()));
+        r.record(RequestKind::Home, t0, ms, Outcome::Refused(503, "HTTP 503: busy".into()));
+        r.record(RequestKind::Home, t0, ms, Outcome::Refused(500, "HTTP 500: oops".into()));
+        r.record(RequestKind::Product, t0, ms, Outcome::Ok);
+        let mut all = r.snapshot(RequestKind::Home);
+        assert_eq!((all.errors, all.limited, all.shed, all.count()), (3, 1, 1, 3));
+        all.merge(&r.snapshot(RequestKind::Product));
+        assert_eq!((all.ok, all.errors, all.count(), all.hist.len()), (1, 3, 4, 4));
+        assert_eq!(r.error_samples().len(), 3);
     }
 
     #[test]
