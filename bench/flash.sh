@@ -16,7 +16,8 @@
 # out 429 (the store's rate limit) and 503 (shedding) and retry, a checkout with the same
 # Idempotency-Key. The flash product's stock is reset before the run by re-running `kirana seed`
 # (the stores stay; only the product and the bench keys are touched). The server's rate-limit and
-# shed counters are kept from /metrics before and after. Seeds 1,000 stores into $DATA if it has
+# shed counters (/metrics) and the kernel's listen-queue overflows and SYN retransmits
+# (/proc/net/netstat) are kept from before and after. Seeds 1,000 stores into $DATA if it has
 # none. The binary is built in ${CARGO_TARGET_DIR:-target}. Exits non-zero unless PASS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,13 @@ for _ in $(seq 1 100); do
 done
 curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null || { echo "the server did not become ready" >&2; exit 1; }
 protections() { curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^kirana_(rate_limited|shed)_total' || true; }
+# The kernel's TCP counters (whole machine): a crowd connecting at once can overflow the server's
+# accept queue, and a dropped SYN is retried by the client after a second.
+tcp_counters() {
+  awk '/^TcpExt:/ { if (!h) { split($0, k); h = 1 } else { split($0, v); for (i in k) if (k[i] ~ /^(ListenOverflows|ListenDrops|TCPSynRetrans|TCPTimeouts)$/) print k[i], v[i] } }' /proc/net/netstat
+}
 protections > "$OUT/metrics-before.txt"
+tcp_counters > "$OUT/tcp-before.txt"
 
 CMD=("$BIN" bench --data-dir "$DATA" --target "http://127.0.0.1:$PORT" --rate "$RATE" --duration "$DURATION"
   --warmup "$WARMUP" --flash-during-browse --flash-shoppers "$SHOPPERS" --flash-give-up "$GIVE_UP" --seed "$SEED"
@@ -70,6 +77,7 @@ log "bench: ${CMD[*]}"
 status=0
 "${CMD[@]}" > "$OUT/flash.txt" 2> "$OUT/bench-stderr.txt" || status=$?
 protections > "$OUT/metrics-after.txt"
+tcp_counters > "$OUT/tcp-after.txt"
 echo "load after: $(uptime)" >> "$OUT/machine.txt"
 stop
 [ "$status" -eq 0 ] || { echo "kirana bench exited $status" >&2; cat "$OUT/bench-stderr.txt" >&2; }
@@ -96,6 +104,9 @@ print("  p99 by type, quiet -> contended: " + ", ".join(
     f"{k} {ms(fb['quiet']['by_type'][k]['latency_us']['p99'])} -> {ms(fb['contended']['by_type'][k]['latency_us']['p99'])}"
     for k in ("home", "category", "product", "search", "order_status", "dashboard_orders", "dashboard_products")
     if fb["quiet"]["by_type"][k]["count"] and fb["contended"]["by_type"][k]["count"]))
+opens = round(fb["quiet"]["secs"])
+print("  reads p99 second by second from 5 s before the sale (| = it opens): " + " ".join(
+    ("| " if t["second"] == opens else "") + ms(t["p99_us"]) for t in fb["timeline"] if t["second"] + 5 >= opens))
 ratio = fb["p99_ratio"]
 print(f"contended / quiet p99: {ratio:.2f} (goal <= {fb['p99_ratio_goal']}: {'met' if fb['p99_goal_met'] else 'NOT met'})"
       if ratio is not None else "contended / quiet p99: n/a")
@@ -109,5 +120,7 @@ print(f"verdict: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reason
 PY
 echo "server counters before/after:" | tee -a "$OUT/summary.txt"
 paste "$OUT/metrics-before.txt" "$OUT/metrics-after.txt" | tee -a "$OUT/summary.txt" || true
+echo "TCP during the run (this machine, every process): $(join "$OUT/tcp-before.txt" "$OUT/tcp-after.txt" | awk '{ printf "%s +%d  ", $1, $3 - $2 }')" \
+  | tee -a "$OUT/summary.txt"
 python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["flash_during_browse"]["flash"]["verdict"] == "PASS" else 1)' "$OUT/flash.json"
 exit "$status"

@@ -26,7 +26,7 @@ use crate::report::{
     self, ErrorSample, FlashReport, GeneratorUsage, REPORT_SCHEMA, Report, RunConfig, ServerUsage, Totals,
 };
 use crate::session::{self, FlashOutcome, Phase, Shared};
-use crate::stats::{Recorder, RequestKind};
+use crate::stats::{Recorder, RequestKind, Timeline};
 use crate::workload::{Mix, Workload};
 
 /// Workers when neither `--rate` nor `--concurrency` is given.
@@ -240,19 +240,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     if let Some(pid) = args.server_pid {
         probe::cpu_seconds(pid).with_context(|| format!("cannot read the CPU time of --server-pid {pid} in /proc"))?;
     }
-    let client = reqwest::Client::builder()
-        // Every connection is kept for reuse: at load, reopening them would cost the generator
-        // (and the server) more than the requests.
-        .pool_max_idle_per_host(usize::MAX)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .timeout(args.timeout)
-        .connect_timeout(args.timeout.min(Duration::from_secs(5)))
-        .no_proxy()
-        .user_agent(concat!("kirana-bench/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let shared = Arc::new(Shared::new(client, &args.target, manifest));
+    let shared = Arc::new(Shared::new(http_client(&args)?, &args.target, manifest.clone()));
     preflight(&shared, args.flash_sale || args.flash_during_browse).await?;
     let sale = if args.flash_during_browse {
         let sale = SaleTarget::of(&shared)?;
@@ -288,12 +276,24 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         }
         None => Vec::new(),
     };
-    let phase = Arc::new(Phase { recorder: recorder.clone(), windows: windows.clone(), end: deadline.clone() });
+    let timeline = sale.as_ref().map(|_| Arc::new(Timeline::new(window.measure_from, latest)));
+    let phase = Arc::new(Phase {
+        recorder: recorder.clone(),
+        windows: windows.clone(),
+        timeline: timeline.clone(),
+        end: deadline.clone(),
+    });
     let usage = tokio::spawn(usage_over(args.server_pid, window.measure_from, deadline.clone()));
     let progress = (!args.quiet).then(|| tokio::spawn(progress(recorder.clone(), window, deadline.clone())));
-    let sale_run = sale.as_ref().map(|(target, stock)| {
+    // The buyers are other people than the browsers: their own client, so they neither take the
+    // browsers' pooled connections nor leave theirs for the browsers to find.
+    let buyers = match sale {
+        Some(_) => Some(Arc::new(Shared::new(http_client(&args)?, &args.target, manifest))),
+        None => None,
+    };
+    let sale_run = sale.as_ref().zip(buyers).map(|((target, stock), buyers)| {
         tokio::spawn(flash_browse::run_sale(
-            shared.clone(),
+            buyers,
             args.flash_shoppers,
             args.flash_give_up,
             seed,
@@ -349,8 +349,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         MainRun { mode, seed, started_at, window, recorder, started, usage },
         flash,
     );
-    if let Some(run) = during {
-        add_flash_during_browse(&mut report, &windows, window.measure_from, run);
+    if let (Some(run), Some(timeline)) = (during, timeline) {
+        add_flash_during_browse(&mut report, &windows, &timeline, window.measure_from, run);
     }
     println!("{report}");
     if let Some(path) = &args.json {
@@ -358,6 +358,21 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         std::fs::write(path, text).with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     Ok(report)
+}
+
+fn http_client(args: &BenchArgs) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        // Every connection is kept for reuse: at load, reopening them would cost the generator
+        // (and the server) more than the requests.
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .timeout(args.timeout)
+        .connect_timeout(args.timeout.min(Duration::from_secs(5)))
+        .no_proxy()
+        .user_agent(concat!("kirana-bench/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the HTTP client")
 }
 
 /// The plan and the private RNG seed of session `i`: a pure function of the run's seed, so a
@@ -648,7 +663,13 @@ fn build_report(args: &BenchArgs, manifest: &Manifest, run: MainRun, flash: Opti
 /// Puts a sale run during browsing into the report: its two windows and verdict, its buyers'
 /// request types and errors, and the same sale in brief as `flash_sale` (what tools that know
 /// only that field, and `kirana bench`'s oversell check, read).
-fn add_flash_during_browse(report: &mut Report, windows: &[Arc<Recorder>], measure_from: Instant, run: SaleRun) {
+fn add_flash_during_browse(
+    report: &mut Report,
+    windows: &[Arc<Recorder>],
+    timeline: &Timeline,
+    measure_from: Instant,
+    run: SaleRun,
+) {
     let [quiet, contended] = windows else { return };
     let sale_length = run.done.saturating_duration_since(run.opened);
     for kind in [RequestKind::FlashCart, RequestKind::FlashAdd, RequestKind::FlashCheckout] {
@@ -663,7 +684,7 @@ fn add_flash_during_browse(report: &mut Report, windows: &[Arc<Recorder>], measu
     }));
     let checkout = Duration::from_secs_f64(run.checkout_secs);
     let cpu = run.cpu_contended;
-    let during = flash_browse::compare(quiet, contended, measure_from, run);
+    let during = flash_browse::compare(quiet, contended, timeline, measure_from, run);
     let v = &during.flash;
     report.flash_sale = Some(FlashReport {
         shoppers: v.shoppers,

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use crate::driver::Deadline;
 use crate::probe;
-use crate::report::{self, BrowseWindow, FlashDuringBrowse, FlashVerdict};
+use crate::report::{self, BrowseWindow, FlashDuringBrowse, FlashVerdict, TimelineSecond};
 use crate::session::{self, FlashOutcome, Phase, Shared};
-use crate::stats::{KindStats, Recorder, RequestKind};
+use crate::stats::{KindStats, Recorder, RequestKind, Timeline};
 
 /// The contended p99 of the other stores' reads may be at most this many times the quiet one
 /// (issue 8's goal).
@@ -329,10 +329,12 @@ fn window(recorder: &Recorder, starts_at: Duration, length: Duration, cpu: Optio
     }
 }
 
-/// The two windows side by side, their p99 ratio and the sale's verdict.
+/// The two windows side by side, their p99 ratio, the reads second by second and the sale's
+/// verdict.
 pub(crate) fn compare(
     quiet: &Recorder,
     contended: &Recorder,
+    timeline: &Timeline,
     measure_from: Instant,
     sale: SaleRun,
 ) -> FlashDuringBrowse {
@@ -345,6 +347,13 @@ pub(crate) fn compare(
     );
     let (qp, cp) = (q.reads.latency_us.p99, c.reads.latency_us.p99);
     let p99_ratio = (qp > 0 && cp > 0).then(|| cp as f64 / qp as f64);
+    let measured = sale.done.saturating_duration_since(measure_from).as_secs_f64().ceil() as usize;
+    let timeline = timeline
+        .seconds(measured)
+        .into_iter()
+        .zip(0u64..)
+        .map(|((reads, p50_us, p99_us, max_us), second)| TimelineSecond { second, reads, p50_us, p99_us, max_us })
+        .collect();
     FlashDuringBrowse {
         quiet: q,
         contended: c,
@@ -352,5 +361,6 @@ pub(crate) fn compare(
         p99_ratio_goal: P99_RATIO_GOAL,
         p99_goal_met: p99_ratio.is_some_and(|r| r <= P99_RATIO_GOAL),
         flash: sale.verdict,
+        timeline,
     }
 }

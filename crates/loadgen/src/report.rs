@@ -62,6 +62,9 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///                        server_orders, server_units, server_stock_left (null if unreadable),
 ///                        oversold, secs (first buyer out → last buyer done), verdict ("PASS" |
 ///                        "FAIL"), reasons (why not PASS)
+///   timeline             the other stores' reads second by second from the start of measuring:
+///                        {second, reads, p50_us, p99_us, max_us} (2 significant digits; a read
+///                        counts in the second it was due); the sale opens at quiet.secs
 /// ```
 /// Latency counts every attempt in the window, errors included (a timeout weighs its full
 /// wait). In an open loop a session's first request is timed from its scheduled start. With
@@ -178,6 +181,18 @@ pub struct FlashDuringBrowse {
     pub p99_ratio_goal: f64,
     pub p99_goal_met: bool,
     pub flash: FlashVerdict,
+    #[serde(default)]
+    pub timeline: Vec<TimelineSecond>,
+}
+
+/// One second of the other stores' reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSecond {
+    pub second: u64,
+    pub reads: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 /// The other stores' requests in one window.
@@ -474,6 +489,17 @@ impl fmt::Display for FlashDuringBrowse {
             )?,
             None => writeln!(f, "contended / quiet p99: n/a (a window without reads)")?,
         }
+        // The last seconds before the sale and every second of it: when the tail was made.
+        let opens = q.secs.round() as u64;
+        let seconds: Vec<String> = self
+            .timeline
+            .iter()
+            .filter(|t| t.second + 5 >= opens)
+            .map(|t| format!("{}{}", if t.second == opens { "| " } else { "" }, human_us(t.p99_us)))
+            .collect();
+        if !seconds.is_empty() {
+            writeln!(f, "reads p99 second by second, from 5 s before the sale (| opens it): {}", seconds.join(" "))?;
+        }
         let server = |v: Option<i64>| v.map_or("unreadable".to_string(), |v| v.to_string());
         writeln!(
             f,
@@ -653,6 +679,15 @@ pub(crate) mod tests {
             p99_ratio_goal: 2.0,
             p99_goal_met: true,
             flash,
+            timeline: (0..20)
+                .map(|second| TimelineSecond {
+                    second,
+                    reads: 10,
+                    p50_us: 500,
+                    p99_us: if second == 10 { 250_000 } else { 2_000 },
+                    max_us: 300_000,
+                })
+                .collect(),
         }
     }
 
@@ -699,7 +734,14 @@ pub(crate) mod tests {
     fn the_table_shows_both_windows_their_ratio_and_the_verdict() {
         let r = sample_report();
         let table = r.to_string();
-        for want in ["quiet", "contended", "contended / quiet p99: 1.50 (goal ≤ 2: met)", "→ PASS", "429 ×4000"] {
+        for want in [
+            "quiet",
+            "contended",
+            "contended / quiet p99: 1.50 (goal ≤ 2: met)",
+            "→ PASS",
+            "429 ×4000",
+            "(| opens it): 2.0ms 2.0ms 2.0ms 2.0ms 2.0ms | 250.0ms 2.0ms",
+        ] {
             assert!(table.contains(want), "no `{want}` in\n{table}");
         }
         let mut r = r;
@@ -750,7 +792,7 @@ pub(crate) mod tests {
             assert!(home["latency_us"].get(key).is_some(), "missing latency_us.{key}");
         }
         let fb = &v["flash_during_browse"];
-        for key in ["quiet", "contended", "p99_ratio", "p99_ratio_goal", "p99_goal_met", "flash"] {
+        for key in ["quiet", "contended", "p99_ratio", "p99_ratio_goal", "p99_goal_met", "flash", "timeline"] {
             assert!(fb.get(key).is_some(), "missing flash_during_browse.{key}");
         }
         for key in ["starts_at_secs", "secs", "requests", "errors", "limited", "shed", "rps", "reads", "by_type"] {

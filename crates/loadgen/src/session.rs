@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::catalog::{Catalog, ProductCard};
 use crate::driver::Deadline;
 use crate::manifest::Manifest;
-use crate::stats::{Outcome, Recorder, RequestKind};
+use crate::stats::{Outcome, Recorder, RequestKind, Timeline};
 use crate::workload::{Session, ShopperPlan};
 
 /// Products asked for per list page: a phone's first screen.
@@ -78,15 +78,20 @@ pub(crate) struct Phase {
     /// More recorders that get every sample too, each keeping its own window (the quiet and
     /// contended windows of `--flash-during-browse`); empty otherwise.
     pub windows: Vec<Arc<Recorder>>,
+    /// The reads second by second, when the run wants to see when its tail was made.
+    pub timeline: Option<Arc<Timeline>>,
     pub end: Deadline,
 }
 
 impl Phase {
     pub fn new(recorder: Arc<Recorder>, end: Deadline) -> Phase {
-        Phase { recorder, windows: Vec::new(), end }
+        Phase { recorder, windows: Vec::new(), timeline: None, end }
     }
 
     fn record(&self, kind: RequestKind, at: Instant, latency: Duration, outcome: Outcome) {
+        if let Some(t) = &self.timeline {
+            t.record(kind, at, latency);
+        }
         for w in &self.windows {
             w.record(kind, at, latency, outcome.clone());
         }

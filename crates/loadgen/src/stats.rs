@@ -261,6 +261,51 @@ impl Recorder {
     }
 }
 
+/// The reads' latency second by second over a run, coarser than the recorders' histograms (two
+/// significant digits, a minute at most): enough to see *when* in a window a tail was made, e.g.
+/// in the second a crowd arrives. A sample lands in the second it was due.
+pub(crate) struct Timeline {
+    from: Instant,
+    seconds: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// Longest latency a timeline second holds; longer ones are clamped.
+const TIMELINE_MAX_US: u64 = 60_000_000;
+
+impl Timeline {
+    /// Seconds from `from` up to `to` (at least one).
+    pub fn new(from: Instant, to: Instant) -> Timeline {
+        let n = (to.saturating_duration_since(from).as_secs() + 1) as usize;
+        let hist = || Mutex::new(Histogram::new_with_bounds(1, TIMELINE_MAX_US, 2).expect("static bounds are valid"));
+        Timeline { from, seconds: (0..n).map(|_| hist()).collect() }
+    }
+
+    pub fn record(&self, kind: RequestKind, at: Instant, latency: Duration) {
+        if !kind.is_read() || at < self.from {
+            return;
+        }
+        let Some(second) = self.seconds.get((at - self.from).as_secs() as usize) else { return };
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, TIMELINE_MAX_US);
+        second.lock().expect("timeline lock").saturating_record(us);
+    }
+
+    /// Per second from `from`, for the first `secs` seconds: (reads, p50, p99, max) in µs.
+    pub fn seconds(&self, secs: usize) -> Vec<(u64, u64, u64, u64)> {
+        self.seconds
+            .iter()
+            .take(secs)
+            .map(|h| {
+                let h = h.lock().expect("timeline lock");
+                if h.is_empty() {
+                    (0, 0, 0, 0)
+                } else {
+                    (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +354,23 @@ mod tests {
         all.merge(&r.snapshot(RequestKind::Product));
         assert_eq!((all.ok, all.errors, all.count(), all.hist.len()), (1, 3, 4, 4));
         assert_eq!(r.error_samples().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timeline_puts_each_read_in_the_second_it_was_due_and_ignores_writes() {
+        let t0 = Instant::now();
+        let t = Timeline::new(t0, t0 + Duration::from_secs(3));
+        let ms = Duration::from_millis;
+        t.record(RequestKind::Home, t0 + ms(10), ms(2));
+        t.record(RequestKind::Product, t0 + ms(999), ms(4));
+        t.record(RequestKind::Checkout, t0 + ms(500), ms(900));
+        t.record(RequestKind::Search, t0 + ms(2500), ms(700));
+        t.record(RequestKind::Home, t0 + Duration::from_secs(60), ms(1));
+        let s = t.seconds(4);
+        assert_eq!(s.len(), 4);
+        assert_eq!((s[0].0, s[1].0, s[2].0, s[3].0), (2, 0, 1, 0));
+        assert!((3_900..=4_100).contains(&s[0].3), "{:?}", s[0]);
+        assert!((690_000..=710_000).contains(&s[2].2), "{:?}", s[2]);
     }
 
     #[test]

@@ -383,6 +383,10 @@ async fn a_flash_sale_during_browsing_sells_exactly_its_stock_through_the_rate_l
     assert!((report.measured_secs - fb.quiet.secs - fb.contended.secs).abs() < 0.01, "{report}");
     assert!(report.config.flash_during_browse);
     assert_eq!(report.totals.requests, fb.quiet.requests + fb.contended.requests);
+    // Second by second, the same reads: none lost, none counted twice.
+    assert_eq!(fb.timeline.len(), report.measured_secs.ceil() as usize);
+    let by_second: u64 = fb.timeline.iter().map(|t| t.reads).sum();
+    assert_eq!(by_second, fb.quiet.reads.count + fb.contended.reads.count);
 
     let back: Report = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(back, report);
