@@ -39,7 +39,7 @@ log() { printf '\n== %s\n' "$*" | tee -a "$OUT/log.txt"; }
 log "build"
 cargo build --release -p kirana 2>&1 | tail -1
 { uname -a; echo "nproc: $(nproc)"; free -g; lscpu | grep -E 'Model name|^CPU\(s\)'; echo "load before: $(uptime)"; } > "$OUT/machine.txt"
-{ git rev-parse HEAD; git status --short | grep -q . && echo "(working tree has uncommitted changes)" || true; } > "$OUT/commit.txt"
+{ git rev-parse HEAD; git status --short --untracked-files=no | grep -q . && echo "(working tree has uncommitted changes)" || true; } > "$OUT/commit.txt"
 
 if [ ! -f "$DATA/seed-manifest.json" ]; then
   log "seeding 1000 stores into $DATA"
@@ -53,7 +53,7 @@ ulimit -n "$(ulimit -Hn)"
 SERVER_PID=
 stop() { [ -n "$SERVER_PID" ] && { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }; SERVER_PID=; }
 trap stop EXIT
-"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --store-rps "$STORE_RPS" > "$OUT/serve.log" 2>&1 &
+"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --store-rps "$STORE_RPS" > "$OUT/serve-flash.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
   if curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null; then break; fi
