@@ -1,9 +1,11 @@
 //! `kirana bench`: its flags, and one run from start to report. Reads the manifest, checks the
 //! target answers for it, runs the main phase (open or closed loop) with a warm-up, then the
 //! flash sale if asked (after the main phase, so its burst of contended checkouts neither
-//! distorts the main run's latencies nor is diluted by them), measures server and generator
-//! CPU over the measured window, prints the table and writes the JSON. The parts it composes
-//! (workload, driver, session, report) know nothing of flags.
+//! distorts the main run's latencies nor is diluted by them) — or, with `--flash-during-browse`,
+//! the sale *inside* the main phase, which then spares the flash store and is measured in a
+//! quiet and a contended window (`flash_browse`). Measures server and generator CPU over the
+//! measured window, prints the table and writes the JSON. The parts it composes (workload,
+//! driver, session, flash_browse, report) know nothing of flags.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,14 +18,15 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::driver::{self, Started, Window};
+use crate::driver::{self, Deadline, Started, Window};
+use crate::flash_browse::{self, SaleRun, SaleTarget};
 use crate::manifest::Manifest;
 use crate::probe;
 use crate::report::{
     self, ErrorSample, FlashReport, GeneratorUsage, REPORT_SCHEMA, Report, RunConfig, ServerUsage, Totals,
 };
 use crate::session::{self, FlashOutcome, Phase, Shared};
-use crate::stats::{Recorder, RequestKind};
+use crate::stats::{Recorder, RequestKind, Timeline};
 use crate::workload::{Mix, Workload};
 
 /// Workers when neither `--rate` nor `--concurrency` is given.
@@ -85,9 +88,31 @@ pub struct BenchArgs {
     /// After the main run, a flash sale: shoppers race for the manifest's flash product.
     #[arg(long)]
     pub flash_sale: bool,
-    /// Shoppers who open a cart, add the flash item and check out at the same moment.
+    /// Shoppers who open a cart, add the flash item and check out at the same moment (with
+    /// --flash-during-browse: buyers who arrive at once).
     #[arg(long, default_value_t = 200)]
     pub flash_shoppers: u32,
+    /// The flash sale during browsing, as one run in two windows (issue 8's proof). The main
+    /// workload (open loop, --rate, recommended) visits every store but the flash store, and its
+    /// merchants but that store's. After the warm-up it runs --duration alone: the *quiet*
+    /// window. Then the sale opens: --flash-shoppers buyers arrive at once for the manifest's
+    /// flash product (cart, add, checkout), and the *contended* window lasts until the last of
+    /// them is done, when the browsing stops. Buyers behave as clients should under the
+    /// platform's protections: a 429 (the store's rate limit) or 503 (shed) is waited out —
+    /// Retry-After plus up to 0.5 s of jitter — and the request sent again, a checkout with the
+    /// same Idempotency-Key, until --flash-give-up; a 409 for stock means sold out. Reported:
+    /// the other stores' p50/p99/p99.9 per window (reads together and per type), the ratio of
+    /// the contended to the quiet p99 (goal ≤ 2), and the sale — orders, sold out, errors, 429s,
+    /// 503s — checked on the server through the flash store's merchant key (its orders for the
+    /// product since the run began, the stock left): PASS only with one order per unit the sale
+    /// opened with, none left and nothing oversold. The manifest's stock must be on the server
+    /// when the run starts (re-run `kirana seed --flash-stock N` between runs).
+    #[arg(long, conflicts_with = "flash_sale")]
+    pub flash_during_browse: bool,
+    /// With --flash-during-browse: a buyer still refused this long after the sale opened gives
+    /// up (an error), and sends nothing more.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub flash_give_up: Duration,
     /// The server's process id (same machine): report its CPU time per request and its memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -169,17 +194,31 @@ impl BenchArgs {
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be longer than zero");
         anyhow::ensure!(!self.timeout.is_zero(), "--timeout must be longer than zero");
         anyhow::ensure!(self.zipf_s.is_finite() && self.zipf_s >= 0.0, "--zipf-s must be a number ≥ 0");
-        if self.flash_sale {
+        if self.flash_sale || self.flash_during_browse {
             anyhow::ensure!(
                 manifest.flash_sale.is_some(),
-                "--flash-sale needs a `flash_sale` entry in the manifest (`kirana seed` writes one)"
+                "--flash-sale and --flash-during-browse need a `flash_sale` entry in the manifest (`kirana seed` writes one)"
             );
             anyhow::ensure!(
                 (1..=100_000).contains(&self.flash_shoppers),
                 "--flash-shoppers must be between 1 and 100000"
             );
         }
+        if self.flash_during_browse {
+            anyhow::ensure!(!self.flash_give_up.is_zero(), "--flash-give-up must be longer than zero");
+            anyhow::ensure!(
+                manifest.stores >= 2,
+                "--flash-during-browse needs stores besides the flash store to browse"
+            );
+        }
         Ok(())
+    }
+
+    /// The flash store and its merchant (an index into the manifest's merchants), which the
+    /// main workload spares during `--flash-during-browse`.
+    fn spared(&self, manifest: &Manifest) -> Option<(u64, Option<usize>)> {
+        let flash = manifest.flash_sale.as_ref().filter(|_| self.flash_during_browse)?;
+        Some((flash.store_index, manifest.merchants.iter().position(|k| k.store_index == flash.store_index)))
     }
 }
 
@@ -190,44 +229,87 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
     let manifest = Manifest::load(&args.manifest)?;
     args.check(&manifest)?;
     let mode = args.mode()?;
-    let workload = Arc::new(Workload::new(
+    let workload = Arc::new(Workload::sparing(
         args.mix(),
         manifest.stores,
         manifest.merchants.len(),
         manifest.search_terms.len(),
         args.zipf_s,
+        args.spared(&manifest),
     )?);
     if let Some(pid) = args.server_pid {
         probe::cpu_seconds(pid).with_context(|| format!("cannot read the CPU time of --server-pid {pid} in /proc"))?;
     }
-    let client = reqwest::Client::builder()
-        // Every connection is kept for reuse: at load, reopening them would cost the generator
-        // (and the server) more than the requests.
-        .pool_max_idle_per_host(usize::MAX)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .timeout(args.timeout)
-        .connect_timeout(args.timeout.min(Duration::from_secs(5)))
-        .no_proxy()
-        .user_agent(concat!("kirana-bench/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let shared = Arc::new(Shared::new(client, &args.target, manifest));
-    preflight(&shared, args.flash_sale).await?;
+    let shared = Arc::new(Shared::new(http_client(&args)?, &args.target, manifest.clone()));
+    preflight(&shared, args.flash_sale || args.flash_during_browse).await?;
+    let sale = if args.flash_during_browse {
+        let sale = SaleTarget::of(&shared)?;
+        let stock =
+            flash_browse::stock_on_server(&shared, &sale).await.context("cannot read the flash product's stock")?;
+        anyhow::ensure!(
+            stock == sale.manifest_stock,
+            "the flash product has {stock} units on the server, the manifest says {}: re-run `kirana seed --flash-stock {}` to reset it",
+            sale.manifest_stock,
+            sale.manifest_stock
+        );
+        Some((sale, stock))
+    } else {
+        None
+    };
 
     let seed = args.seed.unwrap_or_else(rand::random);
-    let started_at =
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let now_utc = time::OffsetDateTime::now_utc();
+    let started_at = now_utc.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let window = Window::new(Instant::now(), args.warmup, args.duration);
-    let recorder = Arc::new(Recorder::new(window.measure_from, window.end));
-    let phase = Arc::new(Phase { recorder: recorder.clone(), end: window.end });
-    let usage = tokio::spawn(usage_over(args.server_pid, window));
-    let progress = (!args.quiet).then(|| tokio::spawn(progress(recorder.clone(), window)));
+    // With the sale during browsing, `window.end` is when the sale opens and the browsing lasts
+    // until its last buyer is done: at the latest, the give-up deadline plus one request.
+    let latest = if sale.is_some() {
+        window.end + args.flash_give_up + args.timeout + Duration::from_secs(1)
+    } else {
+        window.end
+    };
+    let deadline = Deadline::new(latest);
+    let recorder = Arc::new(Recorder::new(window.measure_from, latest));
+    let windows = match sale {
+        Some(_) => {
+            vec![Arc::new(Recorder::new(window.measure_from, window.end)), Arc::new(Recorder::new(window.end, latest))]
+        }
+        None => Vec::new(),
+    };
+    let timeline = sale.as_ref().map(|_| Arc::new(Timeline::new(window.measure_from, latest)));
+    let phase = Arc::new(Phase {
+        recorder: recorder.clone(),
+        windows: windows.clone(),
+        timeline: timeline.clone(),
+        end: deadline.clone(),
+    });
+    let usage = tokio::spawn(usage_over(args.server_pid, window.measure_from, deadline.clone()));
+    let progress = (!args.quiet).then(|| tokio::spawn(progress(recorder.clone(), window, deadline.clone())));
+    // The buyers are other people than the browsers: their own client, so they neither take the
+    // browsers' pooled connections nor leave theirs for the browsers to find.
+    let buyers = match sale {
+        Some(_) => Some(Arc::new(Shared::new(http_client(&args)?, &args.target, manifest))),
+        None => None,
+    };
+    let sale_run = sale.as_ref().zip(buyers).map(|((target, stock), buyers)| {
+        tokio::spawn(flash_browse::run_sale(
+            buyers,
+            args.flash_shoppers,
+            args.flash_give_up,
+            seed,
+            window.measure_from,
+            window.end,
+            deadline.clone(),
+            args.server_pid,
+            *stock,
+            target.manifest_stock,
+        ))
+    });
 
     let started = match mode {
         Mode::Open(rate) => {
             let (shared, phase, workload) = (shared.clone(), phase.clone(), workload.clone());
-            driver::open_loop(rate, window, move |i, due| {
+            driver::open_loop(rate, window, deadline.clone(), move |i, due| {
                 let (shared, phase) = (shared.clone(), phase.clone());
                 let (plan, session_seed) = plan(&workload, seed, i);
                 async move { session::run(&shared, &phase, plan, session_seed, Some(due)).await }
@@ -236,7 +318,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         }
         Mode::Closed(workers) => {
             let (shared, phase, workload) = (shared.clone(), phase.clone(), workload.clone());
-            driver::closed_loop(workers, window, move |i| {
+            driver::closed_loop(workers, window, deadline.clone(), move |i| {
                 let (shared, phase) = (shared.clone(), phase.clone());
                 let (plan, session_seed) = plan(&workload, seed, i);
                 async move { session::run(&shared, &phase, plan, session_seed, None).await }
@@ -249,20 +331,48 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         p.abort();
         eprintln!();
     }
+    // The measured window ends where the load did (with the sale, when its last buyer was done).
+    let window = Window { end: deadline.at(), ..window };
 
     let flash = if args.flash_sale { Some(flash_sale(&shared, &args, seed).await) } else { None };
-    let report = build_report(
+    let during = match (sale_run, sale) {
+        (Some(run), Some((target, _))) => {
+            let mut run = run.await.context("the flash sale's task failed")?;
+            flash_browse::check_on_server(&shared, &target, now_utc, &mut run.verdict).await;
+            Some(run)
+        }
+        _ => None,
+    };
+    let mut report = build_report(
         &args,
         &shared.manifest,
         MainRun { mode, seed, started_at, window, recorder, started, usage },
         flash,
     );
+    if let (Some(run), Some(timeline)) = (during, timeline) {
+        add_flash_during_browse(&mut report, &windows, &timeline, window.measure_from, run);
+    }
     println!("{report}");
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     Ok(report)
+}
+
+fn http_client(args: &BenchArgs) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        // Every connection is kept for reuse: at load, reopening them would cost the generator
+        // (and the server) more than the requests.
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .timeout(args.timeout)
+        .connect_timeout(args.timeout.min(Duration::from_secs(5)))
+        .no_proxy()
+        .user_agent(concat!("kirana-bench/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the HTTP client")
 }
 
 /// The plan and the private RNG seed of session `i`: a pure function of the run's seed, so a
@@ -309,13 +419,13 @@ struct Usage {
     generator_cpu: Option<f64>,
 }
 
-/// CPU time of the server and of this process between the start and the end of the window.
-async fn usage_over(pid: Option<u32>, window: Window) -> Usage {
-    tokio::time::sleep_until(window.measure_from).await;
+/// CPU time of the server and of this process between the start of measuring and the end.
+async fn usage_over(pid: Option<u32>, measure_from: Instant, end: Deadline) -> Usage {
+    tokio::time::sleep_until(measure_from).await;
     let me = std::process::id();
     let server0 = pid.and_then(|p| probe::cpu_seconds(p).ok());
     let gen0 = probe::cpu_seconds(me).ok();
-    tokio::time::sleep_until(window.end).await;
+    end.wait().await;
     let server1 = pid.and_then(|p| probe::cpu_seconds(p).ok());
     let gen1 = probe::cpu_seconds(me).ok();
     Usage {
@@ -325,15 +435,23 @@ async fn usage_over(pid: Option<u32>, window: Window) -> Usage {
 }
 
 /// One line on stderr, rewritten each second.
-async fn progress(recorder: Arc<Recorder>, window: Window) {
+async fn progress(recorder: Arc<Recorder>, window: Window, end: Deadline) {
     use std::sync::atomic::Ordering;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let total = (window.end - window.start).as_secs_f64();
     loop {
         tick.tick().await;
         let now = Instant::now();
+        // With a sale during browsing the end is not known until it comes: count to the quiet
+        // window's end, then say what is going on.
+        let total = (end.at().min(window.end) - window.start).as_secs_f64();
         let elapsed = (now - window.start).as_secs_f64().min(total);
-        let what = if now < window.measure_from { "warming up" } else { "measuring" };
+        let what = if now < window.measure_from {
+            "warming up"
+        } else if now >= window.end {
+            "measuring during the flash sale"
+        } else {
+            "measuring"
+        };
         eprint!(
             "\rbench: {elapsed:.0}s/{total:.0}s {what}: {} requests, {} errors   ",
             recorder.live_requests.load(Ordering::Relaxed),
@@ -353,7 +471,7 @@ async fn flash_sale(shared: &Arc<Shared>, args: &BenchArgs, seed: u64) -> FlashR
     let start = Instant::now();
     // The phase has no deadline: every shopper finishes (each request is bounded by --timeout).
     let recorder = Arc::new(Recorder::new(start, start + Duration::from_secs(10 * 365 * 86_400)));
-    let phase = Arc::new(Phase { recorder: recorder.clone(), end: start + Duration::from_secs(10 * 365 * 86_400) });
+    let phase = Arc::new(Phase::new(recorder.clone(), Deadline::new(start + Duration::from_secs(10 * 365 * 86_400))));
     let barrier = Arc::new(Barrier::new(args.flash_shoppers as usize));
     let cpu0 = args.server_pid.and_then(|p| probe::cpu_seconds(p).ok());
     let mut shoppers = JoinSet::new();
@@ -523,6 +641,8 @@ fn build_report(args: &BenchArgs, manifest: &Manifest, run: MainRun, flash: Opti
             flash_sale: args.flash_sale,
             flash_shoppers: args.flash_shoppers,
             seed,
+            flash_during_browse: args.flash_during_browse,
+            flash_give_up_secs: args.flash_during_browse.then_some(args.flash_give_up.as_secs_f64()),
         },
         started_at,
         measured_secs: secs,
@@ -536,7 +656,48 @@ fn build_report(args: &BenchArgs, manifest: &Manifest, run: MainRun, flash: Opti
             host_cores,
         },
         errors,
+        flash_during_browse: None,
     }
+}
+
+/// Puts a sale run during browsing into the report: its two windows and verdict, its buyers'
+/// request types and errors, and the same sale in brief as `flash_sale` (what tools that know
+/// only that field, and `kirana bench`'s oversell check, read).
+fn add_flash_during_browse(
+    report: &mut Report,
+    windows: &[Arc<Recorder>],
+    timeline: &Timeline,
+    measure_from: Instant,
+    run: SaleRun,
+) {
+    let [quiet, contended] = windows else { return };
+    let sale_length = run.done.saturating_duration_since(run.opened);
+    for kind in [RequestKind::FlashCart, RequestKind::FlashAdd, RequestKind::FlashCheckout] {
+        report
+            .requests
+            .insert(kind.name().to_string(), report::request_stats(&run.recorder.snapshot(kind), sale_length));
+    }
+    report.errors.extend(run.recorder.error_samples().into_iter().map(|e| ErrorSample {
+        request: e.kind.name().to_string(),
+        message: e.message,
+        count: e.count,
+    }));
+    let checkout = Duration::from_secs_f64(run.checkout_secs);
+    let cpu = run.cpu_contended;
+    let during = flash_browse::compare(quiet, contended, timeline, measure_from, run);
+    let v = &during.flash;
+    report.flash_sale = Some(FlashReport {
+        shoppers: v.shoppers,
+        stock: v.stock_at_start,
+        orders: v.orders,
+        sold_out: v.sold_out,
+        errors: v.errors,
+        oversold: v.oversold,
+        checkout_secs: checkout.as_secs_f64(),
+        orders_per_sec: report::per_sec(v.orders, checkout),
+        server_cpu_seconds: cpu,
+    });
+    report.flash_during_browse = Some(during);
 }
 
 #[cfg(test)]

@@ -2,15 +2,18 @@
 //! of the run and never from when an earlier session finished, and it is handed its due time so
 //! its first request is timed from there; a stalled server therefore shows up as latency, not as
 //! fewer samples (no coordinated omission). Closed loop: `C` workers run sessions back to back,
-//! which measures throughput at a concurrency, not latency at a load. This module only schedules
-//! and counts; what a session does is the caller's closure. Everything runs on tokio time, so
-//! tests drive it with the paused clock.
+//! which measures throughput at a concurrency, not latency at a load. Either stops at its
+//! [`Deadline`]: the window's end, or sooner when the caller brings it forward (the browsing of
+//! `--flash-during-browse` lasts until the last flash shopper is done, which nobody knows in
+//! advance). This module only schedules and counts; what a session does is the caller's
+//! closure. Everything runs on tokio time, so tests drive it with the paused clock.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -37,6 +40,75 @@ impl Window {
 
     pub fn measured(&self) -> Duration {
         self.end - self.measure_from
+    }
+}
+
+/// When a phase's load ends: at `latest`, or earlier if [`Deadline::stop_now`] is called first.
+/// Clones share the same end. Sessions ask [`Deadline::passed`] before each request; drivers
+/// sleep with [`Deadline::sleep_until`], which wakes as soon as the end is brought forward.
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline {
+    latest: Instant,
+    /// `Some(t)` once stopped early at `t`. A watch channel, so that sleepers wake on the change
+    /// rather than poll for it.
+    early: Arc<watch::Sender<Option<Instant>>>,
+}
+
+impl Deadline {
+    pub fn new(latest: Instant) -> Deadline {
+        Deadline { latest, early: Arc::new(watch::channel(None).0) }
+    }
+
+    /// The end as known now.
+    pub fn at(&self) -> Instant {
+        (*self.early.borrow()).map_or(self.latest, |early| early.min(self.latest))
+    }
+
+    pub fn passed(&self, now: Instant) -> bool {
+        now >= self.at()
+    }
+
+    /// Ends the phase now (the first call wins; later ones change nothing).
+    pub fn stop_now(&self) {
+        let now = Instant::now();
+        self.early.send_if_modified(|early| {
+            if early.is_some() {
+                return false;
+            }
+            *early = Some(now);
+            true
+        });
+    }
+
+    /// Sleeps until `t`. False, without waiting any longer, once the end is at or before `t`.
+    pub async fn sleep_until(&self, t: Instant) -> bool {
+        // Subscribed before the check: a stop between the check and the wait still wakes it.
+        let mut changed = self.early.subscribe();
+        loop {
+            if t >= self.at() {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(t) => return true,
+                // The sender lives in `self`, so this never fails while we wait.
+                _ = changed.changed() => {}
+            }
+        }
+    }
+
+    /// Resolves once the end has passed.
+    pub async fn wait(&self) {
+        let mut changed = self.early.subscribe();
+        loop {
+            let end = self.at();
+            if Instant::now() >= end {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(end) => {}
+                _ = changed.changed() => {}
+            }
+        }
     }
 }
 
@@ -68,9 +140,9 @@ pub(crate) struct Started {
     pub max_lag: Duration,
 }
 
-/// Starts session `i` at its due time until `window.end`, then waits for the sessions in flight
-/// (which stop issuing requests at `window.end` themselves). `launch(i, due)` builds the session.
-pub(crate) async fn open_loop<F, Fut>(rate: f64, window: Window, mut launch: F) -> Started
+/// Starts session `i` at its due time until `deadline`, then waits for the sessions in flight
+/// (which stop issuing requests at the deadline themselves). `launch(i, due)` builds the session.
+pub(crate) async fn open_loop<F, Fut>(rate: f64, window: Window, deadline: Deadline, mut launch: F) -> Started
 where
     F: FnMut(u64, Instant) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -80,10 +152,10 @@ where
     let mut started = Started::default();
     for i in 0.. {
         let due = schedule.due(i);
-        if due >= window.end {
+        // A session due at or after the end never starts, even if the end came while we slept.
+        if !deadline.sleep_until(due.checked_sub(TIMER_SLACK).unwrap_or(due)).await || deadline.passed(due) {
             break;
         }
-        tokio::time::sleep_until(due.checked_sub(TIMER_SLACK).unwrap_or(due)).await;
         let lag = Instant::now().saturating_duration_since(due);
         if due >= window.measure_from {
             started.sessions += 1;
@@ -100,8 +172,8 @@ where
     started
 }
 
-/// `workers` loops, each running `run(seq)` back to back until `window.end`.
-pub(crate) async fn closed_loop<F, Fut>(workers: u32, window: Window, run: F) -> Started
+/// `workers` loops, each running `run(seq)` back to back until `deadline`.
+pub(crate) async fn closed_loop<F, Fut>(workers: u32, window: Window, deadline: Deadline, run: F) -> Started
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -111,11 +183,11 @@ where
     let measured = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
     for _ in 0..workers {
-        let (run, seq, measured) = (run.clone(), seq.clone(), measured.clone());
+        let (run, seq, measured, deadline) = (run.clone(), seq.clone(), measured.clone(), deadline.clone());
         set.spawn(async move {
             loop {
                 let now = Instant::now();
-                if now >= window.end {
+                if deadline.passed(now) {
                     break;
                 }
                 if now >= window.measure_from {
@@ -141,7 +213,7 @@ mod tests {
         let window = Window::new(t0, Duration::ZERO, Duration::from_secs(1));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let started = open_loop(10.0, window, move |i, due| {
+        let started = open_loop(10.0, window, Deadline::new(window.end), move |i, due| {
             let log = log.clone();
             async move {
                 log.lock().unwrap().push((i, due - t0, Instant::now() - t0));
@@ -171,7 +243,7 @@ mod tests {
         let server = Arc::new(tokio::sync::Mutex::new(()));
         let recorder = Arc::new(Recorder::new(t0, window.end));
         let (srv, rec) = (server.clone(), recorder.clone());
-        let started = open_loop(100.0, window, move |_, due| {
+        let started = open_loop(100.0, window, Deadline::new(window.end), move |_, due| {
             let (srv, rec) = (srv.clone(), rec.clone());
             async move {
                 let _busy = srv.lock().await;
@@ -197,7 +269,7 @@ mod tests {
         let window = Window::new(t0, Duration::from_millis(500), Duration::from_millis(500));
         let calls = Arc::new(AtomicU64::new(0));
         let c = calls.clone();
-        let started = open_loop(20.0, window, move |_, _| {
+        let started = open_loop(20.0, window, Deadline::new(window.end), move |_, _| {
             c.fetch_add(1, Ordering::Relaxed);
             async {}
         })
@@ -212,11 +284,56 @@ mod tests {
         let window = Window::new(t0, Duration::ZERO, Duration::from_secs(1));
         // The scheduler gets going 100 ms after the run's start, as a stalled generator would.
         tokio::time::advance(Duration::from_millis(100)).await;
-        let started = open_loop(100.0, window, |_, _| async {}).await;
+        let started = open_loop(100.0, window, Deadline::new(window.end), |_, _| async {}).await;
         // Sessions due at 0, 10, …, 90 ms started 100 … 10 ms late; none was dropped.
         assert_eq!(started.sessions, 100);
         assert_eq!(started.late, 10);
         assert_eq!(started.max_lag, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_loop_stops_starting_sessions_the_moment_its_deadline_is_brought_forward() {
+        let t0 = Instant::now();
+        // Room for 100 s of sessions; stopped after 2.5 s by whoever owns the deadline.
+        let window = Window::new(t0, Duration::ZERO, Duration::from_secs(100));
+        let deadline = Deadline::new(window.end);
+        let stopper = deadline.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            stopper.stop_now();
+        });
+        // One session every 2 s: the loop is asleep, waiting for the session due at 4 s, when
+        // the stop comes, and must not wait until then to notice.
+        let started = open_loop(0.5, window, deadline.clone(), |_, _| async {}).await;
+        assert_eq!(started.sessions, 2, "the sessions due at 0 s and 2 s, not the one due at 4 s");
+        assert_eq!(Instant::now() - t0, Duration::from_millis(2500));
+        assert_eq!(deadline.at() - t0, Duration::from_millis(2500));
+        deadline.stop_now();
+        assert_eq!(deadline.at() - t0, Duration::from_millis(2500), "the first stop wins");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_loop_and_its_waiters_end_at_a_deadline_brought_forward() {
+        let t0 = Instant::now();
+        let window = Window::new(t0, Duration::ZERO, Duration::from_secs(100));
+        let deadline = Deadline::new(window.end);
+        let (stopper, waiter) = (deadline.clone(), deadline.clone());
+        let waited = tokio::spawn(async move {
+            waiter.wait().await;
+            Instant::now() - t0
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1050)).await;
+            stopper.stop_now();
+        });
+        let started = closed_loop(2, window, deadline, |_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        // Sessions start at 0, 100, …, 1000 ms on each worker; the one running at 1050 ms ends.
+        assert_eq!(started.sessions, 2 * 11);
+        assert_eq!(Instant::now() - t0, Duration::from_millis(1100));
+        assert_eq!(waited.await.unwrap(), Duration::from_millis(1050));
     }
 
     #[test]
@@ -231,7 +348,7 @@ mod tests {
     async fn closed_loop_runs_sessions_back_to_back_per_worker_until_the_end() {
         let t0 = Instant::now();
         let window = Window::new(t0, Duration::from_millis(100), Duration::from_millis(900));
-        let started = closed_loop(4, window, |_| async {
+        let started = closed_loop(4, window, Deadline::new(window.end), |_| async {
             tokio::time::sleep(Duration::from_millis(100)).await;
         })
         .await;

@@ -12,6 +12,8 @@
 //! - `stats`: the live per-type HDR histograms and outcome counts, bounded to the measured window.
 //! - `probe`: server CPU and memory from `/proc`.
 //! - [`report`]: the table and the JSON report (its schema is documented on [`Report`]).
+//! - `flash_browse`: `--flash-during-browse`, the flash sale inside the main run: its buyers,
+//!   the quiet and contended windows, and the check of the sale on the server.
 //! - `bench`: the flags and one run end to end; `capacity`: the capacity and cost model.
 //!
 //! Both commands run on the caller's tokio runtime and print nothing but their results (the
@@ -21,6 +23,7 @@ mod bench;
 mod capacity;
 mod catalog;
 mod driver;
+mod flash_browse;
 pub mod manifest;
 mod probe;
 pub mod report;

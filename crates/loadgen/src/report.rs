@@ -26,7 +26,8 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///                        rate (sessions/s, open loop) | concurrency (closed loop), duration_secs,
 ///                        warmup_secs, timeout_secs, zipf_s, stores, merchants, the ratios
 ///                        (merchant_ratio, search_ratio, cart_ratio, checkout_ratio, landing_ratio),
-///                        min_browse, max_browse, max_cart_items, flash_sale, flash_shoppers, seed
+///                        min_browse, max_browse, max_cart_items, flash_sale, flash_shoppers, seed,
+///                        flash_during_browse (bool), flash_give_up_secs (null unless it)
 /// started_at             RFC 3339 UTC, when the run (warm-up included) began
 /// measured_secs          length of the measured window (warm-up excluded)
 /// totals                 main run only: requests, ok, rejected, errors, rps, reads (GETs), writes,
@@ -48,9 +49,29 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///                        the end), data_bytes (--server-data-dir, at the end)
 /// generator              this process: cpu_seconds, cores_busy (over the window), host_cores
 /// errors                 up to 20 distinct {request, message, count}
+/// flash_during_browse    null, or (--flash-during-browse) the other stores measured in two windows
+///                        of one run and the sale checked on the server (FlashDuringBrowse):
+///   quiet, contended     each a BrowseWindow: starts_at_secs (after the warm-up), secs, requests,
+///                        errors, limited (429s), shed (503s), rps, reads (every read type as one
+///                        RequestStats), by_type (RequestStats per main type), server_cpu_seconds
+///   p99_ratio            contended reads p99 / quiet reads p99 (null if either has no reads)
+///   p99_ratio_goal       2.0; p99_goal_met: the ratio is at most the goal
+///   flash                FlashVerdict: shoppers, stock_at_start (on the server as the sale
+///                        opened), manifest_stock, orders, sold_out, errors (gave_up included),
+///                        gave_up, answers_429, answers_503, retries, checkout_retries,
+///                        server_orders, server_units, server_stock_left (null if unreadable),
+///                        oversold, secs (first buyer out → last buyer done), verdict ("PASS" |
+///                        "FAIL"), reasons (why not PASS)
+///   timeline             the other stores' reads second by second from the start of measuring:
+///                        {second, reads, p50_us, p99_us, max_us} (2 significant digits; a read
+///                        counts in the second it was due); the sale opens at quiet.secs
 /// ```
 /// Latency counts every attempt in the window, errors included (a timeout weighs its full
-/// wait). In an open loop a session's first request is timed from its scheduled start.
+/// wait). In an open loop a session's first request is timed from its scheduled start. With
+/// --flash-during-browse, `measured_secs`, `totals` and the main types of `requests` cover both
+/// windows (the quiet one is --duration long, the contended one lasts from the first flash buyer
+/// to the last), the flash types the flash buyers (one sample per request, from its first send to
+/// its final answer, Retry-After waits included), and `flash_sale` the same sale in brief.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub schema: u32,
@@ -63,6 +84,9 @@ pub struct Report {
     pub server: Option<ServerUsage>,
     pub generator: GeneratorUsage,
     pub errors: Vec<ErrorSample>,
+    /// Added after schema 1's first reports: absent in older files, which still parse.
+    #[serde(default)]
+    pub flash_during_browse: Option<FlashDuringBrowse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +114,10 @@ pub struct RunConfig {
     pub flash_sale: bool,
     pub flash_shoppers: u32,
     pub seed: u64,
+    #[serde(default)]
+    pub flash_during_browse: bool,
+    #[serde(default)]
+    pub flash_give_up_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +170,101 @@ pub struct FlashReport {
     pub checkout_secs: f64,
     pub orders_per_sec: f64,
     pub server_cpu_seconds: Option<f64>,
+}
+
+/// The flash sale run while the other stores are browsed (`--flash-during-browse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlashDuringBrowse {
+    pub quiet: BrowseWindow,
+    pub contended: BrowseWindow,
+    pub p99_ratio: Option<f64>,
+    pub p99_ratio_goal: f64,
+    pub p99_goal_met: bool,
+    pub flash: FlashVerdict,
+    #[serde(default)]
+    pub timeline: Vec<TimelineSecond>,
+}
+
+/// One second of the other stores' reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSecond {
+    pub second: u64,
+    pub reads: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// The other stores' requests in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrowseWindow {
+    pub starts_at_secs: f64,
+    pub secs: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub limited: u64,
+    pub shed: u64,
+    pub rps: f64,
+    pub reads: RequestStats,
+    pub by_type: BTreeMap<String, RequestStats>,
+    pub server_cpu_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlashVerdict {
+    pub shoppers: u64,
+    pub stock_at_start: i64,
+    pub manifest_stock: i64,
+    pub orders: u64,
+    pub sold_out: u64,
+    pub errors: u64,
+    pub gave_up: u64,
+    pub answers_429: u64,
+    pub answers_503: u64,
+    pub retries: u64,
+    pub checkout_retries: u64,
+    pub server_orders: Option<u64>,
+    pub server_units: Option<u64>,
+    pub server_stock_left: Option<i64>,
+    pub oversold: bool,
+    pub secs: f64,
+    pub verdict: String,
+    pub reasons: Vec<String>,
+}
+
+impl FlashVerdict {
+    /// PASS only when the server holds exactly one order per unit the sale opened with, no unit
+    /// is left, nothing was oversold, and the buyers saw no order the server does not have.
+    pub fn judge(&mut self) {
+        let mut reasons = Vec::new();
+        match self.server_orders {
+            None => reasons.push("the server's orders could not be read".to_string()),
+            Some(n) if n as i64 != self.stock_at_start => {
+                reasons.push(format!("the server has {n} orders for {} units", self.stock_at_start))
+            }
+            Some(_) => {}
+        }
+        match self.server_stock_left {
+            None => reasons.push("the server's stock could not be read".to_string()),
+            Some(0) => {}
+            Some(left) => reasons.push(format!("{left} units left on the server")),
+        }
+        if self.server_units.is_some_and(|u| u as i64 > self.stock_at_start) {
+            reasons.push(format!("{} units sold on the server", self.server_units.unwrap_or(0)));
+        }
+        if self.oversold {
+            reasons.push("OVERSOLD".to_string());
+        }
+        if self.server_orders.is_some_and(|n| self.orders > n) {
+            reasons.push(format!("buyers were told of {} orders, the server has fewer", self.orders));
+        }
+        self.verdict = if reasons.is_empty() { "PASS" } else { "FAIL" }.to_string();
+        self.reasons = reasons;
+    }
+
+    pub fn passed(&self) -> bool {
+        self.verdict == "PASS"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,6 +416,9 @@ impl fmt::Display for Report {
                 writeln!(f, "!!! OVERSELL: {} orders for {} units of stock !!!", fl.orders, fl.stock)?;
             }
         }
+        if let Some(fb) = &self.flash_during_browse {
+            fb.fmt(f)?;
+        }
         if let Some(s) = &self.server {
             let rate = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
             writeln!(
@@ -317,6 +443,92 @@ impl fmt::Display for Report {
     }
 }
 
+impl fmt::Display for FlashDuringBrowse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (q, c, v) = (&self.quiet, &self.contended, &self.flash);
+        writeln!(
+            f,
+            "flash sale during browsing: the other stores, quiet {:.1}s then contended {:.1}s (first flash buyer → last)",
+            q.secs, c.secs
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6}",
+            "other stores' reads", "count", "rps", "p50", "p99", "p99.9", "max", "errors", "429", "503"
+        )?;
+        for (name, w) in [("quiet", q), ("contended", c)] {
+            let l = &w.reads.latency_us;
+            writeln!(
+                f,
+                "{:<20} {:>9} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6}",
+                name,
+                w.reads.count,
+                w.reads.rps,
+                human_us(l.p50),
+                human_us(l.p99),
+                human_us(l.p999),
+                human_us(l.max),
+                w.errors,
+                w.limited,
+                w.shed
+            )?;
+        }
+        let per_type: Vec<String> = RequestKind::MAIN
+            .iter()
+            .filter_map(|k| Some((k.name(), q.by_type.get(k.name())?, c.by_type.get(k.name())?)))
+            .filter(|(_, a, b)| a.count > 0 || b.count > 0)
+            .map(|(n, a, b)| format!("{n} {} → {}", human_us(a.latency_us.p99), human_us(b.latency_us.p99)))
+            .collect();
+        writeln!(f, "p99 by type, quiet → contended: {}", per_type.join(", "))?;
+        match self.p99_ratio {
+            Some(r) => writeln!(
+                f,
+                "contended / quiet p99: {r:.2} (goal ≤ {}: {})",
+                self.p99_ratio_goal,
+                if self.p99_goal_met { "met" } else { "NOT met" }
+            )?,
+            None => writeln!(f, "contended / quiet p99: n/a (a window without reads)")?,
+        }
+        // The last seconds before the sale and every second of it: when the tail was made.
+        let opens = q.secs.round() as u64;
+        let seconds: Vec<String> = self
+            .timeline
+            .iter()
+            .filter(|t| t.second + 5 >= opens)
+            .map(|t| format!("{}{}", if t.second == opens { "| " } else { "" }, human_us(t.p99_us)))
+            .collect();
+        if !seconds.is_empty() {
+            writeln!(f, "reads p99 second by second, from 5 s before the sale (| opens it): {}", seconds.join(" "))?;
+        }
+        let server = |v: Option<i64>| v.map_or("unreadable".to_string(), |v| v.to_string());
+        writeln!(
+            f,
+            "flash: {} buyers for {} units: {} orders, {} sold out, {} errors ({} gave up); 429 ×{}, 503 ×{}, {} retries ({} of checkouts) over {:.1}s",
+            v.shoppers,
+            v.stock_at_start,
+            v.orders,
+            v.sold_out,
+            v.errors,
+            v.gave_up,
+            v.answers_429,
+            v.answers_503,
+            v.retries,
+            v.checkout_retries,
+            v.secs
+        )?;
+        writeln!(
+            f,
+            "server: {} orders ({} units) for the flash product, {} left in stock; oversold: {} → {}{}",
+            server(v.server_orders.map(|n| n as i64)),
+            server(v.server_units.map(|n| n as i64)),
+            server(v.server_stock_left),
+            if v.oversold { "YES" } else { "no" },
+            v.verdict,
+            if v.reasons.is_empty() { String::new() } else { format!(" ({})", v.reasons.join("; ")) }
+        )
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -329,7 +541,7 @@ pub(crate) mod tests {
             for v in 1..=1000u64 {
                 hist.record(v * (i as u64 + 1)).unwrap();
             }
-            let s = KindStats { hist, ok: 990, rejected: 7, errors: 3 };
+            let s = KindStats { hist, ok: 990, rejected: 7, errors: 3, limited: 1, shed: 1 };
             requests.insert(k.name().to_string(), request_stats(&s, Duration::from_secs(10)));
         }
         Report {
@@ -357,6 +569,8 @@ pub(crate) mod tests {
                 flash_sale: true,
                 flash_shoppers: 200,
                 seed: 42,
+                flash_during_browse: true,
+                flash_give_up_secs: Some(60.0),
             },
             started_at: "2026-01-01T00:00:00Z".into(),
             measured_secs: 10.0,
@@ -400,7 +614,141 @@ pub(crate) mod tests {
             }),
             generator: GeneratorUsage { cpu_seconds: Some(1.0), cores_busy: Some(0.1), host_cores: 2 },
             errors: vec![ErrorSample { request: "checkout".into(), message: "HTTP 500: internal".into(), count: 3 }],
+            flash_during_browse: Some(sample_flash_during_browse(&requests_for_windows())),
         }
+    }
+
+    fn requests_for_windows() -> BTreeMap<String, RequestStats> {
+        let mut by_type = BTreeMap::new();
+        for k in RequestKind::MAIN {
+            let mut hist = new_histogram();
+            hist.record(1000).unwrap();
+            let s = KindStats { hist, ok: 1, rejected: 0, errors: 0, limited: 0, shed: 0 };
+            by_type.insert(k.name().to_string(), request_stats(&s, Duration::from_secs(1)));
+        }
+        by_type
+    }
+
+    fn window(by_type: &BTreeMap<String, RequestStats>, p99: u64) -> BrowseWindow {
+        let mut hist = new_histogram();
+        for _ in 0..99 {
+            hist.record(500).unwrap();
+        }
+        hist.record(p99).unwrap();
+        let reads = KindStats { hist, ok: 100, rejected: 0, errors: 0, limited: 0, shed: 0 };
+        BrowseWindow {
+            starts_at_secs: 0.0,
+            secs: 10.0,
+            requests: 120,
+            errors: 0,
+            limited: 0,
+            shed: 0,
+            rps: 12.0,
+            reads: request_stats(&reads, Duration::from_secs(10)),
+            by_type: by_type.clone(),
+            server_cpu_seconds: Some(1.5),
+        }
+    }
+
+    fn sample_flash_during_browse(by_type: &BTreeMap<String, RequestStats>) -> FlashDuringBrowse {
+        let mut flash = FlashVerdict {
+            shoppers: 3000,
+            stock_at_start: 1000,
+            manifest_stock: 1000,
+            orders: 1000,
+            sold_out: 2000,
+            errors: 0,
+            gave_up: 0,
+            answers_429: 4000,
+            answers_503: 2,
+            retries: 4002,
+            checkout_retries: 900,
+            server_orders: Some(1000),
+            server_units: Some(1000),
+            server_stock_left: Some(0),
+            oversold: false,
+            secs: 12.5,
+            verdict: String::new(),
+            reasons: Vec::new(),
+        };
+        flash.judge();
+        FlashDuringBrowse {
+            quiet: window(by_type, 2000),
+            contended: window(by_type, 3000),
+            p99_ratio: Some(1.5),
+            p99_ratio_goal: 2.0,
+            p99_goal_met: true,
+            flash,
+            timeline: (0..20)
+                .map(|second| TimelineSecond {
+                    second,
+                    reads: 10,
+                    p50_us: 500,
+                    p99_us: if second == 10 { 250_000 } else { 2_000 },
+                    max_us: 300_000,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_flash_sale_passes_only_with_one_server_order_per_unit_and_nothing_left_or_oversold() {
+        let base = sample_flash_during_browse(&BTreeMap::new()).flash;
+        assert!(base.passed(), "{:?}", base.reasons);
+        let fails = |change: &dyn Fn(&mut FlashVerdict)| {
+            let mut v = base.clone();
+            change(&mut v);
+            v.judge();
+            assert!(!v.passed(), "{v:?}");
+            assert_eq!(v.verdict, "FAIL");
+            assert!(!v.reasons.is_empty());
+        };
+        fails(&|v| v.server_orders = Some(999));
+        fails(&|v| v.server_orders = Some(1001));
+        fails(&|v| v.server_orders = None);
+        fails(&|v| v.server_stock_left = Some(1));
+        fails(&|v| v.server_stock_left = None);
+        fails(&|v| v.server_units = Some(1001));
+        fails(&|v| v.oversold = true);
+        fails(&|v| v.orders = 1001);
+        // Buyers who timed out on an order the server placed: the sale is still right.
+        let mut v = base.clone();
+        v.orders = 990;
+        v.errors = 10;
+        v.judge();
+        assert!(v.passed(), "{:?}", v.reasons);
+    }
+
+    #[test]
+    fn a_report_written_before_flash_during_browse_existed_still_parses() {
+        let mut v = serde_json::to_value(sample_report()).unwrap();
+        v.as_object_mut().unwrap().remove("flash_during_browse");
+        let config = v["config"].as_object_mut().unwrap();
+        config.remove("flash_during_browse");
+        config.remove("flash_give_up_secs");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert!(back.flash_during_browse.is_none() && !back.config.flash_during_browse);
+    }
+
+    #[test]
+    fn the_table_shows_both_windows_their_ratio_and_the_verdict() {
+        let r = sample_report();
+        let table = r.to_string();
+        for want in [
+            "quiet",
+            "contended",
+            "contended / quiet p99: 1.50 (goal ≤ 2: met)",
+            "→ PASS",
+            "429 ×4000",
+            "(| opens it): 2.0ms 2.0ms 2.0ms 2.0ms 2.0ms | 250.0ms 2.0ms",
+        ] {
+            assert!(table.contains(want), "no `{want}` in\n{table}");
+        }
+        let mut r = r;
+        let fb = r.flash_during_browse.as_mut().unwrap();
+        fb.flash.server_stock_left = Some(3);
+        fb.flash.judge();
+        assert!(r.to_string().contains("→ FAIL (3 units left on the server)"), "{r}");
     }
 
     #[test]
@@ -432,6 +780,7 @@ pub(crate) mod tests {
             "server",
             "generator",
             "errors",
+            "flash_during_browse",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
@@ -442,13 +791,36 @@ pub(crate) mod tests {
         for key in ["p50", "p95", "p99", "p999", "max", "mean"] {
             assert!(home["latency_us"].get(key).is_some(), "missing latency_us.{key}");
         }
+        let fb = &v["flash_during_browse"];
+        for key in ["quiet", "contended", "p99_ratio", "p99_ratio_goal", "p99_goal_met", "flash", "timeline"] {
+            assert!(fb.get(key).is_some(), "missing flash_during_browse.{key}");
+        }
+        for key in ["starts_at_secs", "secs", "requests", "errors", "limited", "shed", "rps", "reads", "by_type"] {
+            assert!(fb["quiet"].get(key).is_some(), "missing flash_during_browse.quiet.{key}");
+        }
+        assert!(fb["contended"]["reads"]["latency_us"]["p99"].is_u64());
+        for key in [
+            "shoppers",
+            "stock_at_start",
+            "orders",
+            "sold_out",
+            "errors",
+            "answers_429",
+            "answers_503",
+            "server_orders",
+            "server_stock_left",
+            "oversold",
+            "verdict",
+        ] {
+            assert!(fb["flash"].get(key).is_some(), "missing flash_during_browse.flash.{key}");
+        }
         assert!(v["server"]["requests_per_core_second"].is_f64());
         assert!(v["server"]["checkouts_per_core_second"].is_f64());
     }
 
     #[test]
     fn an_empty_type_reports_zeros_not_garbage() {
-        let s = request_stats(&KindStats { hist: new_histogram(), ok: 0, rejected: 0, errors: 0 }, Duration::ZERO);
+        let s = request_stats(&KindStats::new(), Duration::ZERO);
         assert_eq!((s.count, s.rps, s.latency_us.max, s.latency_us.p99), (0, 0.0, 0, 0));
         assert!(decode_histogram(&s.histogram).unwrap().is_empty());
     }

@@ -7,20 +7,22 @@
 //! rates or mixes: the plan comes from `workload`, the start time from `driver`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 
 use crate::catalog::{Catalog, ProductCard};
+use crate::driver::Deadline;
 use crate::manifest::Manifest;
-use crate::stats::{Outcome, Recorder, RequestKind};
+use crate::stats::{Outcome, Recorder, RequestKind, Timeline};
 use crate::workload::{Session, ShopperPlan};
 
 /// Products asked for per list page: a phone's first screen.
@@ -73,7 +75,28 @@ impl Shared {
 /// A phase of the run: where its samples go, and when its sessions must stop sending.
 pub(crate) struct Phase {
     pub recorder: Arc<Recorder>,
-    pub end: Instant,
+    /// More recorders that get every sample too, each keeping its own window (the quiet and
+    /// contended windows of `--flash-during-browse`); empty otherwise.
+    pub windows: Vec<Arc<Recorder>>,
+    /// The reads second by second, when the run wants to see when its tail was made.
+    pub timeline: Option<Arc<Timeline>>,
+    pub end: Deadline,
+}
+
+impl Phase {
+    pub fn new(recorder: Arc<Recorder>, end: Deadline) -> Phase {
+        Phase { recorder, windows: Vec::new(), timeline: None, end }
+    }
+
+    fn record(&self, kind: RequestKind, at: Instant, latency: Duration, outcome: Outcome) {
+        if let Some(t) = &self.timeline {
+            t.record(kind, at, latency);
+        }
+        for w in &self.windows {
+            w.record(kind, at, latency, outcome.clone());
+        }
+        self.recorder.record(kind, at, latency, outcome);
+    }
 }
 
 /// The session ended early: an error was recorded, or the phase is over.
@@ -113,6 +136,52 @@ struct Problem {
     kind: String,
     #[serde(default)]
     detail: String,
+}
+
+/// Sends one request and reads its whole answer: status, `Retry-After` and body.
+async fn send(
+    req: reqwest::RequestBuilder,
+) -> Result<(StatusCode, Option<HeaderValue>, impl AsRef<[u8]>), reqwest::Error> {
+    let res = req.send().await?;
+    let (status, retry_after) = (res.status(), res.headers().get(RETRY_AFTER).cloned());
+    Ok((status, retry_after, res.bytes().await?))
+}
+
+/// What an answer means for the session: 2xx with the expected body is fine, a 409 for stock is
+/// the expected refusal, anything else is an error.
+fn judge<T, B: AsRef<[u8]>>(
+    sent: Result<(StatusCode, B), reqwest::Error>,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> (Outcome, Option<Answer<T>>) {
+    match sent {
+        Err(e) => (Outcome::Error(describe_transport(e)), None),
+        Ok((status, body)) if status.is_success() => match parse(body.as_ref()) {
+            Ok(v) => (Outcome::Ok, Some(Answer::Ok(v))),
+            Err(e) => (Outcome::Error(format!("HTTP {}: unexpected body: {e}", status.as_u16())), None),
+        },
+        Ok((status, body)) if is_insufficient_stock(status, body.as_ref()) => {
+            (Outcome::Rejected, Some(Answer::Rejected))
+        }
+        Ok((status, body)) => (Outcome::Refused(status.as_u16(), describe_refusal(status, body.as_ref())), None),
+    }
+}
+
+/// A wait told with `Retry-After` (whole seconds; 1 s when absent or a date) is honoured up to
+/// this; a longer one is shortened, so a buyer still gets its tries before giving up.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Added to every wait, uniform in `[0, RETRY_JITTER)`: thousands of buyers told "one second" at
+/// once must not all come back in the same millisecond, which would only earn them another 429.
+const RETRY_JITTER: Duration = Duration::from_millis(500);
+
+/// How long to wait before sending again after a 429 or 503 with this `Retry-After`.
+fn retry_wait<R: Rng + ?Sized>(retry_after: Option<&HeaderValue>, rng: &mut R) -> Duration {
+    let told = retry_after
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs)
+        .min(MAX_RETRY_AFTER);
+    told + RETRY_JITTER.mul_f64(rng.random::<f64>())
 }
 
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -189,26 +258,76 @@ impl Visit<'_> {
         // `at` places the sample in or out of the measured window; `start` starts its clock.
         let (at, start) = match self.due.take() {
             Some(due) => (due, due.min(now)),
-            None if now >= self.phase.end => return Err(Stop),
+            None if self.phase.end.passed(now) => return Err(Stop),
             None => (now, now),
         };
-        let sent = async {
-            let res = req.send().await?;
-            let status = res.status();
-            Ok::<_, reqwest::Error>((status, res.bytes().await?))
-        }
-        .await;
+        let sent = send(req).await;
         let latency = Instant::now() - start;
-        let (outcome, answer) = match sent {
-            Err(e) => (Outcome::Error(describe_transport(e)), None),
-            Ok((status, body)) if status.is_success() => match parse(&body) {
-                Ok(v) => (Outcome::Ok, Some(Answer::Ok(v))),
-                Err(e) => (Outcome::Error(format!("HTTP {}: unexpected body: {e}", status.as_u16())), None),
-            },
-            Ok((status, body)) if is_insufficient_stock(status, &body) => (Outcome::Rejected, Some(Answer::Rejected)),
-            Ok((status, body)) => (Outcome::Error(describe_refusal(status, &body)), None),
+        let (outcome, answer) = judge(sent.map(|(status, _, body)| (status, body)), parse);
+        self.phase.record(kind, at, latency, outcome);
+        answer.ok_or(Stop)
+    }
+
+    /// Like [`Visit::call`], but as a client that respects the platform's protections: a 429 or
+    /// 503 is waited out (its `Retry-After` plus jitter) and the same request sent again, byte
+    /// for byte (a checkout keeps its `Idempotency-Key`), until `give_up_at`. One sample is
+    /// recorded per request, timed from its first send to its final answer, waits included: what
+    /// the buyer lived through. Giving up is an error; the 429s and 503s seen are counted in
+    /// `buyer` (they are the protections working, not errors).
+    async fn persist<T>(
+        &mut self,
+        kind: RequestKind,
+        req: reqwest::RequestBuilder,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+        give_up_at: Instant,
+        buyer: &mut FlashBuyer,
+    ) -> Result<Answer<T>, Stop> {
+        let start = Instant::now();
+        if start >= give_up_at {
+            // A buyer past the deadline sends nothing more, so the sale's end stays bounded.
+            buyer.gave_up = true;
+            self.phase.record(
+                kind,
+                start,
+                Duration::ZERO,
+                Outcome::Error("gave up: the --flash-give-up deadline passed".into()),
+            );
+            return Err(Stop);
+        }
+        let sent = loop {
+            // Every flash request has an in-memory body, so it can always be copied.
+            let attempt = req.try_clone().expect("flash requests have in-memory bodies");
+            let sent = send(attempt).await;
+            let refused = matches!(&sent, Ok((status, _, _))
+                if *status == StatusCode::TOO_MANY_REQUESTS || *status == StatusCode::SERVICE_UNAVAILABLE);
+            if !refused {
+                break sent;
+            }
+            let (status, retry_after, body) = sent.as_ref().expect("a refusal is an answer");
+            let status = *status;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                buyer.limited += 1;
+            } else {
+                buyer.shed += 1;
+            }
+            let wait = retry_wait(retry_after.as_ref(), &mut self.rng);
+            if Instant::now() + wait > give_up_at {
+                buyer.gave_up = true;
+                let message = format!(
+                    "gave up at the --flash-give-up deadline after {}",
+                    describe_refusal(status, body.as_ref())
+                );
+                self.phase.record(kind, start, Instant::now() - start, Outcome::Refused(status.as_u16(), message));
+                return Err(Stop);
+            }
+            buyer.retries += 1;
+            if kind == RequestKind::FlashCheckout {
+                buyer.checkout_retries += 1;
+            }
+            tokio::time::sleep(wait).await;
         };
-        self.phase.recorder.record(kind, at, latency, outcome);
+        let (outcome, answer) = judge(sent.map(|(status, _, body)| (status, body)), parse);
+        self.phase.record(kind, start, Instant::now() - start, outcome);
         answer.ok_or(Stop)
     }
 
@@ -417,9 +536,106 @@ pub(crate) async fn flash_shopper(shared: &Shared, phase: &Phase, barrier: &Barr
     FlashShopper { outcome, checkout: Some((sent, Instant::now())) }
 }
 
+/// What one buyer of `--flash-during-browse` went through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlashBuyer {
+    pub outcome: FlashOutcome,
+    /// 429 and 503 answers received (each one waited out, or the last one given up on).
+    pub limited: u32,
+    pub shed: u32,
+    /// Requests sent again after a 429 or 503, and of those, checkouts (same Idempotency-Key).
+    pub retries: u32,
+    pub checkout_retries: u32,
+    /// Still refused at the give-up deadline (counted as an error too).
+    pub gave_up: bool,
+    /// When this buyer's checkout was first sent and finally answered.
+    pub checkout: Option<(Instant, Instant)>,
+}
+
+/// A buyer in a flash sale that opens while other stores are browsed: arrives with the crowd,
+/// opens a cart, adds the flash item and checks out, each step as a real client would under the
+/// platform's protections (see [`Visit::persist`]): 429 and 503 are waited out and retried, the
+/// checkout with the same `Idempotency-Key` every time, until `give_up_at`. A 409 for stock at
+/// any step means sold out. There is no barrier: buyers meet the store's rate limit as they come.
+pub(crate) async fn flash_buyer(shared: &Shared, phase: &Phase, seed: u64, give_up_at: Instant) -> FlashBuyer {
+    let mut visit = Visit { shared, phase, due: None, rng: SmallRng::seed_from_u64(seed) };
+    let mut buyer = FlashBuyer {
+        outcome: FlashOutcome::Failed,
+        limited: 0,
+        shed: 0,
+        retries: 0,
+        checkout_retries: 0,
+        gave_up: false,
+        checkout: None,
+    };
+    buyer.outcome = match buy(&mut visit, &mut buyer, give_up_at).await {
+        Ok(outcome) => outcome,
+        Err(Stop) => FlashOutcome::Failed,
+    };
+    buyer
+}
+
+async fn buy(visit: &mut Visit<'_>, buyer: &mut FlashBuyer, give_up_at: Instant) -> Result<FlashOutcome, Stop> {
+    let shared = visit.shared;
+    let flash = shared.manifest.flash_sale.as_ref().ok_or(Stop)?;
+    let base = shared.storefront(flash.store_index);
+    let req = shared.client.post(format!("{base}/carts")).header(CONTENT_TYPE, "application/json").body("{}");
+    let Answer::Ok(new) = visit.persist(RequestKind::FlashCart, req, json::<NewCart>, give_up_at, buyer).await? else {
+        return Ok(FlashOutcome::SoldOut);
+    };
+    let cart_url = format!("{base}/carts/{}", new.cart_id);
+    let req = shared
+        .client
+        .put(format!("{cart_url}/items"))
+        .header(CART_TOKEN, &new.token)
+        .header(CONTENT_TYPE, "application/json")
+        .body(format!(r#"{{"variant_id":"{}","quantity":1}}"#, flash.variant_id));
+    if let Answer::Rejected = visit.persist(RequestKind::FlashAdd, req, ignore, give_up_at, buyer).await? {
+        return Ok(FlashOutcome::SoldOut);
+    }
+    // One key for every attempt of this checkout: a retry must never become a second order.
+    let key = format!("flash-{:016x}-{:016x}", shared.run_nonce, visit.rng.random::<u64>());
+    let req = shared
+        .client
+        .post(format!("{cart_url}/checkout"))
+        .header(CART_TOKEN, &new.token)
+        .header(IDEMPOTENCY_KEY, key)
+        .header(CONTENT_TYPE, "application/json")
+        .body(checkout_body(&mut visit.rng));
+    let sent = Instant::now();
+    let answer = visit.persist(RequestKind::FlashCheckout, req, ignore, give_up_at, buyer).await;
+    buyer.checkout = Some((sent, Instant::now()));
+    Ok(match answer? {
+        Answer::Ok(()) => FlashOutcome::Ordered,
+        Answer::Rejected => FlashOutcome::SoldOut,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_waits_what_retry_after_says_plus_bounded_jitter() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let with = |v: &str| Some(HeaderValue::from_str(v).unwrap());
+        let between = |h: Option<HeaderValue>, lo: Duration, rng: &mut SmallRng| {
+            for _ in 0..200 {
+                let w = retry_wait(h.as_ref(), rng);
+                assert!(w >= lo && w < lo + RETRY_JITTER, "{w:?} not in [{lo:?}, +{RETRY_JITTER:?})");
+            }
+        };
+        between(with("1"), Duration::from_secs(1), &mut rng);
+        between(with(" 3 "), Duration::from_secs(3), &mut rng);
+        between(with("0"), Duration::ZERO, &mut rng);
+        between(with("86400"), MAX_RETRY_AFTER, &mut rng);
+        between(with("Wed, 21 Oct 2015 07:28:00 GMT"), DEFAULT_RETRY_AFTER, &mut rng);
+        between(None, DEFAULT_RETRY_AFTER, &mut rng);
+        // The jitter spreads a crowd: 200 waits for "1" are not all the same.
+        let one = with("1");
+        let waits: std::collections::HashSet<_> = (0..200).map(|_| retry_wait(one.as_ref(), &mut rng)).collect();
+        assert!(waits.len() > 150, "{} distinct waits", waits.len());
+    }
 
     #[test]
     fn only_a_409_naming_insufficient_stock_is_an_expected_refusal() {

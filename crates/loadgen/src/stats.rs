@@ -108,6 +108,9 @@ pub enum Outcome {
     /// Refused for a reason the workload expects (stock ran out): not an error.
     Rejected,
     Error(String),
+    /// An error answer from the server, by HTTP status: 429s (rate limited) and 503s (shed) are
+    /// counted apart as well, since they are the platform's protections at work.
+    Refused(u16, String),
 }
 
 /// Distinct error messages kept per run; beyond this only the counts grow.
@@ -125,11 +128,25 @@ pub(crate) struct KindStats {
     pub ok: u64,
     pub rejected: u64,
     pub errors: u64,
+    /// Of the errors, answers 429 (a rate limit) and 503 (shed or unavailable).
+    pub limited: u64,
+    pub shed: u64,
 }
 
 impl KindStats {
-    fn new() -> Self {
-        KindStats { hist: new_histogram(), ok: 0, rejected: 0, errors: 0 }
+    pub fn new() -> Self {
+        KindStats { hist: new_histogram(), ok: 0, rejected: 0, errors: 0, limited: 0, shed: 0 }
+    }
+
+    /// Adds `other`'s samples and counts (for figures over several types).
+    pub fn merge(&mut self, other: &KindStats) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+        self.ok += other.ok;
+        self.rejected += other.rejected;
+        self.errors += other.errors;
+        self.limited += other.limited;
+        self.shed += other.shed;
     }
 
     pub fn count(&self) -> u64 {
@@ -183,7 +200,7 @@ impl Recorder {
     /// the window. `latency` runs to the end of the response.
     pub fn record(&self, kind: RequestKind, at: Instant, latency: Duration, outcome: Outcome) {
         if at < self.from {
-            if matches!(outcome, Outcome::Error(_)) {
+            if matches!(outcome, Outcome::Error(_) | Outcome::Refused(..)) {
                 self.warmup_errors.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -206,6 +223,12 @@ impl Recorder {
                 }
                 Outcome::Error(m) => {
                     s.errors += 1;
+                    Some(m)
+                }
+                Outcome::Refused(status, m) => {
+                    s.errors += 1;
+                    s.limited += u64::from(status == 429);
+                    s.shed += u64::from(status == 503);
                     Some(m)
                 }
             }
@@ -235,6 +258,51 @@ impl Recorder {
 
     pub fn warmup_errors(&self) -> u64 {
         self.warmup_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// The reads' latency second by second over a run, coarser than the recorders' histograms (two
+/// significant digits, a minute at most): enough to see *when* in a window a tail was made, e.g.
+/// in the second a crowd arrives. A sample lands in the second it was due.
+pub(crate) struct Timeline {
+    from: Instant,
+    seconds: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// Longest latency a timeline second holds; longer ones are clamped.
+const TIMELINE_MAX_US: u64 = 60_000_000;
+
+impl Timeline {
+    /// Seconds from `from` up to `to` (at least one).
+    pub fn new(from: Instant, to: Instant) -> Timeline {
+        let n = (to.saturating_duration_since(from).as_secs() + 1) as usize;
+        let hist = || Mutex::new(Histogram::new_with_bounds(1, TIMELINE_MAX_US, 2).expect("static bounds are valid"));
+        Timeline { from, seconds: (0..n).map(|_| hist()).collect() }
+    }
+
+    pub fn record(&self, kind: RequestKind, at: Instant, latency: Duration) {
+        if !kind.is_read() || at < self.from {
+            return;
+        }
+        let Some(second) = self.seconds.get((at - self.from).as_secs() as usize) else { return };
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, TIMELINE_MAX_US);
+        second.lock().expect("timeline lock").saturating_record(us);
+    }
+
+    /// Per second from `from`, for the first `secs` seconds: (reads, p50, p99, max) in µs.
+    pub fn seconds(&self, secs: usize) -> Vec<(u64, u64, u64, u64)> {
+        self.seconds
+            .iter()
+            .take(secs)
+            .map(|h| {
+                let h = h.lock().expect("timeline lock");
+                if h.is_empty() {
+                    (0, 0, 0, 0)
+                } else {
+                    (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+                }
+            })
+            .collect()
     }
 }
 
@@ -270,6 +338,39 @@ mod tests {
         assert_eq!(samples.len(), MAX_ERROR_SAMPLES);
         assert_eq!(samples[0], ErrorSample { kind: RequestKind::Checkout, message: "HTTP 500".into(), count: 3 });
         assert_eq!(r.snapshot(RequestKind::Home).errors, 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_errors_and_429s_and_503s_are_counted_apart_and_merged() {
+        let t0 = Instant::now();
+        let r = Recorder::new(t0, t0 + Duration::from_secs(10));
+        let ms = Duration::from_millis(2);
+        r.record(RequestKind::Home, t0, ms, Outcome::Refused(429, "HTTP 429: slow down".into()));
+        r.record(RequestKind::Home, t0, ms, Outcome::Refused(503, "HTTP 503: busy".into()));
+        r.record(RequestKind::Home, t0, ms, Outcome::Refused(500, "HTTP 500: oops".into()));
+        r.record(RequestKind::Product, t0, ms, Outcome::Ok);
+        let mut all = r.snapshot(RequestKind::Home);
+        assert_eq!((all.errors, all.limited, all.shed, all.count()), (3, 1, 1, 3));
+        all.merge(&r.snapshot(RequestKind::Product));
+        assert_eq!((all.ok, all.errors, all.count(), all.hist.len()), (1, 3, 4, 4));
+        assert_eq!(r.error_samples().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timeline_puts_each_read_in_the_second_it_was_due_and_ignores_writes() {
+        let t0 = Instant::now();
+        let t = Timeline::new(t0, t0 + Duration::from_secs(3));
+        let ms = Duration::from_millis;
+        t.record(RequestKind::Home, t0 + ms(10), ms(2));
+        t.record(RequestKind::Product, t0 + ms(999), ms(4));
+        t.record(RequestKind::Checkout, t0 + ms(500), ms(900));
+        t.record(RequestKind::Search, t0 + ms(2500), ms(700));
+        t.record(RequestKind::Home, t0 + Duration::from_secs(60), ms(1));
+        let s = t.seconds(4);
+        assert_eq!(s.len(), 4);
+        assert_eq!((s[0].0, s[1].0, s[2].0, s[3].0), (2, 0, 1, 0));
+        assert!((3_900..=4_100).contains(&s[0].3), "{:?}", s[0]);
+        assert!((690_000..=710_000).contains(&s[2].2), "{:?}", s[2]);
     }
 
     #[test]

@@ -73,24 +73,38 @@ pub(crate) struct CartPlan {
     pub checkout: bool,
 }
 
-/// Zipf over `n` ranks as 0-based indexes: index 0 is rank 1, the most popular.
+/// Zipf over `n` ranks as 0-based indexes: index 0 is rank 1, the most popular. With a skipped
+/// index, the others keep their order and close up (the next one takes its rank).
 #[derive(Debug, Clone)]
 pub(crate) struct Popularity {
     zipf: Zipf<f64>,
-    n: u64,
+    /// Ranks drawn from: `n`, or `n - 1` with an index skipped.
+    ranks: u64,
+    skip: Option<u64>,
 }
 
 impl Popularity {
+    #[cfg(test)]
     pub fn new(n: u64, s: f64) -> anyhow::Result<Popularity> {
-        anyhow::ensure!(n >= 1, "cannot choose among zero items");
+        Popularity::skipping(n, s, None)
+    }
+
+    /// Never picks `skip` (an index below `n`).
+    pub fn skipping(n: u64, s: f64, skip: Option<u64>) -> anyhow::Result<Popularity> {
+        let ranks = n.saturating_sub(u64::from(skip.is_some_and(|k| k < n)));
+        anyhow::ensure!(ranks >= 1, "cannot choose among zero items");
         anyhow::ensure!(s.is_finite() && s >= 0.0, "--zipf-s must be a finite number ≥ 0, not {s}");
-        let zipf = Zipf::new(n as f64, s).map_err(|e| anyhow::anyhow!("zipf over {n} items, s = {s}: {e}"))?;
-        Ok(Popularity { zipf, n })
+        let zipf = Zipf::new(ranks as f64, s).map_err(|e| anyhow::anyhow!("zipf over {ranks} items, s = {s}: {e}"))?;
+        Ok(Popularity { zipf, ranks, skip: skip.filter(|k| *k < n) })
     }
 
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> u64 {
-        // Zipf yields whole numbers in [1, n] as floats.
-        (self.zipf.sample(rng) as u64).clamp(1, self.n) - 1
+        // Zipf yields whole numbers in [1, ranks] as floats.
+        let i = (self.zipf.sample(rng) as u64).clamp(1, self.ranks) - 1;
+        match self.skip {
+            Some(k) if i >= k => i + 1,
+            _ => i,
+        }
     }
 }
 
@@ -103,18 +117,47 @@ pub(crate) struct Workload {
 }
 
 impl Workload {
+    #[cfg(test)]
     pub fn new(mix: Mix, stores: u64, merchants: usize, search_terms: usize, zipf_s: f64) -> anyhow::Result<Workload> {
+        Workload::sparing(mix, stores, merchants, search_terms, zipf_s, None)
+    }
+
+    /// A workload that never visits store `spare` (an index), nor lets merchant `spare.1` (an
+    /// index into the manifest's merchants, that store's) open a dashboard: the flash store while
+    /// `--flash-during-browse` measures everyone else.
+    pub fn sparing(
+        mix: Mix,
+        stores: u64,
+        merchants: usize,
+        search_terms: usize,
+        zipf_s: f64,
+        spare: Option<(u64, Option<usize>)>,
+    ) -> anyhow::Result<Workload> {
         mix.check()?;
+        let (spare_store, spare_merchant) = match spare {
+            Some((store, merchant)) => (Some(store), merchant.map(|m| m as u64)),
+            None => (None, None),
+        };
+        let merchants_left = merchants - usize::from(spare_merchant.is_some_and(|m| m < merchants as u64));
         anyhow::ensure!(
-            mix.merchant == 0.0 || merchants > 0,
-            "the manifest has no merchant keys, so there can be no dashboard sessions: pass --merchant-ratio 0"
+            mix.merchant == 0.0 || merchants_left > 0,
+            "the manifest has no merchant keys{}, so there can be no dashboard sessions: pass --merchant-ratio 0",
+            if merchants > 0 { " but the flash store's" } else { "" }
+        );
+        anyhow::ensure!(
+            spare_store.is_none() || stores >= 2,
+            "the flash store is the manifest's only store: there is no other store to browse"
         );
         anyhow::ensure!(
             mix.search == 0.0 || search_terms > 0,
             "the manifest has no search terms: pass --search-ratio 0"
         );
-        let merchants = if merchants > 0 { Some(Popularity::new(merchants as u64, zipf_s)?) } else { None };
-        Ok(Workload { stores: Popularity::new(stores, zipf_s)?, merchants, search_terms, mix })
+        let merchants = if merchants_left > 0 {
+            Some(Popularity::skipping(merchants as u64, zipf_s, spare_merchant)?)
+        } else {
+            None
+        };
+        Ok(Workload { stores: Popularity::skipping(stores, zipf_s, spare_store)?, merchants, search_terms, mix })
     }
 
     pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R) -> Session {
@@ -175,6 +218,46 @@ mod tests {
         assert!(top10 > tail, "a few hot stores draw more than the whole back half");
         assert!(tail > 0 && counts[900..].iter().any(|c| *c > 0), "the long tail is reached");
         assert!(counts.iter().filter(|c| **c > 0).count() > 900, "almost every store is visited");
+    }
+
+    #[test]
+    fn a_skipped_index_is_never_picked_and_the_next_takes_its_rank() {
+        let p = Popularity::skipping(10, 1.0, Some(0)).unwrap();
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut counts = [0u64; 10];
+        for _ in 0..100_000 {
+            counts[p.pick(&mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        let max_at = counts.iter().enumerate().max_by_key(|(_, c)| **c).unwrap().0;
+        assert_eq!(max_at, 1, "{counts:?}");
+        assert!(counts[9] > 0, "the last index is still reached");
+        let middle = Popularity::skipping(3, 0.0, Some(1)).unwrap();
+        assert!((0..1000).map(|_| middle.pick(&mut rng)).all(|i| i == 0 || i == 2));
+        assert!(Popularity::skipping(1, 1.0, Some(0)).is_err(), "nothing left to pick");
+    }
+
+    #[test]
+    fn a_workload_sparing_the_flash_store_never_visits_it_nor_opens_its_dashboard() {
+        let w = Workload::sparing(default_mix(), 20, 5, 4, 1.0, Some((0, Some(0)))).unwrap();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let (mut shoppers, mut merchants) = (0, 0);
+        for _ in 0..20_000 {
+            match w.draw(&mut rng) {
+                Session::Shopper(s) => {
+                    assert_ne!(s.store, 0);
+                    shoppers += 1;
+                }
+                Session::Merchant(m) => {
+                    assert_ne!(m, 0);
+                    merchants += 1;
+                }
+            }
+        }
+        assert!(shoppers > 0 && merchants > 0);
+        let e = Workload::sparing(default_mix(), 20, 1, 4, 1.0, Some((0, Some(0)))).unwrap_err().to_string();
+        assert!(e.contains("--merchant-ratio 0"), "{e}");
+        assert!(Workload::sparing(default_mix(), 1, 0, 4, 1.0, Some((0, None))).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `kirana bench` end to end at a small size: a real kirana server on 127.0.0.1:0, a dataset
 //! built through its HTTP API exactly as merchants would, a manifest like `kirana seed` writes,
 //! then an open-loop run and a closed-loop run with the flash sale. Every request type must be
-//! exercised with zero errors, and the flash sale must never sell more than its stock.
+//! exercised with zero errors, and the flash sale must never sell more than its stock. Then the
+//! flash sale during browsing, against a server whose per-store rate limit the buyers must meet:
+//! exactly its stock sold (counted on the server), every 429 waited out, both windows measured.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,13 +28,13 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-async fn start_server() -> Server {
+async fn start_server(config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     // Durability is not under test here; NORMAL keeps checkouts fast on a debug build.
     let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
     let storage = kirana_storage::sqlite::open(dir.path(), 1, &opts).expect("open storage");
     let notifier = Arc::new(MemoryNotifier::default());
-    let state = AppState::new(storage, Arc::new(SystemClock), notifier.clone(), ServerConfig::default());
+    let state = AppState::new(storage, Arc::new(SystemClock), notifier.clone(), config);
     let app = kirana_server::app(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -93,8 +95,8 @@ fn id(v: &Value) -> String {
 }
 
 /// Twenty stores `seed-0` … `seed-19`, each with two categories of three products (one with
-/// size variants) and ample stock; a flash product with little stock in store 0.
-async fn build_dataset(server: &Server, dir: &Path) -> Manifest {
+/// size variants) and ample stock; a flash product with `flash_stock` units in store 0.
+async fn build_dataset(server: &Server, dir: &Path, flash_stock: i64) -> (Manifest, String) {
     let merchant = Merchant::sign_in(server, "+919876543210").await;
     let terms = ["chai", "rice", "soap", "kurta"];
     let mut merchants = Vec::new();
@@ -126,14 +128,14 @@ async fn build_dataset(server: &Server, dir: &Path) -> Manifest {
             let p = merchant
                 .post(
                     &format!("/stores/{sid}/products"),
-                    json!({ "title": "Flash Sale Deal", "price": 99_900, "stock": FLASH_STOCK }),
+                    json!({ "title": "Flash Sale Deal", "price": 99_900, "stock": flash_stock }),
                 )
                 .await;
             flash = Some(FlashSale {
                 store_index: 0,
                 product_id: id(&p),
                 variant_id: p["variants"][0]["id"].as_str().unwrap().to_string(),
-                stock: FLASH_STOCK,
+                stock: flash_stock,
             });
         }
         if i < 5 {
@@ -149,7 +151,7 @@ async fn build_dataset(server: &Server, dir: &Path) -> Manifest {
         flash_sale: flash,
     };
     std::fs::write(dir.join("seed-manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    manifest
+    (manifest, merchant.token)
 }
 
 #[derive(Parser)]
@@ -217,9 +219,9 @@ fn assert_every_main_type_ran_cleanly(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_bench_exercises_every_request_type_without_errors_and_the_flash_sale_never_oversells() {
-    let server = start_server().await;
+    let server = start_server(ServerConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    build_dataset(&server, dir.path()).await;
+    build_dataset(&server, dir.path(), FLASH_STOCK).await;
 
     // Open loop, with server CPU measured (the server is this process; enough to exercise it).
     let json_path = dir.path().join("open.json");
@@ -277,4 +279,117 @@ async fn a_small_bench_exercises_every_request_type_without_errors_and_the_flash
     }
     assert_eq!(closed.requests["flash_cart"].count, FLASH_SHOPPERS);
     assert_eq!(closed.requests["flash_checkout"].ok, FLASH_STOCK as u64);
+}
+
+const SALE_STOCK: i64 = 20;
+const SALE_BUYERS: u64 = 200;
+/// Requests per second (and burst) each store may have: 200 buyers arriving at once meet 429s
+/// whatever the machine's speed, and only buyers that wait them out and retry can all finish.
+const STORE_RPS: u32 = 150;
+
+/// Orders in store `store_id` and, of them, those holding `variant`, counted through the
+/// merchant API here rather than trusted from the bench.
+async fn orders_in_store(server: &Server, token: &str, store_id: &str, variant: &str) -> (u64, u64) {
+    let http = reqwest::Client::new();
+    let (mut all, mut holding) = (0, 0);
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/api/v1/stores/{store_id}/orders?limit=100", server.base);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let res = http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let page: Value = res.json().await.unwrap();
+        for o in page["items"].as_array().unwrap() {
+            all += 1;
+            holding += u64::from(o["items"].as_array().unwrap().iter().any(|l| l["variant_id"] == variant));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return (all, holding),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_sale_during_browsing_sells_exactly_its_stock_through_the_rate_limit_and_measures_both_windows() {
+    let config = ServerConfig { store_rps: STORE_RPS, store_burst: STORE_RPS, ..ServerConfig::default() };
+    let server = start_server(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, token) = build_dataset(&server, dir.path(), SALE_STOCK).await;
+    let flash = manifest.flash_sale.clone().unwrap();
+    let json_path = dir.path().join("during.json");
+
+    let report = kirana_loadgen::bench(args(
+        &server,
+        dir.path(),
+        &[
+            "--rate",
+            "20",
+            "--flash-during-browse",
+            "--flash-shoppers",
+            &SALE_BUYERS.to_string(),
+            "--flash-give-up",
+            "30s",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+    ))
+    .await
+    .expect("the bench runs");
+    let fb = report.flash_during_browse.as_ref().unwrap_or_else(|| panic!("no flash_during_browse in\n{report}"));
+    let v = &fb.flash;
+
+    // The sale, as the server holds it: one order per unit, none left; and the bench agrees.
+    assert_eq!(v.verdict, "PASS", "{:?}\n{report}", v.reasons);
+    assert_eq!((v.server_orders, v.server_units, v.server_stock_left), (Some(20), Some(20), Some(0)), "{report}");
+    assert!(!v.oversold);
+    let (all, holding) = orders_in_store(&server, &token, &manifest.merchants[0].store_id, &flash.variant_id).await;
+    assert_eq!(manifest.merchants[0].store_index, flash.store_index);
+    assert_eq!(
+        (all, holding),
+        (SALE_STOCK as u64, SALE_STOCK as u64),
+        "the flash store has exactly the sale's orders: browsing spared it"
+    );
+
+    // Every buyer got an answer: an order or "sold out", none gave up, no error.
+    assert_eq!(v.stock_at_start, SALE_STOCK);
+    assert_eq!((v.orders, v.sold_out, v.errors, v.gave_up), (20, SALE_BUYERS - 20, 0, 0), "{:?}", report.errors);
+    // The store's rate limit was met, and every 429 (and 503) was waited out and retried.
+    assert!(v.answers_429 > 0, "200 buyers at once never met a {STORE_RPS}/s limit:\n{report}");
+    assert_eq!(v.retries, v.answers_429 + v.answers_503, "a refusal was not retried");
+    assert_eq!(report.requests["flash_checkout"].ok, 20);
+    assert_eq!(report.requests["flash_cart"].count, SALE_BUYERS, "one sample per buyer's request, retries inside it");
+    assert_eq!(report.requests["flash_cart"].errors, 0);
+    let brief = report.flash_sale.as_ref().expect("the sale in brief too");
+    assert_eq!((brief.orders, brief.stock, brief.oversold), (20, SALE_STOCK, false));
+
+    // Both windows measured the other stores, untouched by the flash store's limit.
+    for (name, w) in [("quiet", &fb.quiet), ("contended", &fb.contended)] {
+        assert!(w.reads.count > 0 && w.reads.latency_us.p99 > 0, "{name} window has no reads:\n{report}");
+        assert_eq!((w.errors, w.limited, w.shed), (0, 0, 0), "{name}: {:?}", report.errors);
+        assert!(w.secs > 0.0);
+        let by_type: u64 = w.by_type.values().map(|s| s.count).sum();
+        assert_eq!(by_type, w.requests);
+    }
+    assert!((fb.quiet.secs - 2.0).abs() < 1e-6, "the quiet window is --duration long: {}", fb.quiet.secs);
+    assert!((fb.contended.starts_at_secs - 2.0).abs() < 1e-6);
+    let ratio = fb.p99_ratio.expect("a ratio");
+    let expected = fb.contended.reads.latency_us.p99 as f64 / fb.quiet.reads.latency_us.p99 as f64;
+    assert!((ratio - expected).abs() < 1e-9);
+    assert_eq!(fb.p99_goal_met, ratio <= 2.0);
+    // The whole measured span is both windows, and the browsing stopped when the sale ended.
+    assert!((report.measured_secs - fb.quiet.secs - fb.contended.secs).abs() < 0.01, "{report}");
+    assert!(report.config.flash_during_browse);
+    assert_eq!(report.totals.requests, fb.quiet.requests + fb.contended.requests);
+    // Second by second, the same reads: none lost, none counted twice.
+    assert_eq!(fb.timeline.len(), report.measured_secs.ceil() as usize);
+    let by_second: u64 = fb.timeline.iter().map(|t| t.reads).sum();
+    assert_eq!(by_second, fb.quiet.reads.count + fb.contended.reads.count);
+
+    let back: Report = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(back, report);
+    let table = report.to_string();
+    assert!(table.contains("contended / quiet p99") && table.contains("→ PASS"), "{table}");
 }
