@@ -5,7 +5,9 @@
 #
 # Overrides: DATA (/work/benchdata/1k), RATE (100 sessions/s), DURATION (30s, the quiet window),
 # WARMUP (10s), SHOPPERS (3000), STOCK (1000), STORE_RPS (500, the server's default), GIVE_UP
-# (60s), SEED (7).
+# (60s), SEED (7), ARRIVAL (waiting: buyers opened the product page during the warm-up and click
+# on that connection; cold: all connect in the instant the sale opens), RAMP (0s: every first click
+# in the same instant; 2s: spread evenly over two seconds).
 #
 # One store (seed-0) sells STOCK units of one product to SHOPPERS buyers who arrive at once,
 # while an open loop of RATE sessions/s browses the other 999 stores (the default mix: pages,
@@ -30,6 +32,8 @@ SHOPPERS=${SHOPPERS:-3000}
 STOCK=${STOCK:-1000}
 STORE_RPS=${STORE_RPS:-500}
 GIVE_UP=${GIVE_UP:-60s}
+ARRIVAL=${ARRIVAL:-waiting}
+RAMP=${RAMP:-0s}
 SEED=${SEED:-7}
 PORT=18400
 mkdir -p "$OUT"
@@ -70,7 +74,7 @@ protections > "$OUT/metrics-before.txt"
 tcp_counters > "$OUT/tcp-before.txt"
 
 CMD=("$BIN" bench --data-dir "$DATA" --target "http://127.0.0.1:$PORT" --rate "$RATE" --duration "$DURATION"
-  --warmup "$WARMUP" --flash-during-browse --flash-shoppers "$SHOPPERS" --flash-give-up "$GIVE_UP" --seed "$SEED"
+  --warmup "$WARMUP" --flash-during-browse --flash-shoppers "$SHOPPERS" --flash-give-up "$GIVE_UP" --flash-arrival "$ARRIVAL" --flash-ramp "$RAMP" --seed "$SEED"
   --server-pid "$SERVER_PID" --server-data-dir "$DATA" --json "$OUT/flash.json" --quiet)
 echo "${CMD[*]}" > "$OUT/command.txt"
 log "bench: ${CMD[*]}"

@@ -26,7 +26,7 @@ impl Value {
     pub fn new(content_type: impl Into<String>, body: impl Into<Bytes>) -> Self {
         let body = body.into();
         let digest = Sha256::digest(&body);
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = kirana_domain::hex::encode(&digest[..8]);
         Self { body, content_type: content_type.into(), etag: format!("\"{hex}\"") }
     }
 

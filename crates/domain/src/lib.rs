@@ -13,6 +13,7 @@
 //! - [`store`], [`catalog`], [`cart`], [`coupon`], [`customer`], [`order`]: the resources.
 //! - [`pricing`]: server-side totals (items, coupon, delivery, tax).
 //! - [`event`]: the outbox envelope every state change writes.
+//! - [`hex`]: lowercase hex, the one encoding of bytes shown anywhere.
 
 pub mod analytics;
 pub mod cart;
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod coupon;
 pub mod customer;
 pub mod event;
+pub mod hex;
 pub mod id;
 pub mod merchant;
 pub mod money;

@@ -146,9 +146,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let tag = mac(secret, timestamp, body).finalize().into_bytes();
     let mut out = String::with_capacity(3 + 64);
     out.push_str("v1=");
-    for b in tag {
-        out.push_str(&format!("{b:02x}"));
-    }
+    kirana_domain::hex::push(&mut out, &tag);
     out
 }
 

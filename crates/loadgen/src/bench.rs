@@ -109,6 +109,17 @@ pub struct BenchArgs {
     /// when the run starts (re-run `kirana seed --flash-stock N` between runs).
     #[arg(long, conflicts_with = "flash_sale")]
     pub flash_during_browse: bool,
+    /// With --flash-during-browse, how the buyers come: `waiting` (the default) — each opened
+    /// the product page during the warm-up, as people do before a sale's countdown ends, and
+    /// clicks on the connection that page left open; `cold` — every buyer opens a new
+    /// connection in the same instant the sale opens (a harsher crowd than browsers make).
+    #[arg(long, value_enum, default_value = "waiting")]
+    pub flash_arrival: FlashArrival,
+    /// With --flash-during-browse: the buyers' first clicks spread evenly over this long after
+    /// the sale opens (people do not all click in the same millisecond); 0 (the default): all
+    /// in the same instant.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub flash_ramp: Duration,
     /// With --flash-during-browse: a buyer still refused this long after the sale opened gives
     /// up (an error), and sends nothing more.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -128,6 +139,14 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How flash buyers arrive (`--flash-arrival`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashArrival {
+    Waiting,
+    Cold,
 }
 
 /// "250ms", "30s", "2m", "1h" or a plain number of seconds ("1.5").
@@ -297,6 +316,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
             args.flash_shoppers,
             args.flash_give_up,
             seed,
+            (args.flash_arrival == FlashArrival::Waiting).then_some(window.start),
+            args.flash_ramp,
             window.measure_from,
             window.end,
             deadline.clone(),
@@ -643,6 +664,14 @@ fn build_report(args: &BenchArgs, manifest: &Manifest, run: MainRun, flash: Opti
             seed,
             flash_during_browse: args.flash_during_browse,
             flash_give_up_secs: args.flash_during_browse.then_some(args.flash_give_up.as_secs_f64()),
+            flash_ramp_secs: args.flash_during_browse.then_some(args.flash_ramp.as_secs_f64()),
+            flash_arrival: args.flash_during_browse.then(|| {
+                match args.flash_arrival {
+                    FlashArrival::Waiting => "waiting",
+                    FlashArrival::Cold => "cold",
+                }
+                .to_string()
+            }),
         },
         started_at,
         measured_secs: secs,

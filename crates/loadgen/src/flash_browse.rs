@@ -33,6 +33,44 @@ const MAX_ORDER_PAGES: usize = 2_000;
 /// How long the check on the server may be refused (429/503) before it reports "unreadable".
 const CHECK_PATIENCE: Duration = Duration::from_secs(30);
 
+/// `--flash-arrival waiting`: every buyer is a browser of its own (a client with its own
+/// connection pool) that loads the flash product once, the loads spread evenly over the first
+/// four fifths of the warm-up (unmeasured), and keeps that connection alive to click on when the
+/// sale opens. A load that fails only means that buyer connects afresh at the opening.
+async fn open_the_page(shared: &Arc<Shared>, shoppers: u32, from: Instant, until: Instant) -> Vec<reqwest::Client> {
+    let Some(flash) = shared.manifest.flash_sale.as_ref() else { return Vec::new() };
+    let url = format!("{}/products/{}", shared.storefront(flash.store_index), flash.product_id);
+    let spread = (until - from).mul_f64(0.8);
+    let mut loads = JoinSet::new();
+    for i in 0..shoppers {
+        let Ok(client) = reqwest::Client::builder()
+            .pool_idle_timeout(None)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .user_agent(concat!("kirana-bench/", env!("CARGO_PKG_VERSION")))
+            .build()
+        else {
+            continue;
+        };
+        let url = url.clone();
+        let at = from + spread.mul_f64(f64::from(i) / f64::from(shoppers.max(1)));
+        loads.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Ok(res) = client.get(url).send().await {
+                // Read to the end, so the connection goes back to this browser's pool.
+                let _ = res.bytes().await;
+            }
+            client
+        });
+    }
+    let mut browsers = Vec::with_capacity(shoppers as usize);
+    while let Some(done) = loads.join_next().await {
+        browsers.extend(done.ok());
+    }
+    browsers
+}
+
 /// Far enough to never come: the buyers' own phase has no end but their give-up deadline.
 fn never(from: Instant) -> Instant {
     from + Duration::from_secs(10 * 365 * 86_400)
@@ -180,6 +218,9 @@ pub(crate) struct SaleRun {
     /// Server CPU seconds in the quiet and the contended window (with --server-pid).
     pub cpu_quiet: Option<f64>,
     pub cpu_contended: Option<f64>,
+    /// The server's own storefront-read p99 bound per window (ms), from its histogram.
+    pub server_p99_quiet: Option<f64>,
+    pub server_p99_contended: Option<f64>,
 }
 
 /// The sale: waits for the quiet window to end, lets `shoppers` buyers loose at once, waits for
@@ -191,6 +232,8 @@ pub(crate) async fn run_sale(
     shoppers: u32,
     give_up: Duration,
     seed: u64,
+    waiting_from: Option<Instant>,
+    ramp: Duration,
     measure_from: Instant,
     opens: Instant,
     browse_end: Deadline,
@@ -199,10 +242,16 @@ pub(crate) async fn run_sale(
     manifest_stock: i64,
 ) -> SaleRun {
     let cpu = || server_pid.and_then(|p| probe::cpu_seconds(p).ok());
+    let browsers = match waiting_from {
+        Some(from) => open_the_page(&shared, shoppers, from, measure_from).await,
+        None => Vec::new(),
+    };
     tokio::time::sleep_until(measure_from).await;
     let cpu0 = cpu();
+    let hist0 = storefront_histogram(&shared).await;
     tokio::time::sleep_until(opens).await;
     let cpu1 = cpu();
+    let hist1 = storefront_histogram(&shared).await;
     // The windows meet at `opens`, as scheduled (the timer may wake a millisecond later).
     let opened = opens;
     let recorder = Arc::new(Recorder::new(opens, never(opens)));
@@ -211,8 +260,13 @@ pub(crate) async fn run_sale(
     let mut buyers = JoinSet::new();
     for i in 0..shoppers {
         let (shared, phase) = (shared.clone(), phase.clone());
+        let client = browsers.get(i as usize).unwrap_or(&shared.client).clone();
         let buyer_seed = seed.rotate_left(29) ^ u64::from(i);
-        buyers.spawn(async move { session::flash_buyer(&shared, &phase, buyer_seed, give_up_at).await });
+        let clicks = opened + ramp.mul_f64(f64::from(i) / f64::from(shoppers.max(1)));
+        buyers.spawn(async move {
+            tokio::time::sleep_until(clicks).await;
+            session::flash_buyer(&shared, &client, &phase, buyer_seed, give_up_at).await
+        });
     }
     let mut v = FlashVerdict {
         shoppers: u64::from(shoppers),
@@ -258,6 +312,7 @@ pub(crate) async fn run_sale(
     let done = Instant::now();
     browse_end.stop_now();
     let cpu2 = cpu();
+    let hist2 = storefront_histogram(&shared).await;
     v.secs = (done - opened).as_secs_f64();
     v.oversold = v.orders as i64 > stock_at_start;
     SaleRun {
@@ -268,7 +323,40 @@ pub(crate) async fn run_sale(
         checkout_secs: first.zip(last).map_or(0.0, |(f, l)| (l - f).as_secs_f64()),
         cpu_quiet: cpu0.zip(cpu1).map(|(a, b)| (b - a).max(0.0)),
         cpu_contended: cpu1.zip(cpu2).map(|(a, b)| (b - a).max(0.0)),
+        server_p99_quiet: hist0.as_ref().zip(hist1.as_ref()).and_then(|(a, b)| p99_bound_ms(a, b)),
+        server_p99_contended: hist1.as_ref().zip(hist2.as_ref()).and_then(|(a, b)| p99_bound_ms(a, b)),
     }
+}
+
+/// The server's cumulative storefront-read latency buckets now (`le` in seconds → count), from
+/// its `/metrics`, all groups and classes together; `None` if it cannot be read.
+async fn storefront_histogram(shared: &Shared) -> Option<BTreeMap<u64, f64>> {
+    let res = shared.client.get(format!("{}/metrics", shared.target)).send().await.ok()?;
+    let text = res.error_for_status().ok()?.text().await.ok()?;
+    let mut buckets = BTreeMap::new();
+    for line in text.lines() {
+        if !line.starts_with("kirana_http_request_duration_seconds_bucket{") || !line.contains("journey=\"storefront\"")
+        {
+            continue;
+        }
+        let le = line.split("le=\"").nth(1)?.split('"').next()?;
+        let Ok(le) = le.parse::<f64>() else { continue }; // "+Inf"
+        let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        // Keyed in microseconds, so the map orders the bounds.
+        *buckets.entry((le * 1e6).round() as u64).or_insert(0.0) += count;
+    }
+    Some(buckets)
+}
+
+/// The bucket bound (ms) under which 99 % of the requests between two scrapes fell.
+fn p99_bound_ms(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>) -> Option<f64> {
+    let delta: Vec<(u64, f64)> =
+        after.iter().map(|(le, n)| (*le, n - before.get(le).copied().unwrap_or(0.0))).collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta.iter().find(|(_, n)| *n >= 0.99 * total).map(|(le, _)| *le as f64 / 1000.0)
 }
 
 /// Reads the sale's result back from the server and judges it (PASS or FAIL with reasons). An
@@ -300,7 +388,13 @@ pub(crate) async fn check_on_server(
 }
 
 /// One window's figures from its recorder: every main type, and the reads as one.
-fn window(recorder: &Recorder, starts_at: Duration, length: Duration, cpu: Option<f64>) -> BrowseWindow {
+fn window(
+    recorder: &Recorder,
+    starts_at: Duration,
+    length: Duration,
+    cpu: Option<f64>,
+    server_p99: Option<f64>,
+) -> BrowseWindow {
     let mut by_type = BTreeMap::new();
     let mut reads = KindStats::new();
     let (mut requests, mut errors, mut limited, mut shed) = (0, 0, 0, 0);
@@ -326,6 +420,7 @@ fn window(recorder: &Recorder, starts_at: Duration, length: Duration, cpu: Optio
         reads: report::request_stats(&reads, length),
         by_type,
         server_cpu_seconds: cpu,
+        server_reads_p99_ms_at_most: server_p99,
     }
 }
 
@@ -338,12 +433,19 @@ pub(crate) fn compare(
     measure_from: Instant,
     sale: SaleRun,
 ) -> FlashDuringBrowse {
-    let q = window(quiet, Duration::ZERO, sale.opened.saturating_duration_since(measure_from), sale.cpu_quiet);
+    let q = window(
+        quiet,
+        Duration::ZERO,
+        sale.opened.saturating_duration_since(measure_from),
+        sale.cpu_quiet,
+        sale.server_p99_quiet,
+    );
     let c = window(
         contended,
         sale.opened.saturating_duration_since(measure_from),
         sale.done.saturating_duration_since(sale.opened),
         sale.cpu_contended,
+        sale.server_p99_contended,
     );
     let (qp, cp) = (q.reads.latency_us.p99, c.reads.latency_us.p99);
     let p99_ratio = (qp > 0 && cp > 0).then(|| cp as f64 / qp as f64);
@@ -362,5 +464,21 @@ pub(crate) fn compare(
         p99_goal_met: p99_ratio.is_some_and(|r| r <= P99_RATIO_GOAL),
         flash: sale.verdict,
         timeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_p99_is_the_bound_of_the_bucket_holding_the_99th_percent_between_scrapes() {
+        let at = |pairs: &[(u64, f64)]| pairs.iter().copied().collect::<BTreeMap<u64, f64>>();
+        // Before: 50 requests, all under 1 ms. Between: 1,000 more, 985 under 1 ms, 10 more under
+        // 2.5 ms, 5 under 5 ms: the 990th falls in the 2.5 ms bucket.
+        let before = at(&[(1000, 50.0), (2500, 50.0), (5000, 50.0)]);
+        let after = at(&[(1000, 1035.0), (2500, 1045.0), (5000, 1050.0)]);
+        assert_eq!(p99_bound_ms(&before, &after), Some(2.5));
+        assert_eq!(p99_bound_ms(&after, &after), None, "no requests between");
     }
 }

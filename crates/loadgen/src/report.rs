@@ -27,7 +27,8 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///                        warmup_secs, timeout_secs, zipf_s, stores, merchants, the ratios
 ///                        (merchant_ratio, search_ratio, cart_ratio, checkout_ratio, landing_ratio),
 ///                        min_browse, max_browse, max_cart_items, flash_sale, flash_shoppers, seed,
-///                        flash_during_browse (bool), flash_give_up_secs (null unless it)
+///                        flash_during_browse (bool), flash_give_up_secs, flash_arrival and
+///                        flash_ramp_secs (null unless it)
 /// started_at             RFC 3339 UTC, when the run (warm-up included) began
 /// measured_secs          length of the measured window (warm-up excluded)
 /// totals                 main run only: requests, ok, rejected, errors, rps, reads (GETs), writes,
@@ -118,6 +119,12 @@ pub struct RunConfig {
     pub flash_during_browse: bool,
     #[serde(default)]
     pub flash_give_up_secs: Option<f64>,
+    /// `waiting` or `cold` with --flash-during-browse (null otherwise, and in older reports).
+    #[serde(default)]
+    pub flash_arrival: Option<String>,
+    /// The first clicks' spread after the opening, with --flash-during-browse.
+    #[serde(default)]
+    pub flash_ramp_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +215,13 @@ pub struct BrowseWindow {
     pub reads: RequestStats,
     pub by_type: BTreeMap<String, RequestStats>,
     pub server_cpu_seconds: Option<f64>,
+    /// The server's own view of the storefront reads it answered in the window (its
+    /// `kirana_http_request_duration_seconds{journey="storefront"}` histogram, scraped at the
+    /// window's edges): the p99's bucket bound, in ms. It leaves out the time a request spent
+    /// in the generator before it was sent, which on a shared machine the generator's own burst
+    /// inflates. Null when `/metrics` could not be read.
+    #[serde(default)]
+    pub server_reads_p99_ms_at_most: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -480,6 +494,14 @@ impl fmt::Display for FlashDuringBrowse {
             .map(|(n, a, b)| format!("{n} {} → {}", human_us(a.latency_us.p99), human_us(b.latency_us.p99)))
             .collect();
         writeln!(f, "p99 by type, quiet → contended: {}", per_type.join(", "))?;
+        let bound =
+            |w: &BrowseWindow| w.server_reads_p99_ms_at_most.map_or("n/a".to_string(), |ms| format!("≤ {ms} ms"));
+        writeln!(
+            f,
+            "server-side storefront reads p99 (its histogram), quiet → contended: {} → {}",
+            bound(q),
+            bound(c)
+        )?;
         match self.p99_ratio {
             Some(r) => writeln!(
                 f,
@@ -571,6 +593,8 @@ pub(crate) mod tests {
                 seed: 42,
                 flash_during_browse: true,
                 flash_give_up_secs: Some(60.0),
+                flash_arrival: Some("waiting".into()),
+                flash_ramp_secs: Some(0.0),
             },
             started_at: "2026-01-01T00:00:00Z".into(),
             measured_secs: 10.0,
@@ -647,6 +671,7 @@ pub(crate) mod tests {
             reads: request_stats(&reads, Duration::from_secs(10)),
             by_type: by_type.clone(),
             server_cpu_seconds: Some(1.5),
+            server_reads_p99_ms_at_most: Some(2.5),
         }
     }
 
@@ -726,6 +751,8 @@ pub(crate) mod tests {
         let config = v["config"].as_object_mut().unwrap();
         config.remove("flash_during_browse");
         config.remove("flash_give_up_secs");
+        config.remove("flash_arrival");
+        config.remove("flash_ramp_secs");
         let back: Report = serde_json::from_value(v).unwrap();
         assert!(back.flash_during_browse.is_none() && !back.config.flash_during_browse);
     }

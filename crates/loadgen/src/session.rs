@@ -61,7 +61,7 @@ impl Shared {
         }
     }
 
-    fn storefront(&self, store: u64) -> String {
+    pub(crate) fn storefront(&self, store: u64) -> String {
         format!("{}/api/v1/storefront/{}", self.target, self.manifest.slug(store))
     }
 
@@ -557,7 +557,15 @@ pub(crate) struct FlashBuyer {
 /// platform's protections (see [`Visit::persist`]): 429 and 503 are waited out and retried, the
 /// checkout with the same `Idempotency-Key` every time, until `give_up_at`. A 409 for stock at
 /// any step means sold out. There is no barrier: buyers meet the store's rate limit as they come.
-pub(crate) async fn flash_buyer(shared: &Shared, phase: &Phase, seed: u64, give_up_at: Instant) -> FlashBuyer {
+/// `client` is the buyer's browser: the run's buyers' client, or one of its own that already
+/// holds a connection (`--flash-arrival waiting`).
+pub(crate) async fn flash_buyer(
+    shared: &Shared,
+    client: &reqwest::Client,
+    phase: &Phase,
+    seed: u64,
+    give_up_at: Instant,
+) -> FlashBuyer {
     let mut visit = Visit { shared, phase, due: None, rng: SmallRng::seed_from_u64(seed) };
     let mut buyer = FlashBuyer {
         outcome: FlashOutcome::Failed,
@@ -568,24 +576,28 @@ pub(crate) async fn flash_buyer(shared: &Shared, phase: &Phase, seed: u64, give_
         gave_up: false,
         checkout: None,
     };
-    buyer.outcome = match buy(&mut visit, &mut buyer, give_up_at).await {
+    buyer.outcome = match buy(&mut visit, client, &mut buyer, give_up_at).await {
         Ok(outcome) => outcome,
         Err(Stop) => FlashOutcome::Failed,
     };
     buyer
 }
 
-async fn buy(visit: &mut Visit<'_>, buyer: &mut FlashBuyer, give_up_at: Instant) -> Result<FlashOutcome, Stop> {
+async fn buy(
+    visit: &mut Visit<'_>,
+    client: &reqwest::Client,
+    buyer: &mut FlashBuyer,
+    give_up_at: Instant,
+) -> Result<FlashOutcome, Stop> {
     let shared = visit.shared;
     let flash = shared.manifest.flash_sale.as_ref().ok_or(Stop)?;
     let base = shared.storefront(flash.store_index);
-    let req = shared.client.post(format!("{base}/carts")).header(CONTENT_TYPE, "application/json").body("{}");
+    let req = client.post(format!("{base}/carts")).header(CONTENT_TYPE, "application/json").body("{}");
     let Answer::Ok(new) = visit.persist(RequestKind::FlashCart, req, json::<NewCart>, give_up_at, buyer).await? else {
         return Ok(FlashOutcome::SoldOut);
     };
     let cart_url = format!("{base}/carts/{}", new.cart_id);
-    let req = shared
-        .client
+    let req = client
         .put(format!("{cart_url}/items"))
         .header(CART_TOKEN, &new.token)
         .header(CONTENT_TYPE, "application/json")
@@ -595,8 +607,7 @@ async fn buy(visit: &mut Visit<'_>, buyer: &mut FlashBuyer, give_up_at: Instant)
     }
     // One key for every attempt of this checkout: a retry must never become a second order.
     let key = format!("flash-{:016x}-{:016x}", shared.run_nonce, visit.rng.random::<u64>());
-    let req = shared
-        .client
+    let req = client
         .post(format!("{cart_url}/checkout"))
         .header(CART_TOKEN, &new.token)
         .header(IDEMPOTENCY_KEY, key)

@@ -47,7 +47,7 @@ pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::rng().random();
-            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = kirana_domain::hex::encode(&key);
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]

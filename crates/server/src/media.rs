@@ -135,7 +135,7 @@ impl MediaStore {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    kirana_domain::hex::encode(bytes)
 }
 
 /// Encoded variants of one image: (width, JPEG bytes), smallest first.

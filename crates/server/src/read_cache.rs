@@ -140,7 +140,7 @@ impl ReadCache {
     fn key(&self, store: StoreId, version: i64, what: &str) -> CacheKey {
         CacheKey::new(store, version, what).unwrap_or_else(|_| {
             let digest = Sha256::digest(what.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = kirana_domain::hex::encode(&digest);
             CacheKey::new(store, version, &format!("h:{hex}")).expect("a hex digest is a valid name")
         })
     }

@@ -118,7 +118,7 @@ fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    kirana_domain::hex::encode(b)
 }
 
 fn nonzero<const N: usize>() -> [u8; N] {

@@ -65,9 +65,7 @@ fn new_secret() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     let mut s = String::with_capacity(6 + 64);
     s.push_str("whsec_");
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
+    kirana_domain::hex::push(&mut s, &bytes);
     s
 }
 
