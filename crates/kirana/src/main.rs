@@ -179,6 +179,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if report.flash_sale.as_ref().is_some_and(|f| f.oversold) {
                     anyhow::bail!("the flash sale sold more units than it had: an oversell");
                 }
+                // A sale the server does not confirm (orders ≠ units, stock left, unreadable) fails
+                // the command, as an oversell does: scripts and CI read the exit code.
+                if let Some(sale) = report.flash_during_browse.as_ref().map(|f| &f.flash)
+                    && sale.verdict != "PASS"
+                {
+                    anyhow::bail!("the flash sale's verdict is {}: {}", sale.verdict, sale.reasons.join("; "));
+                }
                 if report.totals.errors > 0 {
                     eprintln!("bench: {} requests failed; see the report", report.totals.errors);
                 }
