@@ -311,7 +311,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         None => None,
     };
     let sale_run = sale.as_ref().zip(buyers).map(|((target, stock), buyers)| {
-        tokio::spawn(flash_browse::run_sale(
+        on_own_runtime(flash_browse::run_sale(
             buyers,
             args.flash_shoppers,
             args.flash_give_up,
@@ -379,6 +379,29 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<Report> {
         std::fs::write(path, text).with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     Ok(report)
+}
+
+/// Runs the flash crowd on a runtime of its own, on its own two threads: the buyers are other
+/// people than the browsers, and 3,000 of them arriving at once must not queue the browsers'
+/// requests behind theirs inside one runtime (which a real crowd on other devices could never
+/// do). They still share the machine's cores, as the operating system schedules them.
+fn on_own_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-flash-crowd".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-flash-buyer")
+                .enable_all()
+                .build()
+                .expect("the flash crowd's runtime");
+            let _ = tx.send(runtime.block_on(work));
+        })
+        .expect("the flash crowd's thread");
+    rx
 }
 
 fn http_client(args: &BenchArgs) -> anyhow::Result<reqwest::Client> {
