@@ -316,6 +316,8 @@ impl Deliverer {
                 Err(e) => tracing::error!(shard = index, error = %e, "could not read due webhook deliveries"),
             }
         }
+        // Once per look, not per round: it walks every host's breaker to set the gauge.
+        self.inner.hosts.open();
         started
     }
 
@@ -374,15 +376,12 @@ impl Deliverer {
         Ok(started)
     }
 
-    /// Endpoints whose host's breaker is open (not merely probing): forgets those whose host
-    /// has recovered, and reports the count of open hosts.
+    /// Endpoints whose host's breaker is open (not merely probing); forgets those whose host
+    /// has recovered.
     fn held_back(&self) -> Vec<EndpointId> {
         let mut held = self.inner.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.retain(|_, b| b.state() != BreakerState::Closed);
-        let out = held.iter().filter(|(_, b)| b.open_for().is_some()).map(|(e, _)| *e).collect();
-        drop(held);
-        self.inner.hosts.open();
-        out
+        held.iter().filter(|(_, b)| b.open_for().is_some()).map(|(e, _)| *e).collect()
     }
 
     /// Hosts whose breaker is open or probing now.

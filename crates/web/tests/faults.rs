@@ -86,6 +86,32 @@ async fn call(p: &Platform, method: Method, uri: &str, headers: &[(&str, &str)],
     Answer { status, retry_after, replayed, body }
 }
 
+/// The three public reads of a product: home page, product page, API read.
+fn public_pages(slug: &str, pid: &str) -> [String; 3] {
+    [format!("/{slug}"), format!("/{slug}/product/{pid}"), format!("/api/v1/storefront/{slug}/products/{pid}")]
+}
+
+/// A new API cart holding `quantity` of `variant`: its id and token.
+async fn cart_holding(p: &Platform, slug: &str, variant: &str, quantity: i64) -> (String, String) {
+    let cart = call(p, Method::POST, &format!("/api/v1/storefront/{slug}/carts"), &[], Some(json!({}))).await;
+    assert_eq!(cart.status, 201, "{}", cart.body);
+    let (cart_id, token) = (cart.body["cart_id"].as_str().unwrap(), cart.body["token"].as_str().unwrap());
+    let items = format!("/api/v1/storefront/{slug}/carts/{cart_id}/items");
+    let item = json!({ "variant_id": variant, "quantity": quantity });
+    let set = call(p, Method::PUT, &items, &[("x-cart-token", token)], Some(item)).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    (cart_id.to_string(), token.to_string())
+}
+
+/// A cash-on-delivery checkout's body.
+fn checkout_body() -> Value {
+    json!({
+        "customer": { "name": "Asha Rao", "phone": "+919812345678" },
+        "address": { "line1": "12 MG Road", "city": "Pune", "postal_code": "411001" },
+        "payment_method": "cod"
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_redis_costs_one_timeout_per_cool_off_not_one_per_request() {
     // In front of the shared Redis, which is never stopped: the fault is this test's proxy.
@@ -260,28 +286,16 @@ async fn with_the_primary_blackholed_pages_serve_checkouts_fail_fast_and_no_ackn
     let (pid, variant) = (id(&product), variant(&product));
     let cold = id(&p.product(&shop, json!({ "title": "Never Viewed", "price": 100, "stock": 5 })).await);
     let slug = shop.slug();
-    let pages =
-        [format!("/{slug}"), format!("/{slug}/product/{pid}"), format!("/api/v1/storefront/{slug}/products/{pid}")];
+    let pages = public_pages(&slug, &pid);
     let b = p.browser();
     for page in &pages {
         assert_eq!(b.get(page).await.status, 200, "{page} warmed");
     }
     let mut carts = Vec::new();
     for _ in 0..N {
-        let cart = call(&p, Method::POST, &format!("/api/v1/storefront/{slug}/carts"), &[], Some(json!({}))).await;
-        assert_eq!(cart.status, 201, "{}", cart.body);
-        let (cart_id, token) = (cart.body["cart_id"].as_str().unwrap(), cart.body["token"].as_str().unwrap());
-        let items = format!("/api/v1/storefront/{slug}/carts/{cart_id}/items");
-        let item = json!({ "variant_id": variant, "quantity": 1 });
-        let set = call(&p, Method::PUT, &items, &[("x-cart-token", token)], Some(item)).await;
-        assert_eq!(set.status, 200, "{}", set.body);
-        carts.push((cart_id.to_string(), token.to_string()));
+        carts.push(cart_holding(&p, &slug, &variant, 1).await);
     }
-    let body = json!({
-        "customer": { "name": "Asha Rao", "phone": "+919812345678" },
-        "address": { "line1": "12 MG Road", "city": "Pune", "postal_code": "411001" },
-        "payment_method": "cod"
-    });
+    let body = checkout_body();
     let checkout = {
         let (p, slug, body) = (p.clone(), slug.clone(), body.clone());
         move |n: usize, cart: String, token: String| {
@@ -413,8 +427,7 @@ async fn with_the_directory_blackholed_known_stores_keep_serving_and_selling_and
     let product = p.product(&shop, json!({ "title": "Masala Chai", "price": 2000, "stock": 50 })).await;
     let (pid, variant) = (id(&product), variant(&product));
     let slug = shop.slug();
-    let pages =
-        [format!("/{slug}"), format!("/{slug}/product/{pid}"), format!("/api/v1/storefront/{slug}/products/{pid}")];
+    let pages = public_pages(&slug, &pid);
     let b = p.browser();
     for page in &pages {
         assert_eq!(b.get(page).await.status, 200, "{page} warmed");
@@ -436,27 +449,10 @@ async fn with_the_directory_blackholed_known_stores_keep_serving_and_selling_and
     assert!(waited <= 3, "{waited} of {n} page requests waited out the directory's deadline");
 
     // A shopper of a store already seen can still buy: cart, item, checkout.
-    let cart = call(&p, Method::POST, &format!("/api/v1/storefront/{slug}/carts"), &[], Some(json!({}))).await;
-    assert_eq!(cart.status, 201, "{}", cart.body);
-    let (cart_id, token) = (cart.body["cart_id"].as_str().unwrap(), cart.body["token"].as_str().unwrap());
-    let items = format!("/api/v1/storefront/{slug}/carts/{cart_id}/items");
-    let set = call(
-        &p,
-        Method::PUT,
-        &items,
-        &[("x-cart-token", token)],
-        Some(json!({ "variant_id": variant, "quantity": 2 })),
-    )
-    .await;
-    assert_eq!(set.status, 200, "{}", set.body);
-    let body = json!({
-        "customer": { "name": "Asha Rao", "phone": "+919812345678" },
-        "address": { "line1": "12 MG Road", "city": "Pune", "postal_code": "411001" },
-        "payment_method": "cod"
-    });
+    let (cart_id, token) = cart_holding(&p, &slug, &variant, 2).await;
     let uri = format!("/api/v1/storefront/{slug}/carts/{cart_id}/checkout");
-    let order =
-        call(&p, Method::POST, &uri, &[("x-cart-token", token), ("idempotency-key", "dir-down-1")], Some(body)).await;
+    let headers = [("x-cart-token", token.as_str()), ("idempotency-key", "dir-down-1")];
+    let order = call(&p, Method::POST, &uri, &headers, Some(checkout_body())).await;
     assert_eq!(order.status, 201, "checkout with the directory silent: {}", order.body);
 
     // What needs the directory fails within its deadline, as a 503 to retry, never a 404 or a hang.
