@@ -26,6 +26,9 @@ pub mod kinds {
     pub const COUPON_CREATED: &str = "coupon.created";
     pub const COUPON_UPDATED: &str = "coupon.updated";
     pub const COUPON_REDEEMED: &str = "coupon.redeemed";
+    pub const PAYMENT_UPDATED: &str = "payment.updated";
+    pub const REFUND_SUCCEEDED: &str = "refund.succeeded";
+    pub const PAYOUT_PAID: &str = "payout.paid";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -58,6 +58,13 @@ id_type!(VariantId);
 id_type!(CartId);
 id_type!(OrderId);
 id_type!(CustomerId);
+id_type!(PaymentId);
+id_type!(RefundId);
+id_type!(PayoutId);
+id_type!(
+    /// One balanced movement in a store's ledger (its lines share it).
+    EntryId
+);
 id_type!(CouponId);
 id_type!(EventId);
 id_type!(

@@ -11,6 +11,7 @@
 //! - [`money`]: integer minor units and ISO 4217 currencies; never floating point.
 //! - [`phone`], [`slug`], [`text`]: the small parsers for merchant and shopper input.
 //! - [`store`], [`catalog`], [`cart`], [`coupon`], [`customer`], [`order`]: the resources.
+//! - [`payment`]: online payments, refunds, platform fees, the double-entry ledger, payouts.
 //! - [`pricing`]: server-side totals (items, coupon, delivery, tax).
 //! - [`event`]: the outbox envelope every state change writes.
 //! - [`hex`]: lowercase hex, the one encoding of bytes shown anywhere.
@@ -28,6 +29,7 @@ pub mod merchant;
 pub mod money;
 pub mod order;
 pub mod page;
+pub mod payment;
 pub mod phone;
 pub mod pricing;
 pub mod slug;

@@ -1,6 +1,8 @@
 //! Orders and their state machine.
 //!
 //! ```text
+//! pending_payment → placed          (online: once the payment is authorized)
+//!   └→ cancelled                    (declined, or not paid in time: stock released)
 //! placed → accepted → packed → shipped → delivered → returned
 //!   │          │         │
 //!   ├→ rejected└→ cancelled (any time before shipped)
@@ -17,6 +19,8 @@ use crate::{Amount, Currency, CustomerId, OrderId, Phone, ProductId, Timestamp, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
+    /// Paid online and not yet authorized: the stock is held, the merchant does not see it yet.
+    PendingPayment,
     Placed,
     Accepted,
     Packed,
@@ -28,7 +32,8 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 8] = [
+    pub const ALL: [OrderStatus; 9] = [
+        OrderStatus::PendingPayment,
         OrderStatus::Placed,
         OrderStatus::Accepted,
         OrderStatus::Packed,
@@ -41,6 +46,7 @@ impl OrderStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            OrderStatus::PendingPayment => "pending_payment",
             OrderStatus::Placed => "placed",
             OrderStatus::Accepted => "accepted",
             OrderStatus::Packed => "packed",
@@ -64,7 +70,9 @@ impl OrderStatus {
         use OrderStatus::*;
         matches!(
             (self, to),
-            (Placed, Accepted)
+            (PendingPayment, Placed)
+                | (PendingPayment, Cancelled)
+                | (Placed, Accepted)
                 | (Placed, Rejected)
                 | (Placed, Cancelled)
                 | (Accepted, Packed)
@@ -107,6 +115,15 @@ impl PaymentMethod {
     pub fn from_stored(s: &str) -> Self {
         if s == "online" { PaymentMethod::Online } else { PaymentMethod::Cod }
     }
+
+    /// Where a new order starts: cash on delivery is placed at once; an online payment holds
+    /// the stock until the provider authorizes it.
+    pub fn first_status(self) -> OrderStatus {
+        match self {
+            PaymentMethod::Cod => OrderStatus::Placed,
+            PaymentMethod::Online => OrderStatus::PendingPayment,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -119,6 +136,10 @@ pub enum PaymentStatus {
     Voided,
     /// Money was collected and the order came back: the merchant owes a refund.
     RefundDue,
+    /// Part of an online payment went back to the shopper.
+    PartiallyRefunded,
+    /// All of an online payment went back to the shopper.
+    Refunded,
 }
 
 impl PaymentStatus {
@@ -128,6 +149,8 @@ impl PaymentStatus {
             PaymentStatus::Paid => "paid",
             PaymentStatus::Voided => "voided",
             PaymentStatus::RefundDue => "refund_due",
+            PaymentStatus::PartiallyRefunded => "partially_refunded",
+            PaymentStatus::Refunded => "refunded",
         }
     }
 
@@ -136,6 +159,8 @@ impl PaymentStatus {
             "paid" => PaymentStatus::Paid,
             "voided" => PaymentStatus::Voided,
             "refund_due" => PaymentStatus::RefundDue,
+            "partially_refunded" => PaymentStatus::PartiallyRefunded,
+            "refunded" => PaymentStatus::Refunded,
             _ => PaymentStatus::Pending,
         }
     }
@@ -145,7 +170,10 @@ impl PaymentStatus {
         match (self, to) {
             (PaymentStatus::Pending, OrderStatus::Delivered) if method == PaymentMethod::Cod => PaymentStatus::Paid,
             (PaymentStatus::Pending, OrderStatus::Rejected | OrderStatus::Cancelled) => PaymentStatus::Voided,
-            (PaymentStatus::Paid, OrderStatus::Rejected | OrderStatus::Cancelled | OrderStatus::Returned) => {
+            (
+                PaymentStatus::Paid | PaymentStatus::PartiallyRefunded,
+                OrderStatus::Rejected | OrderStatus::Cancelled | OrderStatus::Returned,
+            ) => {
                 PaymentStatus::RefundDue
             }
             (s, _) => s,

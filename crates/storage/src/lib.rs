@@ -27,6 +27,7 @@ pub mod consistency;
 pub mod directory;
 pub mod error;
 pub mod log;
+pub mod payments;
 pub mod postgres;
 pub mod query_count;
 pub mod scope;

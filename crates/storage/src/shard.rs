@@ -163,12 +163,15 @@ pub trait Shard: Send + Sync {
     async fn order(&self, scope: &StoreScope, id: OrderId) -> Result<Order>;
     /// The order, if `token_hash` is the token of the cart that placed it.
     async fn order_for_shopper(&self, scope: &StoreScope, id: OrderId, token_hash: [u8; 32]) -> Result<Order>;
+    /// Moves an order one step; delivering a cash-on-delivery order charges the store's fee
+    /// (`fees`, by the store's plan) in the same transaction.
     async fn transition_order(
         &self,
         scope: &StoreScope,
         id: OrderId,
         request: TransitionRequest,
         actor: String,
+        fees: &kirana_domain::payment::FeePlans,
         now: Timestamp,
     ) -> Result<Order>;
 
@@ -212,6 +215,9 @@ pub trait Shard: Send + Sync {
     /// The shard's webhook endpoints and deliveries (store-scoped for the API, shard-wide for
     /// the delivery worker).
     fn webhooks(&self) -> &dyn crate::webhooks::Webhooks;
+
+    /// The shard's payments, refunds, ledger and payouts.
+    fn payments(&self) -> &dyn crate::payments::Payments;
 
     /// The store's cache version: bumped on every change to the store by the invalidation
     /// consumer; cache keys carry it.

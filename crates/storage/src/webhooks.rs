@@ -54,6 +54,9 @@ pub const EVENT_TYPES: &[&str] = &[
     kinds::COUPON_CREATED,
     kinds::COUPON_UPDATED,
     kinds::COUPON_REDEEMED,
+    kinds::PAYMENT_UPDATED,
+    kinds::REFUND_SUCCEEDED,
+    kinds::PAYOUT_PAID,
 ];
 
 /// A webhook endpoint. UUIDv7 like every other id, so lists page by it in creation order.

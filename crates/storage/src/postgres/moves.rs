@@ -64,6 +64,11 @@ pub const STORE_TABLES: &[&str] = &[
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",
+    "payments",
+    "payment_events",
+    "refunds",
+    "ledger_lines",
+    "payouts",
 ];
 
 /// The oldest shard schema that captures changes.

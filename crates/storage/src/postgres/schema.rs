@@ -549,6 +549,87 @@ CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON webhook_attempts
 -- relay and consumers can join that request's trace (docs/decisions/0022-tracing.md).
 ALTER TABLE outbox ADD COLUMN traceparent TEXT;
 "#,
+    r#"
+-- Payments, refunds, the ledger and payouts (kirana_domain::payment), as on SQLite.
+ALTER TABLE stores ADD COLUMN plan TEXT;     -- the operator's fee plan; NULL: the default
+
+CREATE TABLE payments (
+    store_id     UUID NOT NULL,
+    payment_id   UUID NOT NULL,
+    order_id     UUID NOT NULL,
+    provider     TEXT NOT NULL,
+    provider_ref TEXT,
+    checkout_url TEXT,
+    state        TEXT NOT NULL,
+    amount       BIGINT NOT NULL,
+    currency     TEXT NOT NULL,
+    captured     BIGINT NOT NULL DEFAULT 0,
+    refunded     BIGINT NOT NULL DEFAULT 0 CHECK (refunded >= 0 AND refunded <= captured),
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    PRIMARY KEY (store_id, payment_id)
+);
+CREATE UNIQUE INDEX payments_by_order ON payments (store_id, order_id);
+CREATE INDEX payments_open ON payments (updated_at) WHERE state IN ('created', 'authorized');
+
+CREATE TABLE payment_events (
+    store_id    UUID NOT NULL,
+    event_id    TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (store_id, event_id)
+);
+
+CREATE TABLE refunds (
+    store_id     UUID NOT NULL,
+    refund_id    UUID NOT NULL,
+    payment_id   UUID NOT NULL,
+    order_id     UUID NOT NULL,
+    amount       BIGINT NOT NULL CHECK (amount > 0),
+    reason       TEXT,
+    status       TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    provider_ref TEXT,
+    error        TEXT,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    PRIMARY KEY (store_id, refund_id)
+);
+CREATE INDEX refunds_by_order ON refunds (store_id, order_id);
+CREATE INDEX refunds_pending ON refunds (updated_at) WHERE status = 'pending';
+
+CREATE TABLE ledger_lines (
+    store_id   UUID NOT NULL,
+    entry_id   UUID NOT NULL,
+    line       BIGINT NOT NULL,
+    entry_key  TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    amount     BIGINT NOT NULL,
+    order_id   UUID,
+    payout_id  UUID,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (store_id, entry_id, line)
+);
+CREATE UNIQUE INDEX ledger_by_key ON ledger_lines (store_id, entry_key, line);
+CREATE INDEX ledger_unpaid ON ledger_lines (store_id, order_id) WHERE account = 'merchant' AND payout_id IS NULL;
+
+CREATE TABLE payouts (
+    store_id   UUID NOT NULL,
+    payout_id  UUID NOT NULL,
+    slot       BIGINT NOT NULL,
+    amount     BIGINT NOT NULL CHECK (amount > 0),
+    lines      BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (store_id, payout_id)
+);
+CREATE UNIQUE INDEX payouts_by_slot ON payouts (store_id, slot);
+
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON payments FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'payment_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON payment_events FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'event_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON refunds FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'refund_id');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON ledger_lines FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'entry_id', 'line');
+CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON payouts FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'payout_id');
+"#,
 ];
 
 /// Applies the migrations the database has not seen, each in its own transaction, under an

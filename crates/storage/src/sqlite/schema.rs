@@ -428,6 +428,87 @@ CREATE TABLE webhook_attempts (
 -- relay and consumers can join that request's trace (docs/decisions/0022-tracing.md).
 ALTER TABLE outbox ADD COLUMN traceparent TEXT;
 "#,
+    r#"
+-- Payments (kirana_domain::payment): one per order paid online. `refunded` counts refunds
+-- reserved or done; the CHECK backs up the guarded increment that reserves them.
+ALTER TABLE stores ADD COLUMN plan TEXT;     -- the operator's fee plan; NULL: the default
+
+CREATE TABLE payments (
+    store_id     BLOB NOT NULL,
+    payment_id   BLOB NOT NULL,
+    order_id     BLOB NOT NULL,
+    provider     TEXT NOT NULL,
+    provider_ref TEXT,
+    checkout_url TEXT,
+    state        TEXT NOT NULL,
+    amount       INTEGER NOT NULL,
+    currency     TEXT NOT NULL,
+    captured     INTEGER NOT NULL DEFAULT 0,
+    refunded     INTEGER NOT NULL DEFAULT 0 CHECK (refunded >= 0 AND refunded <= captured),
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (store_id, payment_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX payments_by_order ON payments (store_id, order_id);
+-- The reconciler's walk: open payments by age, shard-wide.
+CREATE INDEX payments_open ON payments (updated_at) WHERE state IN ('created', 'authorized');
+
+-- Provider events applied, so a webhook delivered twice changes nothing the second time.
+CREATE TABLE payment_events (
+    store_id    BLOB NOT NULL,
+    event_id    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, event_id)
+) WITHOUT ROWID;
+
+CREATE TABLE refunds (
+    store_id     BLOB NOT NULL,
+    refund_id    BLOB NOT NULL,
+    payment_id   BLOB NOT NULL,
+    order_id     BLOB NOT NULL,
+    amount       INTEGER NOT NULL CHECK (amount > 0),
+    reason       TEXT,
+    status       TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    provider_ref TEXT,
+    error        TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (store_id, refund_id)
+) WITHOUT ROWID;
+CREATE INDEX refunds_by_order ON refunds (store_id, order_id);
+CREATE INDEX refunds_pending ON refunds (updated_at) WHERE status = 'pending';
+
+-- The double-entry ledger: every entry's lines sum to zero; `entry_key` names its cause, once
+-- per store. `payout_id` marks merchant lines a payout settled.
+CREATE TABLE ledger_lines (
+    store_id   BLOB NOT NULL,
+    entry_id   BLOB NOT NULL,
+    line       INTEGER NOT NULL,
+    entry_key  TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    amount     INTEGER NOT NULL,
+    order_id   BLOB,
+    payout_id  BLOB,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, entry_id, line)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX ledger_by_key ON ledger_lines (store_id, entry_key, line);
+CREATE INDEX ledger_unpaid ON ledger_lines (store_id, order_id) WHERE account = 'merchant' AND payout_id IS NULL;
+
+CREATE TABLE payouts (
+    store_id   BLOB NOT NULL,
+    payout_id  BLOB NOT NULL,
+    slot       INTEGER NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount > 0),
+    lines      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (store_id, payout_id)
+) WITHOUT ROWID;
+-- One payout per store per scheduled run, whoever runs it.
+CREATE UNIQUE INDEX payouts_by_slot ON payouts (store_id, slot);
+"#,
 ];
 
 /// Applies the migrations the file has not seen, in one transaction.

@@ -370,6 +370,7 @@ fn pick<'a>(rng: &mut StdRng, list: &[&'a str]) -> &'a str {
 fn path_to(status: OrderStatus) -> &'static [OrderStatus] {
     use OrderStatus::*;
     match status {
+        PendingPayment => &[PendingPayment],
         Placed => &[Placed],
         Accepted => &[Placed, Accepted],
         Packed => &[Placed, Accepted, Packed],

@@ -8,7 +8,8 @@
 //!    (`stock = stock - n WHERE stock >= n`): a line that cannot be had is reported by name;
 //! 4. the coupon is redeemed with a guarded increment of its use count;
 //! 5. the customer is recorded, the order written with its lines and first history step, the
-//!    cart closed, and the `order.placed` event appended to the outbox.
+//!    cart closed, and the `order.placed` event appended to the outbox (for an order paid
+//!    online, when the provider authorizes its payment: it starts `pending_payment`).
 //!
 //! Concurrent checkouts on PostgreSQL, and what keeps each answer the one SQLite would give:
 //! - the same `Idempotency-Key`: a transaction-scoped advisory lock on the key is taken before
@@ -185,6 +186,7 @@ pub async fn checkout<C: GenericClient>(
     let customer_id = upsert_customer(c, store, req, totals.total, now).await?;
     let number = stores::next_order_number(c, store).await?;
     let order_id = OrderId::generate();
+    let status = req.payment_method.first_status();
     exec(
         c,
         "INSERT INTO orders (store_id, order_id, number, status, payment_method, payment_status, currency,
@@ -197,7 +199,7 @@ pub async fn checkout<C: GenericClient>(
             &store.uuid(),
             &order_id.uuid(),
             &number,
-            &OrderStatus::Placed.as_str(),
+            &status.as_str(),
             &req.payment_method.as_str(),
             &PaymentStatus::Pending.as_str(),
             &settings.currency.code(),
@@ -244,7 +246,10 @@ pub async fn checkout<C: GenericClient>(
         )
         .await?;
     }
-    orders::record_step(c, store, order_id, None, OrderStatus::Placed, "shopper", None, None, now).await?;
+    orders::record_step(c, store, order_id, None, status, "shopper", None, None, now).await?;
+    if req.payment_method == PaymentMethod::Online {
+        super::payments::open(c, store, order_id, totals.total, settings.currency.code(), now).await?;
+    }
     exec(
         c,
         "UPDATE carts SET status = 'checked_out', order_id = $3, updated_at = $4 WHERE store_id = $1 AND cart_id = $2",
@@ -252,7 +257,9 @@ pub async fn checkout<C: GenericClient>(
     )
     .await?;
     let order = orders::get(c, store, order_id).await?;
-    emit(c, store, kinds::ORDER_PLACED, now, json!(order)).await?;
+    if status == OrderStatus::Placed {
+        emit(c, store, kinds::ORDER_PLACED, now, json!(order)).await?;
+    }
     // The locks above make each line's stock the one this sale took from.
     for l in lines.iter().filter(|l| l.stock == Some(i64::from(l.quantity))) {
         emit(c, store, kinds::STOCK_CHANGED, now, crate::log::sold_out(l.product_id, l.variant_id)).await?;

@@ -21,6 +21,7 @@
 //!   commit-order safe point, positions, effects applied once, dead letters, notifications).
 //! - [`webhooks`]: merchant webhook endpoints, their deliveries and attempts, for the API and
 //!   the delivery worker.
+//! - [`payments`]: online payments, refunds, the ledger and payouts.
 //! - [`extras`]: themes, media, dashboard numbers, cache versions, analytics, a store's events.
 
 pub mod carts;
@@ -30,6 +31,7 @@ pub mod coupons;
 pub mod extras;
 pub mod log;
 pub mod orders;
+pub mod payments;
 mod pg_shard;
 pub mod stores;
 pub mod webhooks;

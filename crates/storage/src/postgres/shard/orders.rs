@@ -213,6 +213,7 @@ pub async fn transition<C: GenericClient>(
     id: OrderId,
     req: &TransitionRequest,
     actor: &str,
+    fees: &kirana_domain::payment::FeePlans,
     now: Timestamp,
 ) -> Result<Order> {
     // Lock first, then read: the status judged is the one this transaction changes.
@@ -249,6 +250,9 @@ pub async fn transition<C: GenericClient>(
             )
             .await?;
         }
+    }
+    if req.to == OrderStatus::Delivered && order.payment_method == kirana_domain::order::PaymentMethod::Cod {
+        super::payments::charge_fee(c, store, id, order.totals.total, fees, now).await?;
     }
     record_step(c, store, id, Some(from), req.to, actor, req.note.as_deref(), req.tracking.as_deref(), now).await?;
     let order = get(c, store, id).await?;

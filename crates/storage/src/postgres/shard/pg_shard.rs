@@ -28,7 +28,10 @@ use kirana_domain::{
     CartId, CategoryId, CouponId, CustomerId, EventId, MerchantId, OrderId, ProductId, StoreId, Timestamp, VariantId,
 };
 
-use super::{carts, catalog, checkout, coupons, extras, log, orders, pg, stores, webhooks};
+use super::{carts, catalog, checkout, coupons, extras, log, orders, payments, pg, stores, webhooks};
+use crate::payments::{NewRefund, NewsApplied, PaymentNews};
+use kirana_domain::payment::{Balance, FeePlans, LedgerEntry, Payment, Payout, Refund};
+use kirana_domain::{PaymentId, RefundId};
 use crate::Result;
 use crate::consistency::{self, Consistency, WriteToken};
 use crate::error::StorageError;
@@ -441,10 +444,11 @@ impl Shard for PgShard {
         id: OrderId,
         request: TransitionRequest,
         actor: String,
+        fees: &kirana_domain::payment::FeePlans,
         now: Timestamp,
     ) -> Result<Order> {
         let s = scope.store_id();
-        write!(self, Some(s), |t| orders::transition(&t, s, id, &request, &actor, now))
+        write!(self, Some(s), |t| orders::transition(&t, s, id, &request, &actor, fees, now))
     }
 
     async fn customers(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Customer>> {
@@ -512,6 +516,10 @@ impl Shard for PgShard {
     }
 
     fn webhooks(&self) -> &dyn Webhooks {
+        self
+    }
+
+    fn payments(&self) -> &dyn crate::payments::Payments {
         self
     }
 
@@ -708,5 +716,99 @@ impl Webhooks for PgShard {
 
     async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
         write!(self, on background, None::<StoreId>, |t| webhooks::record(&t, &record))
+    }
+}
+
+#[async_trait]
+impl crate::payments::Payments for PgShard {
+    async fn payment_for_order(&self, scope: &StoreScope, order: OrderId) -> Result<Payment> {
+        read!(self, |c| payments::for_order(c, scope.store_id(), order))
+    }
+
+    async fn payment(&self, scope: &StoreScope, id: PaymentId) -> Result<Payment> {
+        read!(self, |c| payments::get(c, scope.store_id(), id))
+    }
+
+    async fn attach_provider(
+        &self,
+        scope: &StoreScope,
+        id: PaymentId,
+        provider: &str,
+        provider_ref: &str,
+        checkout_url: &str,
+        now: Timestamp,
+    ) -> Result<Payment> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| payments::attach(&t, s, id, provider, provider_ref, checkout_url, now))
+    }
+
+    async fn apply_payment_news(
+        &self,
+        scope: &StoreScope,
+        id: PaymentId,
+        news: PaymentNews,
+        fees: &FeePlans,
+        now: Timestamp,
+    ) -> Result<NewsApplied> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| payments::apply_news(&t, s, id, &news, fees, now))
+    }
+
+    async fn begin_refund(&self, scope: &StoreScope, refund: NewRefund, now: Timestamp) -> Result<Refund> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| payments::begin_refund(&t, s, &refund, now))
+    }
+
+    async fn finish_refund(
+        &self,
+        scope: &StoreScope,
+        id: RefundId,
+        outcome: std::result::Result<String, String>,
+        now: Timestamp,
+    ) -> Result<Refund> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| payments::finish_refund(&t, s, id, &outcome, now))
+    }
+
+    async fn refunds(&self, scope: &StoreScope, order: OrderId) -> Result<Vec<Refund>> {
+        read!(self, |c| payments::refunds(c, scope.store_id(), order))
+    }
+
+    async fn set_plan(&self, scope: &StoreScope, plan: Option<&str>, now: Timestamp) -> Result<()> {
+        let s = scope.store_id();
+        write!(self, Some(s), |t| payments::set_plan(&t, s, plan, now))
+    }
+
+    async fn plan(&self, scope: &StoreScope) -> Result<Option<String>> {
+        read!(self, |c| payments::plan(c, scope.store_id()))
+    }
+
+    async fn balance(&self, scope: &StoreScope) -> Result<Balance> {
+        read!(self, |c| payments::balance(c, scope.store_id()))
+    }
+
+    async fn ledger(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<LedgerEntry>> {
+        read!(self, |c| payments::ledger(c, scope.store_id(), page))
+    }
+
+    async fn payouts(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Payout>> {
+        read!(self, |c| payments::payouts(c, scope.store_id(), page))
+    }
+
+    async fn pay_out(&self, scope: &StoreScope, slot: Timestamp, now: Timestamp) -> Result<Option<Payout>> {
+        let s = scope.store_id();
+        write!(self, on background, Some(s), |t| payments::pay_out(&t, s, slot, now))
+    }
+
+    async fn open_payments(&self, before: Timestamp, limit: u32) -> Result<Vec<(StoreId, Payment)>> {
+        payments::open_payments(&self.background.get().await?, before, limit).await
+    }
+
+    async fn pending_refunds(&self, before: Timestamp, limit: u32) -> Result<Vec<(StoreId, Refund)>> {
+        payments::pending_refunds(&self.background.get().await?, before, limit).await
+    }
+
+    async fn stores_with_unpaid_lines(&self, after: Option<StoreId>, limit: u32) -> Result<Vec<StoreId>> {
+        payments::stores_with_unpaid_lines(&self.background.get().await?, after, limit).await
     }
 }

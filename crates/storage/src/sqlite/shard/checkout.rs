@@ -8,6 +8,10 @@
 //! 4. the coupon is redeemed with a guarded increment of its use count;
 //! 5. the customer is recorded, the order written with its lines and first history step, the
 //!    cart closed, and the `order.placed` event appended to the outbox.
+//!
+//! An order paid online starts `pending_payment` with its payment row (`created`), holding its
+//! stock; it is placed, and `order.placed` written, when the provider authorizes the payment
+//! (`payments::apply_news`).
 
 use kirana_domain::cart::{CartStatus, Checkout, Shortage};
 use kirana_domain::coupon::CouponRejection;
@@ -140,6 +144,7 @@ pub(super) fn checkout(
         .prepare_cached("UPDATE stores SET next_order_number = next_order_number + 1 WHERE store_id = ?1 RETURNING next_order_number - 1")?
         .query_row([store.uuid()], |r| r.get(0))?;
     let order_id = OrderId::generate();
+    let status = req.payment_method.first_status();
     c.prepare_cached(
         "INSERT INTO orders (store_id, order_id, number, status, payment_method, payment_status, currency,
             customer_id, customer_name, customer_phone, customer_email, address,
@@ -151,7 +156,7 @@ pub(super) fn checkout(
         store.uuid(),
         order_id.uuid(),
         number,
-        OrderStatus::Placed.as_str(),
+        status.as_str(),
         req.payment_method.as_str(),
         PaymentStatus::Pending.as_str(),
         settings.currency.code(),
@@ -193,13 +198,18 @@ pub(super) fn checkout(
             l.price.minor() * i64::from(l.quantity)
         ])?;
     }
-    orders::record_step(c, store, order_id, None, OrderStatus::Placed, "shopper", None, None, now)?;
+    orders::record_step(c, store, order_id, None, status, "shopper", None, None, now)?;
+    if req.payment_method == PaymentMethod::Online {
+        super::payments::open(c, store, order_id, totals.total, settings.currency.code(), now)?;
+    }
     c.prepare_cached(
         "UPDATE carts SET status = 'checked_out', order_id = ?3, updated_at = ?4 WHERE store_id = ?1 AND cart_id = ?2",
     )?
     .execute(params![store.uuid(), cart_id.uuid(), order_id.uuid(), now.millis()])?;
     let order = orders::get(c, store, order_id)?;
-    emit(c, store, kinds::ORDER_PLACED, now, json!(order))?;
+    if status == OrderStatus::Placed {
+        emit(c, store, kinds::ORDER_PLACED, now, json!(order))?;
+    }
     // One writer: each line's stock is the one this sale took from.
     for l in lines.iter().filter(|l| l.stock == Some(i64::from(l.quantity))) {
         emit(c, store, kinds::STOCK_CHANGED, now, crate::log::sold_out(l.product_id, l.variant_id))?;

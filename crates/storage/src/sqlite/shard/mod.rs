@@ -10,6 +10,7 @@ mod coupons;
 mod log;
 mod orders;
 mod stores;
+mod payments;
 mod webhooks;
 
 use async_trait::async_trait;
@@ -220,10 +221,11 @@ impl Shard for SqliteShard {
         id: OrderId,
         request: TransitionRequest,
         actor: String,
+        fees: &kirana_domain::payment::FeePlans,
         now: Timestamp,
     ) -> Result<Order> {
-        let s = scope.store_id();
-        self.db.write(move |c| orders::transition(c, s, id, &request, &actor, now)).await
+        let (s, fees) = (scope.store_id(), fees.clone());
+        self.db.write(move |c| orders::transition(c, s, id, &request, &actor, &fees, now)).await
     }
 
     async fn customers(&self, scope: &StoreScope, page: PageRequest) -> Result<Page<Customer>> {
@@ -340,6 +342,10 @@ impl Shard for SqliteShard {
     }
 
     fn webhooks(&self) -> &dyn crate::webhooks::Webhooks {
+        self
+    }
+
+    fn payments(&self) -> &dyn crate::payments::Payments {
         self
     }
 

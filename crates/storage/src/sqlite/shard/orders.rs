@@ -206,6 +206,7 @@ pub(super) fn transition(
     id: OrderId,
     req: &TransitionRequest,
     actor: &str,
+    fees: &kirana_domain::payment::FeePlans,
     now: Timestamp,
 ) -> Result<Order> {
     let order = get(c, store, id)?;
@@ -240,6 +241,9 @@ pub(super) fn transition(
             )?
             .execute(params![store.uuid(), item.variant_id.uuid(), item.quantity])?;
         }
+    }
+    if req.to == OrderStatus::Delivered && order.payment_method == PaymentMethod::Cod {
+        super::payments::charge_fee(c, store, id, order.totals.total, fees, now)?;
     }
     record_step(c, store, id, Some(from), req.to, actor, req.note.as_deref(), req.tracking.as_deref(), now)?;
     let order = get(c, store, id)?;
