@@ -1,5 +1,5 @@
 //! The payment provider over HTTP ([`HttpGateway`]): the client side of the gateway REST API
-//! that the test gateway (`crate::gateway`) serves for development and tests.
+//! that the test gateway ([`crate::gateway`]) serves for development and tests.
 //!
 //! Wire protocol, every call with `Authorization: Bearer <key>` and JSON bodies:
 //! - `POST /v1/payments` with a [`CreatePayment`] → 201 (or 200 for a `reference` seen before)
