@@ -228,6 +228,14 @@ impl Storage {
         }
     }
 
+    /// The scope of a store the platform itself names: a shard's own rows (the payment
+    /// reconciler, the payout run) or a provider's signed callback, never a client's request.
+    pub async fn scope_for_platform(&self, store_id: StoreId) -> Result<StoreScope> {
+        let e = self.entry(store_id).await?.ok_or(StorageError::NotFound)?;
+        self.shard_at(e.shard)?;
+        Ok(e.scope())
+    }
+
     /// The scope of a store by any of its slugs, and whether the slug is its current one.
     pub async fn scope_for_slug(&self, slug: &str) -> Result<(StoreScope, bool)> {
         match self.resolve_slug(slug).await? {
