@@ -121,6 +121,10 @@ pub struct CheckoutInput {
     pub payment_method: PaymentMethod,
     pub coupon: Option<String>,
     pub note: Option<String>,
+    /// For online payment: where the provider sends the shopper back (`https://…`). Defaults
+    /// to the order's page on this platform's storefront.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

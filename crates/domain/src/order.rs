@@ -272,6 +272,9 @@ pub struct PublicOrder {
     pub tracking: Option<String>,
     pub history: Vec<PublicTransition>,
     pub created_at: Timestamp,
+    /// While the order awaits online payment: the provider's page the shopper pays on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_url: Option<String>,
 }
 
 impl From<Order> for PublicOrder {
@@ -294,6 +297,7 @@ impl From<Order> for PublicOrder {
                 .map(|t| PublicTransition { to: t.to, tracking: t.tracking, at: t.at })
                 .collect(),
             created_at: o.created_at,
+            payment_url: None,
         }
     }
 }

@@ -97,6 +97,12 @@ pub struct ServeArgs {
     /// bearer token comes from `KIRANA_SMS_TOKEN` (or `sms_token` in the file), never a flag.
     #[arg(long, env = "KIRANA_SMS_URL")]
     pub sms_url: Option<String>,
+    /// The payment gateway's API (`https://…`; `kirana gateway` serves a test one). Absent:
+    /// online payment is unavailable and stores take cash on delivery. Its API key comes from
+    /// `KIRANA_PAYMENT_KEY` and its webhook secret from `KIRANA_PAYMENT_WEBHOOK_SECRET` (or
+    /// `payment_key` / `payment_webhook_secret` in the file), never a flag.
+    #[arg(long, env = "KIRANA_PAYMENT_GATEWAY_URL")]
+    pub payment_gateway_url: Option<String>,
 }
 
 /// The file layer: every field optional.
@@ -122,6 +128,10 @@ struct FileConfig {
     otlp_endpoint: Option<String>,
     sms_url: Option<String>,
     sms_token: Option<String>,
+    payment_gateway_url: Option<String>,
+    payment_key: Option<String>,
+    payment_webhook_secret: Option<String>,
+    payments: Option<FilePayments>,
     postgres: Option<FilePostgres>,
     /// `[[slo]]` tables: the service level objectives, replacing the defaults as a whole.
     #[serde(default)]
@@ -162,6 +172,62 @@ fn objectives(file: Vec<FileSlo>) -> anyhow::Result<Vec<kirana_server::slo::Obje
             Ok(Objective { name: s.name, journey, indicator, target: s.target / 100.0 })
         })
         .collect()
+}
+
+/// `[payments]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePayments {
+    /// Minutes an unpaid online order holds its stock (default 15).
+    hold_minutes: Option<u64>,
+    /// When payouts run, India time: `["10:00", "15:00", "20:00"]` (the default).
+    payout_times: Option<Vec<String>>,
+    /// The plan a store is on unless put on another (default `standard`).
+    default_plan: Option<String>,
+    /// `[payments.plans.<name>]`: `percent_bps` (200 = 2 %) and `cap` (minor units per order).
+    #[serde(default)]
+    plans: std::collections::BTreeMap<String, kirana_domain::payment::FeePlan>,
+}
+
+fn payment_settings(file: Option<FilePayments>) -> anyhow::Result<kirana_server::payments::PaymentSettings> {
+    let mut settings = kirana_server::payments::PaymentSettings::default();
+    let Some(file) = file else { return Ok(settings) };
+    if let Some(m) = file.hold_minutes {
+        if m == 0 || m > 24 * 60 {
+            bail!("payments.hold_minutes must be between 1 and 1440, not {m}");
+        }
+        settings.hold = Duration::from_secs(m * 60);
+    }
+    if let Some(times) = file.payout_times {
+        let mut minutes = Vec::with_capacity(times.len());
+        for t in &times {
+            let parsed = t
+                .split_once(':')
+                .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
+                .filter(|(h, m)| *h < 24 && *m < 60);
+            let Some((h, m)) = parsed else { bail!("payments.payout_times: {t:?} is not a time of day like \"15:00\"") };
+            minutes.push(h * 60 + m);
+        }
+        if minutes.is_empty() {
+            bail!("payments.payout_times needs at least one time");
+        }
+        settings.payout_times = minutes;
+    }
+    if !file.plans.is_empty() {
+        for (name, plan) in &file.plans {
+            if plan.percent_bps > 10_000 || plan.cap.is_some_and(|c| c < 0) {
+                bail!("payments.plans.{name}: percent_bps is at most 10000 and cap is not negative");
+            }
+        }
+        settings.fees.plans = file.plans;
+    }
+    if let Some(d) = file.default_plan {
+        settings.fees.default = d;
+    }
+    if !settings.fees.plans.contains_key(&settings.fees.default) {
+        bail!("payments.default_plan {:?} is not one of the plans", settings.fees.default);
+    }
+    Ok(settings)
 }
 
 /// `[postgres]` in the file.
@@ -217,6 +283,9 @@ pub struct Config {
     pub otlp_traces_url: Option<String>,
     /// The SMS provider; `None`: the dev outbox.
     pub sms: Option<kirana_events::sms::SmsConfig>,
+    /// The payment gateway; `None`: online payment unavailable.
+    pub payment_gateway: Option<kirana_payments::GatewayClientConfig>,
+    pub payments: kirana_server::payments::PaymentSettings,
 }
 
 impl Config {
@@ -305,7 +374,28 @@ impl Config {
             }
             _ => None,
         };
+        let payment_gateway = match serve.and_then(|s| s.payment_gateway_url.clone()).or(file.payment_gateway_url) {
+            Some(u) if !u.trim().is_empty() => {
+                let u = u.trim().to_string();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    bail!("--payment-gateway-url must be an http:// or https:// URL, not {u:?}");
+                }
+                let key = std::env::var("KIRANA_PAYMENT_KEY").ok().or(file.payment_key).filter(|t| !t.is_empty());
+                let secret = std::env::var("KIRANA_PAYMENT_WEBHOOK_SECRET")
+                    .ok()
+                    .or(file.payment_webhook_secret)
+                    .filter(|t| !t.is_empty());
+                let (Some(key), Some(secret)) = (key, secret) else {
+                    bail!("--payment-gateway-url needs KIRANA_PAYMENT_KEY and KIRANA_PAYMENT_WEBHOOK_SECRET");
+                };
+                Some(kirana_payments::GatewayClientConfig::new(u, key, secret))
+            }
+            _ => None,
+        };
+        let payments = payment_settings(file.payments)?;
         Ok(Config {
+            payment_gateway,
+            payments,
             sms,
             objectives,
             store_rps,
@@ -487,6 +577,7 @@ mod tests {
             store_rps: None,
             otlp_endpoint: None,
             sms_url: None,
+            payment_gateway_url: None,
         }
     }
 

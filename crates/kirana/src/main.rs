@@ -89,6 +89,25 @@ enum Command {
         #[command(subcommand)]
         command: SearchCommand,
     },
+    /// A test payment gateway for development and tests: the provider's API, a page where the
+    /// shopper pays or declines, and signed webhooks; `POST /control` makes it slow, failing
+    /// or drop webhooks. Its key and secret come from `KIRANA_PAYMENT_KEY` and
+    /// `KIRANA_PAYMENT_WEBHOOK_SECRET` (both `dev` when unset), as `kirana serve` reads them.
+    Gateway {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        /// Where webhooks go, e.g. http://127.0.0.1:8080/api/v1/payments/webhooks/testgw.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The gateway's address as shoppers' browsers reach it (default http://<listen>).
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// Online payments: the payout run, by hand.
+    Payments {
+        #[command(subcommand)]
+        command: PaymentsCommand,
+    },
     /// Measure the storage engine's own insert rates next to the data (a benchmark baseline).
     Baseline {
         /// Seconds per measurement.
@@ -106,6 +125,22 @@ enum SearchCommand {
         #[arg(long)]
         store: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PaymentsCommand {
+    /// Put a store on one of the operator's fee plans (`[payments.plans]`); `--plan default`
+    /// returns it to the default plan.
+    Plan {
+        /// The store's slug.
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        plan: String,
+    },
+    /// Pay out now what every store is owed for its ended orders (the scheduled runs do this
+    /// on their own). Safe to repeat: a store gets one payout per run time.
+    Payout,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +204,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Seed(args) => seed::run(&config, &args).await,
             Command::Events { command } => events_cli::run(&config, command).await,
             Command::Baseline { seconds } => baseline(&config, seconds),
+            Command::Gateway { listen, webhook_url, public_url } => gateway(listen, webhook_url, public_url).await,
+            Command::Payments { command } => payments_cli(&config, command).await,
             Command::Search { command: SearchCommand::Reindex { store } } => reindex(&config, &store).await,
             Command::Bench(mut args) => {
                 // The manifest lives in the data directory unless named.
@@ -354,11 +391,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => (kirana_search::ProductSearch::database_only(storage.clone()), Vec::new()),
     };
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
+    let provider: Option<Arc<dyn kirana_payments::PaymentProvider>> = match &config.payment_gateway {
+        Some(g) => Some(Arc::new(
+            kirana_payments::HttpGateway::new(g.clone()).map_err(|e| anyhow::anyhow!("the payment gateway: {e}"))?,
+        )),
+        None => None,
+    };
+    let payments = kirana_server::payments::Payments::new(
+        provider,
+        kirana_server::payments::PaymentSettings { public_url: public_url.clone(), ..config.payments.clone() },
+    );
     let state = AppState::new(storage, clock, notifier, server_config)
         .with_media(media)
         .with_search(search)
-        .with_read_cache(read_cache);
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
+        .with_read_cache(read_cache)
+        .with_payments(payments);
+    // The payment reconciler and the payout schedule, until the drain ends.
+    let (stop_payments, payments_stop) = tokio::sync::watch::channel(false);
+    let payment_workers = [
+        tokio::spawn(kirana_server::payments::run_reconciler(state.clone(), payments_stop.clone())),
+        tokio::spawn(kirana_server::payments::run_payouts(state.clone(), payments_stop)),
+    ];
     let web = kirana_web::Web::new(&public_url, &otp_key);
     let app = kirana_web::app(state.clone(), web);
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -376,6 +430,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal(state, drain))
         .await
         .context("the server failed")?;
+    let _ = stop_payments.send(true);
+    for w in payment_workers {
+        let _ = w.await;
+    }
     // Requests have finished; the pipeline finishes its current step. Whatever it had not
     // read stays in the outbox for the next start.
     pipeline.stop().await;
@@ -417,6 +475,48 @@ async fn shutdown_signal(state: AppState, drain: Duration) {
     tracing::info!(drain_secs = drain.as_secs(), "shutting down: not ready, draining");
     state.set_draining();
     tokio::time::sleep(drain).await;
+}
+
+async fn gateway(listen: SocketAddr, webhook_url: Option<String>, public_url: Option<String>) -> anyhow::Result<()> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "dev".into());
+    let config = kirana_payments::gateway::GatewayConfig {
+        key: env("KIRANA_PAYMENT_KEY"),
+        webhook_secret: env("KIRANA_PAYMENT_WEBHOOK_SECRET"),
+        webhook_url,
+        public_url,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    println!("test payment gateway listening on http://{}", listener.local_addr()?);
+    kirana_payments::gateway::serve(listener, config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .context("the gateway failed")
+}
+
+async fn payments_cli(config: &Config, command: PaymentsCommand) -> anyhow::Result<()> {
+    let storage = backend::open_storage(config).await?;
+    let now = SystemClock.now();
+    match command {
+        PaymentsCommand::Plan { store, plan } => {
+            let (scope, _) =
+                storage.scope_for_slug(&store).await.with_context(|| format!("no store has the slug {store}"))?;
+            let plan = (plan != "default").then_some(plan);
+            if let Some(p) = &plan
+                && !config.payments.fees.plans.contains_key(p)
+            {
+                anyhow::bail!("no plan {p:?}; the plans are {:?}", config.payments.fees.plans.keys().collect::<Vec<_>>());
+            }
+            storage.shard(&scope).payments().set_plan(&scope, plan.as_deref(), now).await?;
+            println!("{store}: on plan {}", plan.as_deref().unwrap_or(&config.payments.fees.default));
+        }
+        PaymentsCommand::Payout => {
+            let payments = kirana_server::payments::Payments::new(None, config.payments.clone());
+            let n = payments.pay_out_once(&storage, now, now).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{n} store(s) paid out");
+        }
+    }
+    Ok(())
 }
 
 async fn reindex(config: &Config, slug: &str) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`read_cache`]: public storefront reads (pages, the shopper API) served from memory/Redis.
 //! - [`trace`]: the `request` span, W3C `traceparent` and `X-Request-Id` in and out.
+//! - [`payments`]: online payments through the provider, refunds, the reconciler and payouts.
 //! - [`read_routing`]: how fresh each request's reads must be; write tokens for read-your-writes.
 //!
 //! [`app`] builds the whole router; the binary serves it, and tests call it in-process.
@@ -21,6 +22,7 @@ pub mod http_cache;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod payments;
 pub mod read_cache;
 pub mod read_routing;
 pub mod routes;

@@ -88,6 +88,8 @@ pub struct Shared {
     /// The cache in front of public storefront reads (pages and the shopper API); `None` reads
     /// the database every time (tests that are not about caching).
     pub read_cache: Option<crate::read_cache::ReadCache>,
+    /// Online payments: the provider, fees, holds and the payout schedule.
+    pub payments: crate::payments::Payments,
     /// False once shutdown began: `/readyz` turns 503 so balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
 }
@@ -112,6 +114,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(true)),
             search: None,
             read_cache: None,
+            payments: crate::payments::Payments::default(),
         }))
     }
 
@@ -130,6 +133,12 @@ impl AppState {
     /// Serves public storefront reads through `cache`.
     pub fn with_read_cache(mut self, cache: crate::read_cache::ReadCache) -> Self {
         Arc::make_mut(&mut self.0).read_cache = Some(cache);
+        self
+    }
+
+    /// Takes online payments through `payments`' provider.
+    pub fn with_payments(mut self, payments: crate::payments::Payments) -> Self {
+        Arc::make_mut(&mut self.0).payments = payments;
         self
     }
 

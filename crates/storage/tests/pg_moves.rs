@@ -213,7 +213,7 @@ async fn fill(w: &World, store: StoreId, products: usize) {
     let (placed, _) = order(w, store, first.unwrap(), 2, 1, "fill-1").await;
     order(w, store, first.unwrap(), 1, 2, "fill-2").await;
     let to = TransitionRequest { to: OrderStatus::Accepted, note: Some("ok".into()), tracking: None };
-    in_tx!(pool, |t| orders::transition(&t, store, placed, &to, "owner", at(5)).await).unwrap();
+    in_tx!(pool, |t| orders::transition(&t, store, placed, &to, "owner", &Default::default(), at(5)).await).unwrap();
     // An open cart, with an item.
     let token = [9u8; 32];
     let cart = in_tx!(pool, |t| carts::create(&t, store, token, at(6)).await).unwrap().id;

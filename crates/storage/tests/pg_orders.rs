@@ -157,7 +157,7 @@ impl Orders for OnSqlite {
         actor: &str,
         now: Timestamp,
     ) -> Result<Order, StorageError> {
-        self.storage.shard(&self.scope).transition_order(&self.scope, id, req, actor.to_string(), now).await
+        self.storage.shard(&self.scope).transition_order(&self.scope, id, req, actor.to_string(), &Default::default(), now).await
     }
     async fn customers(&self, page: PageRequest) -> Result<Page<Customer>, StorageError> {
         self.storage.shard(&self.scope).customers(&self.scope, page).await
@@ -238,7 +238,7 @@ impl Orders for OnPostgres {
         actor: &str,
         now: Timestamp,
     ) -> Result<Order, StorageError> {
-        in_tx!(self.pool, |t| orders::transition(&t, self.store, id, &req, actor, now).await)
+        in_tx!(self.pool, |t| orders::transition(&t, self.store, id, &req, actor, &Default::default(), now).await)
     }
     async fn customers(&self, page: PageRequest) -> Result<Page<Customer>, StorageError> {
         orders::customers(&self.pool.get().await.unwrap(), self.store, page).await

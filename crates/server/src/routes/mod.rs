@@ -9,6 +9,7 @@ pub mod coupons;
 pub mod health;
 pub mod media;
 pub mod orders;
+pub mod payments;
 pub mod storefront;
 pub mod stores;
 pub mod webhooks;
@@ -34,6 +35,7 @@ use crate::state::AppState;
         (name = "stores", description = "A merchant's stores and settings"),
         (name = "catalog", description = "Categories, products, variants and stock"),
         (name = "orders", description = "Orders and their state machine"),
+        (name = "payments", description = "Online payments, refunds, the store's ledger and payouts"),
         (name = "customers", description = "Customers recorded from orders"),
         (name = "coupons", description = "Discount codes"),
         (name = "webhooks", description = "Merchant webhooks: endpoints, signed deliveries, the delivery log"),
@@ -77,4 +79,5 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(media::router())
         .merge(analytics::router())
         .merge(webhooks::router())
+        .merge(payments::router())
 }

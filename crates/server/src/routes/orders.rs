@@ -56,9 +56,37 @@ async fn transition_order(
     let id = a.path.id("order_id", OrderId::parse)?;
     let req = input.parse()?;
     let actor = format!("merchant:{}", a.merchant.id);
-    let order = s.storage.shard(&a.scope).transition_order(&a.scope, id, req, actor, s.clock.now()).await?;
+    let order =
+        s.storage.shard(&a.scope).transition_order(&a.scope, id, req, actor, s.payments.fees(), s.clock.now()).await?;
     tracing::info!(store_id = %a.scope.store_id(), order = order.number, to = order.status.as_str(), "order moved");
+    let order = refund_if_ended(&s, &a.scope, order).await?;
     Ok(Json(order))
+}
+
+/// A prepaid order the merchant rejects or cancels is refunded in full at once, as shoppers
+/// expect (a returned one is refunded by the merchant, who may keep part of it). A provider
+/// that cannot be reached leaves the refund pending; the reconciler sends it.
+pub async fn refund_if_ended(s: &AppState, scope: &kirana_storage::StoreScope, order: Order) -> ApiResult<Order> {
+    use kirana_domain::order::{PaymentMethod, PaymentStatus};
+    if order.payment_method != PaymentMethod::Online
+        || order.payment_status != PaymentStatus::RefundDue
+        || !matches!(order.status, OrderStatus::Cancelled | OrderStatus::Rejected)
+    {
+        return Ok(order);
+    }
+    let shard = s.storage.shard(scope);
+    let payment = shard.payments().payment_for_order(scope, order.id).await?;
+    let left = payment.captured - payment.refunded;
+    if left > 0 {
+        let new = kirana_storage::payments::NewRefund {
+            order_id: order.id,
+            amount: left,
+            reason: Some(format!("order {}", order.status.as_str())),
+            actor: "system".into(),
+        };
+        s.payments.refund(&s.storage, scope, new, s.clock.now()).await?;
+    }
+    Ok(shard.order(scope, order.id).await?)
 }
 
 /// Customers newest first.

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use kirana_domain::cart::{Cart, CartItemInput, CheckoutInput, Quantity};
 use kirana_domain::catalog::{Category, ProductStatus, PublicProduct};
-use kirana_domain::order::PublicOrder;
+use kirana_domain::order::{OrderStatus, PaymentMethod, PublicOrder};
 use kirana_domain::page::{Limit, Page, PageRequest};
 use kirana_domain::store::PublicStore;
 use kirana_domain::validate::{Checker, checked};
@@ -154,12 +154,29 @@ async fn checkout(
         h.update(serde_json::to_vec(&input).unwrap_or_default());
         kirana_storage::IdempotencyKey { key: k, fingerprint: h.finalize().into() }
     });
+    let return_url = input.return_url.clone();
     let req = input.parse()?;
+    let online = req.payment_method == PaymentMethod::Online;
+    if let Some(url) = &return_url {
+        crate::payments::check_return_url(url)?;
+    }
+    if online {
+        // Refused before any stock is taken: cash on delivery still works.
+        s.payments.check_online()?;
+    }
     let (order, replayed) =
         s.storage.shard(&shop.scope).checkout(&shop.scope, id, token.0, req, idempotency, s.clock.now()).await?;
     if !replayed {
         tracing::info!(store_id = %shop.scope.store_id(), order = order.number, total = order.totals.total, "order placed");
         crate::metrics::order_placed(&order);
+    }
+    let mut payment_url = None;
+    if online && order.status == OrderStatus::PendingPayment {
+        let back = return_url.unwrap_or_else(|| {
+            format!("{}/{}/order/{}", s.payments.settings().public_url, shop.scope.slug(), order.id)
+        });
+        let payment = s.payments.start(&s.storage, &shop.scope, &order, &back, s.clock.now()).await?;
+        payment_url = payment.checkout_url;
     }
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/storefront/{}/orders/{}", shop.scope.slug(), order.id)) {
@@ -168,7 +185,9 @@ async fn checkout(
     if replayed {
         h.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok((StatusCode::CREATED, h, Json(PublicOrder::from(order))))
+    let mut public = PublicOrder::from(order);
+    public.payment_url = payment_url;
+    Ok((StatusCode::CREATED, h, Json(public)))
 }
 
 /// An order's status, for the shopper who placed it: `token` is the cart's token (or send it
@@ -190,6 +209,11 @@ async fn order_status(
         .ok_or_else(|| {
             ApiError::Invalid(Invalid::field("token", "is required: the token of the cart that placed the order"))
         })?;
-    let order = s.storage.shard(&shop.scope).order_for_shopper(&shop.scope, id, hash_token(token)).await?;
-    Ok(Json(PublicOrder::from(order)))
+    let shard = s.storage.shard(&shop.scope);
+    let order = shard.order_for_shopper(&shop.scope, id, hash_token(token)).await?;
+    let mut public = PublicOrder::from(order);
+    if public.status == OrderStatus::PendingPayment {
+        public.payment_url = shard.payments().payment_for_order(&shop.scope, id).await.ok().and_then(|p| p.checkout_url);
+    }
+    Ok(Json(public))
 }

@@ -74,11 +74,15 @@ pub async fn transition(State(s): State<AppState>, o: Owned, form: Submitted) ->
     let moved = match input.parse() {
         Ok(req) => {
             let actor = format!("merchant:{}", o.session.merchant.id);
-            s.storage
+            match s
+                .storage
                 .shard(&o.scope)
-                .transition_order(&o.scope, id, req, actor, s.clock.now())
+                .transition_order(&o.scope, id, req, actor, s.payments.fees(), s.clock.now())
                 .await
-                .map_err(WebError::from)
+            {
+                Ok(order) => kirana_server::routes::orders::refund_if_ended(&s, &o.scope, order).await.map_err(WebError::from),
+                Err(e) => Err(WebError::from(e)),
+            }
         }
         Err(i) => Err(WebError::Invalid(i)),
     };

@@ -299,6 +299,7 @@ pub async fn checkout(
         payment_method,
         coupon: some(&form.coupon),
         note: some(&form.note),
+        return_url: None,
     };
     let key = some(&form.key).filter(|k| k.len() <= 100).map(|k| {
         let mut h = Sha256::new();
