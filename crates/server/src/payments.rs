@@ -130,8 +130,8 @@ impl Payments {
     }
 
     /// Creates the provider's side of an order's payment (idempotent: the payment's id is the
-    /// reference) and records where the shopper pays. A failure leaves the order pending; the
-    /// reconciler releases its stock when the hold runs out.
+    /// reference) and records where the shopper pays. When the provider cannot, the order is
+    /// cancelled at once (its stock released) and the shopper told to pay another way.
     pub async fn start(
         &self,
         storage: &Storage,
@@ -155,8 +155,22 @@ impl Payments {
                 order_id: order.id.to_string(),
                 return_url: return_url.to_string(),
             })
-            .await
-            .map_err(provider_error)?;
+            .await;
+        let remote = match remote {
+            Ok(r) => r,
+            Err(e) => {
+                // The shopper cannot pay: the order ends now and its stock goes back, rather
+                // than waiting out the hold. (A payment the provider did create after all is
+                // refunded if it is ever captured.)
+                tracing::warn!(order = %order.id, error = %e, "the provider could not create a payment");
+                let news = PaymentNews { state: PaymentState::Cancelled, captured: 0, event_id: None };
+                shard.payments().apply_payment_news(scope, payment.id, news, self.fees(), now).await?;
+                let why = match e {
+                    ProviderError::Unavailable(why) | ProviderError::Rejected(why) | ProviderError::NotFound(why) => why,
+                };
+                return Err(unavailable(&why));
+            }
+        };
         Ok(shard
             .payments()
             .attach_provider(scope, payment.id, provider.name(), &remote.id, &remote.checkout_url, now)
@@ -226,6 +240,16 @@ impl Payments {
         }
         if applied.payment.state == PaymentState::Authorized {
             self.capture(storage, scope, &applied.payment, now).await?;
+        }
+        if remote.status == RemoteStatus::Authorized
+            && matches!(applied.payment.state, PaymentState::Cancelled | PaymentState::Failed)
+        {
+            // The shopper paid a payment whose hold had already ended: the money is only held,
+            // so it is released rather than taken and refunded.
+            match self.provider()?.cancel(&remote.id).await {
+                Ok(_) => tracing::info!(payment = %id, "voided a payment authorized after its order ended"),
+                Err(e) => tracing::warn!(payment = %id, error = %e, "could not void a late authorization"),
+            }
         }
         Ok(Some(applied.moved))
     }

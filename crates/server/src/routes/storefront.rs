@@ -160,8 +160,9 @@ async fn checkout(
     if let Some(url) = &return_url {
         crate::payments::check_return_url(url)?;
     }
-    if online {
-        // Refused before any stock is taken: cash on delivery still works.
+    if online && s.storage.store(&shop.scope).await?.settings.online_payment_enabled {
+        // Refused before any stock is taken: cash on delivery still works. (A store that does
+        // not take online payment is told so by the checkout itself, naming the field.)
         s.payments.check_online()?;
     }
     let (order, replayed) =

@@ -151,6 +151,15 @@ impl TestApp {
         TestApp { router, state, notifier, clock, storage, cluster, replica_url, _keep: keep }
     }
 
+    /// The same app taking online payments through `payments`.
+    #[allow(dead_code)] // only the payments tests pay online
+    pub fn with_payments(mut self, payments: kirana_server::payments::Payments) -> TestApp {
+        self.state = self.state.clone().with_payments(payments);
+        self.router =
+            kirana_server::app(self.state.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
+        self
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Resp {
         let res = self.router.clone().oneshot(req).await.expect("router answers");
         let status = res.status();

@@ -109,6 +109,7 @@ fn body_for(method: &Method, template: &str, victim: &Tenant) -> Option<Value> {
         ("POST", "/api/v1/stores/{store_id}/coupons") => json!({ "code": "HACKED", "kind": "flat", "value": 100 }),
         ("PATCH", "/api/v1/stores/{store_id}/coupons/{coupon_id}") => json!({ "active": false }),
         ("POST", "/api/v1/stores/{store_id}/orders/{order_id}/transitions") => json!({ "to": "cancelled" }),
+        ("POST", "/api/v1/stores/{store_id}/orders/{order_id}/refunds") => json!({ "amount": 100 }),
         ("PUT", "/api/v1/storefront/{slug}/carts/{cart_id}/items") => {
             json!({ "variant_id": victim.id("variant_id"), "quantity": 3 })
         }
@@ -155,6 +156,7 @@ const NOT_STORE_SCOPED: &[(&str, &str, &str)] = &[
     ("GET", "/metrics", "operations: per shard and replica, never per store"),
     ("GET", "/openapi.json", "the API description"),
     ("GET", "/api/v1/ops/slo", "operations: the node's objectives, never per store"),
+    ("POST", "/api/v1/payments/webhooks/{provider}", "the provider's signed callback; the signed payment names its store"),
     ("GET", "/ops", "operations: the same objectives as a page"),
 ];
 

@@ -15,6 +15,7 @@ mod http_cache;
 mod isolation;
 mod limits;
 mod orders;
+mod payments;
 mod stores;
 mod trace_context;
 mod webhooks;
