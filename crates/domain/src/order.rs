@@ -70,8 +70,9 @@ impl OrderStatus {
         use OrderStatus::*;
         matches!(
             (self, to),
-            (PendingPayment, Placed)
-                | (PendingPayment, Cancelled)
+            // Placing a pending order is the payment's doing (`payment::PaymentState`), never a
+            // merchant's step: only cancelling is.
+            (PendingPayment, Cancelled)
                 | (Placed, Accepted)
                 | (Placed, Rejected)
                 | (Placed, Cancelled)
@@ -356,7 +357,7 @@ mod tests {
     #[test]
     fn cancelling_is_possible_only_before_shipping_and_rejecting_only_when_placed() {
         for s in OrderStatus::ALL {
-            assert_eq!(s.can_become(Cancelled), matches!(s, Placed | Accepted | Packed), "{s:?}");
+            assert_eq!(s.can_become(Cancelled), matches!(s, PendingPayment | Placed | Accepted | Packed), "{s:?}");
             assert_eq!(s.can_become(Rejected), s == Placed, "{s:?}");
         }
     }
@@ -366,9 +367,16 @@ mod tests {
         for s in [Rejected, Cancelled, Returned] {
             assert!(s.next().is_empty(), "{s:?}");
         }
-        // Nine edges in all: anything else is refused.
+        // Ten edges in all: anything else is refused.
         let edges = OrderStatus::ALL.iter().map(|s| s.next().len()).sum::<usize>();
-        assert_eq!(edges, 9);
+        assert_eq!(edges, 10);
+    }
+
+    #[test]
+    fn an_unpaid_order_can_only_be_cancelled_by_hand() {
+        assert_eq!(PendingPayment.next(), [Cancelled], "placing it is the payment's doing");
+        assert_eq!(PaymentMethod::Online.first_status(), PendingPayment);
+        assert_eq!(PaymentMethod::Cod.first_status(), Placed);
     }
 
     #[test]

@@ -321,7 +321,9 @@ impl Payments {
             for (store, p) in shard.payments().open_payments(before, 200).await? {
                 done.checked += 1;
                 let Ok(scope) = storage.scope_for_platform(store).await else { continue };
-                let expired = now.millis() - p.created_at.millis() > hold_ms;
+                // Only an unpaid payment's hold runs out: an authorized one is a placed order
+                // whose capture is still to be made, and waits for the provider.
+                let expired = p.state == PaymentState::Created && now.millis() - p.created_at.millis() > hold_ms;
                 match self.reconcile(storage, &scope, &p, expired, now).await {
                     Ok((moved, cancelled)) => {
                         done.moved += usize::from(moved);

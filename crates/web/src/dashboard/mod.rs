@@ -9,6 +9,7 @@
 mod account;
 mod catalog;
 mod form;
+mod money;
 mod orders;
 mod settings;
 
@@ -74,6 +75,8 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{s}/orders"), get(orders::list))
         .route(&format!("{s}/orders/{{order_id}}"), get(orders::show))
         .route(&format!("{s}/orders/{{order_id}}/transitions"), post(orders::transition))
+        .route(&format!("{s}/orders/{{order_id}}/refunds"), post(money::refund))
+        .route(&format!("{s}/money"), get(money::money))
         .route(&format!("{s}/customers"), get(orders::customers))
         .route(&format!("{s}/coupons"), get(settings::coupons).post(settings::create_coupon))
         .route(&format!("{s}/coupons/{{coupon_id}}"), post(settings::toggle_coupon))

@@ -14,7 +14,7 @@ use crate::csrf::Csrf;
 use crate::error::{WebError, WebResult};
 
 /// Statuses the order list can filter by, in the order a merchant works through them.
-const FILTERS: &[&str] = &["placed", "accepted", "packed", "shipped", "delivered", "cancelled", "rejected", "returned"];
+const FILTERS: &[&str] = &["pending_payment", "placed", "accepted", "packed", "shipped", "delivered", "cancelled", "rejected", "returned"];
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -50,19 +50,22 @@ pub async fn list(State(s): State<AppState>, o: Owned, csrf: Csrf, Query(q): Que
 }
 
 #[derive(Serialize)]
-struct OrderPage {
-    d: Chrome,
-    order: Order,
-    errors: Errors,
+pub(super) struct OrderPage {
+    pub d: Chrome,
+    pub order: Order,
+    pub errors: Errors,
+    /// The online payment and its refunds (cash on delivery has none).
+    pub payment: Option<super::money::PaymentView>,
 }
 
 pub async fn show(State(s): State<AppState>, o: Owned, csrf: Csrf) -> WebResult<Response> {
     let id = o.id("order_id", OrderId::parse)?;
     let order = s.storage.shard(&o.scope).order(&o.scope, id).await?;
+    let payment = super::money::payment_of(&s, &o, &order).await?;
     page(
         &o.session.web,
         "dashboard/order.html",
-        OrderPage { d: o.chrome(&csrf, "orders"), order, errors: Errors::new() },
+        OrderPage { d: o.chrome(&csrf, "orders"), order, errors: Errors::new(), payment },
         csrf.jar,
     )
 }
@@ -94,7 +97,8 @@ pub async fn transition(State(s): State<AppState>, o: Owned, form: Submitted) ->
         Err(e) => {
             let errors = form_errors(e)?;
             let order = s.storage.shard(&o.scope).order(&o.scope, id).await?;
-            let ctx = OrderPage { d: o.chrome(&form.csrf, "orders"), order, errors };
+            let payment = super::money::payment_of(&s, &o, &order).await?;
+            let ctx = OrderPage { d: o.chrome(&form.csrf, "orders"), order, errors, payment };
             Ok(unprocessable(page(&o.session.web, "dashboard/order.html", ctx, form.csrf.jar)?))
         }
     }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use kirana_domain::cart::{AddressInput, Cart, CartStatus, CheckoutInput, CustomerInput, Quantity};
-use kirana_domain::order::{PaymentMethod, PublicOrder};
+use kirana_domain::order::{OrderStatus, PaymentMethod, PublicOrder};
 use kirana_domain::{CartId, OrderId, VariantId};
 use kirana_server::AppState;
 use kirana_server::auth::{hash_token, new_token};
@@ -223,6 +223,9 @@ struct CheckoutPage {
     form: CheckoutForm,
     /// Field → message; `_` for the form as a whole.
     errors: BTreeMap<String, String>,
+    /// Whether online payment can be taken right now (the store takes it and the provider
+    /// answers): offered disabled, with a word why, when not.
+    online_available: bool,
 }
 
 async fn render_checkout(
@@ -249,7 +252,9 @@ async fn render_checkout(
         kind: "website",
     };
     let site = f.private_site(state, csrf.token(), Some(&cart), meta).await?;
-    let mut res = f.private_page("checkout.html", CheckoutPage { site, cart, form, errors }, csrf.jar)?;
+    let online_available = f.store.settings.online_payment_enabled && state.payments.available();
+    let page = CheckoutPage { site, cart, form, errors, online_available };
+    let mut res = f.private_page("checkout.html", page, csrf.jar)?;
     *res.status_mut() = status;
     Ok(res)
 }
@@ -324,6 +329,12 @@ pub async fn checkout(
             return again(errors, StatusCode::UNPROCESSABLE_ENTITY).await;
         }
     };
+    let online = request.payment_method == PaymentMethod::Online && f.store.settings.online_payment_enabled;
+    if online && !state.payments.available() {
+        let why = "Online payment is unavailable right now. Choose cash on delivery, or try again shortly.";
+        return again(BTreeMap::from([("payment_method".to_string(), why.to_string())]), StatusCode::SERVICE_UNAVAILABLE)
+            .await;
+    }
     match shard.checkout(&f.scope, cart_id, token_hash, request, key, state.clock.now()).await {
         Ok((order, replayed)) => {
             if !replayed {
@@ -331,7 +342,20 @@ pub async fn checkout(
             }
             let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
             let jar = CookieJar::new().add(count_cookie(&f, None));
-            Ok((jar, Redirect::to(&format!("{}/order/{}?token={token}&placed=1", f.base, order.id))).into_response())
+            let order_page = format!("{}/order/{}?token={token}", f.base, order.id);
+            if order.status == OrderStatus::PendingPayment {
+                // To the provider's page; it sends the shopper back to the order's page here.
+                let back = format!("{}/order/{}?token={token}&paid=1", f.origin, order.id);
+                return Ok(match state.payments.start(&state.storage, &f.scope, &order, &back, state.clock.now()).await {
+                    Ok(p) => match p.checkout_url {
+                        Some(url) => (jar, Redirect::to(&url)).into_response(),
+                        None => (jar, Redirect::to(&order_page)).into_response(),
+                    },
+                    // The order was cancelled and its stock released: its page says so.
+                    Err(_) => (jar, Redirect::to(&format!("{order_page}&unpaid=1"))).into_response(),
+                });
+            }
+            Ok((jar, Redirect::to(&format!("{order_page}&placed=1"))).into_response())
         }
         Err(StorageError::InsufficientStock(short)) => {
             let msg = short
@@ -374,6 +398,10 @@ fn form_field(path: &str) -> String {
 pub struct OrderQuery {
     token: Option<String>,
     placed: Option<String>,
+    /// Back from the provider's page.
+    paid: Option<String>,
+    /// The payment could not be started.
+    unpaid: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -381,6 +409,8 @@ struct OrderPage {
     site: Site,
     order: PublicOrder,
     just_placed: bool,
+    /// The payment could not be started: the order was cancelled.
+    unpaid: bool,
     status_url: String,
 }
 
@@ -394,7 +424,20 @@ pub async fn order(
     let id = f.param("order_id").and_then(OrderId::parse).ok_or(WebError::NotFound)?;
     let token =
         q.token.clone().filter(|t| t.len() <= 200).or_else(|| cart_token(&csrf.jar)).ok_or(WebError::NotFound)?;
-    let order = state.storage.shard(&f.scope).order_for_shopper(&f.scope, id, hash_token(&token)).await?;
+    let shard = state.storage.shard(&f.scope);
+    let mut order = shard.order_for_shopper(&f.scope, id, hash_token(&token)).await?;
+    let mut payment_url = None;
+    if order.status == OrderStatus::PendingPayment {
+        let payment = shard.payments().payment_for_order(&f.scope, id).await.ok();
+        // Back from the provider: ask it now rather than wait for its webhook, so a shopper who
+        // paid sees a placed order.
+        if let (Some(p), Some(_)) = (&payment, &q.paid)
+            && state.payments.refresh(&state.storage, &f.scope, p, state.clock.now()).await.is_ok()
+        {
+            order = shard.order_for_shopper(&f.scope, id, hash_token(&token)).await?;
+        }
+        payment_url = payment.and_then(|p| p.checkout_url);
+    }
     let meta = Meta {
         path: format!("/order/{id}"),
         title: format!("Order #{} · {}", order.number, f.store.name),
@@ -409,7 +452,13 @@ pub async fn order(
     let status_url = format!("{}/order/{id}?token={enc}", f.origin);
     f.private_page(
         "order.html",
-        OrderPage { site, order: PublicOrder::from(order), just_placed: q.placed.is_some(), status_url },
+        OrderPage {
+            site,
+            order: PublicOrder { payment_url, ..PublicOrder::from(order) },
+            just_placed: q.placed.is_some() || (q.paid.is_some()),
+            unpaid: q.unpaid.is_some(),
+            status_url,
+        },
         csrf.jar,
     )
 }
@@ -492,11 +541,11 @@ pub fn sample_contexts(store: &kirana_domain::store::Store) -> Vec<(&'static str
         ("cart.html", serde_json::json!({ "site": site, "cart": cart, "error": null })),
         (
             "checkout.html",
-            serde_json::json!({ "site": site, "cart": cart, "form": CheckoutForm::default(), "errors": {} }),
+            serde_json::json!({ "site": site, "cart": cart, "form": CheckoutForm::default(), "errors": {}, "online_available": true }),
         ),
         (
             "order.html",
-            serde_json::json!({ "site": site, "order": order, "just_placed": true, "status_url": "https://example.com/o" }),
+            serde_json::json!({ "site": site, "order": order, "just_placed": true, "unpaid": false, "status_url": "https://example.com/o" }),
         ),
     ]
 }

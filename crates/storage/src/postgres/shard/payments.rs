@@ -242,7 +242,15 @@ pub async fn apply_news<C: GenericClient>(
     if !before.state.may_become(news.state) {
         return Ok(unchanged(false));
     }
-    let captured = if news.state == PaymentState::Captured { news.captured.clamp(0, before.amount).max(1) } else { 0 };
+    // A capture is of the whole payment (the platform never captures part); a provider that
+    // reports none or more is read as the whole.
+    let captured = if news.state != PaymentState::Captured {
+        0
+    } else if news.captured <= 0 || news.captured > before.amount {
+        before.amount
+    } else {
+        news.captured
+    };
     exec(
         c,
         "UPDATE payments SET state = $3, captured = greatest(captured, $4), updated_at = $5
@@ -271,7 +279,9 @@ pub async fn apply_news<C: GenericClient>(
     }
     if news.state == PaymentState::Captured {
         post(c, store, &Posting::sale(id, before.order_id, captured), None, now).await?;
-        charge_fee(c, store, before.order_id, captured, fees, now).await?;
+        if !matches!(order_status, OrderStatus::Cancelled | OrderStatus::Rejected) {
+            charge_fee(c, store, before.order_id, captured, fees, now).await?;
+        }
         set_order_payment(c, store, before.order_id, PaymentStatus::Paid, now).await?;
         if matches!(order_status, OrderStatus::Cancelled | OrderStatus::Rejected) {
             let new = NewRefund {

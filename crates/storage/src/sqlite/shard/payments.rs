@@ -200,7 +200,15 @@ fn apply_news(
     if !before.state.may_become(news.state) {
         return Ok(unchanged(false));
     }
-    let captured = if news.state == PaymentState::Captured { news.captured.clamp(0, before.amount).max(1) } else { 0 };
+    // A capture is of the whole payment (the platform never captures part); a provider that
+    // reports none or more is read as the whole.
+    let captured = if news.state != PaymentState::Captured {
+        0
+    } else if news.captured <= 0 || news.captured > before.amount {
+        before.amount
+    } else {
+        news.captured
+    };
     let moved = c
         .prepare_cached(
             "UPDATE payments SET state = ?4, captured = max(captured, ?5), updated_at = ?6
@@ -231,7 +239,11 @@ fn apply_news(
     }
     if news.state == PaymentState::Captured {
         post(c, store, &Posting::sale(id, before.order_id, captured), None, now)?;
-        charge_fee(c, store, before.order_id, captured, fees, now)?;
+        // An order that had already ended earned the store nothing: no fee on money that goes
+        // straight back. (A fee charged on a sale is kept when the sale is later refunded.)
+        if !matches!(order_status, OrderStatus::Cancelled | OrderStatus::Rejected) {
+            charge_fee(c, store, before.order_id, captured, fees, now)?;
+        }
         set_order_payment(c, store, before.order_id, PaymentStatus::Paid, now)?;
         if matches!(order_status, OrderStatus::Cancelled | OrderStatus::Rejected) {
             // The money arrived for an order that had already ended (the hold timed out while
