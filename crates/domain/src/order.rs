@@ -174,9 +174,7 @@ impl PaymentStatus {
             (
                 PaymentStatus::Paid | PaymentStatus::PartiallyRefunded,
                 OrderStatus::Rejected | OrderStatus::Cancelled | OrderStatus::Returned,
-            ) => {
-                PaymentStatus::RefundDue
-            }
+            ) => PaymentStatus::RefundDue,
             (s, _) => s,
         }
     }

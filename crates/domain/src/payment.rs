@@ -389,7 +389,8 @@ mod tests {
     #[test]
     fn every_posting_balances() {
         let (p, o, r, y) = (PaymentId::generate(), OrderId::generate(), RefundId::generate(), PayoutId::generate());
-        for posting in [Posting::sale(p, o, 999), Posting::fee(o, 20), Posting::refund(r, o, 5), Posting::payout(y, 974)]
+        for posting in
+            [Posting::sale(p, o, 999), Posting::fee(o, 20), Posting::refund(r, o, 5), Posting::payout(y, 974)]
         {
             assert!(posting.is_balanced(), "{posting:?}");
         }

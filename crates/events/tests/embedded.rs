@@ -385,7 +385,10 @@ async fn the_pipeline_turns_orders_into_rollups_notifications_and_cache_versions
     w.order(&shops[1], 1).await;
     let shard = w.storage.shard(&shops[0].scope);
     let req = TransitionRequest { to: OrderStatus::Accepted, note: None, tracking: None };
-    shard.transition_order(&shops[0].scope, order, req, "merchant:test".into(), &Default::default(), w.clock.now()).await.unwrap();
+    shard
+        .transition_order(&shops[0].scope, order, req, "merchant:test".into(), &Default::default(), w.clock.now())
+        .await
+        .unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -205,7 +205,9 @@ fn payment_settings(file: Option<FilePayments>) -> anyhow::Result<kirana_server:
                 .split_once(':')
                 .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
                 .filter(|(h, m)| *h < 24 && *m < 60);
-            let Some((h, m)) = parsed else { bail!("payments.payout_times: {t:?} is not a time of day like \"15:00\"") };
+            let Some((h, m)) = parsed else {
+                bail!("payments.payout_times: {t:?} is not a time of day like \"15:00\"")
+            };
             minutes.push(h * 60 + m);
         }
         if minutes.is_empty() {

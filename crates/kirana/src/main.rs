@@ -505,7 +505,10 @@ async fn payments_cli(config: &Config, command: PaymentsCommand) -> anyhow::Resu
             if let Some(p) = &plan
                 && !config.payments.fees.plans.contains_key(p)
             {
-                anyhow::bail!("no plan {p:?}; the plans are {:?}", config.payments.fees.plans.keys().collect::<Vec<_>>());
+                anyhow::bail!(
+                    "no plan {p:?}; the plans are {:?}",
+                    config.payments.fees.plans.keys().collect::<Vec<_>>()
+                );
             }
             storage.shard(&scope).payments().set_plan(&scope, plan.as_deref(), now).await?;
             println!("{store}: on plan {}", plan.as_deref().unwrap_or(&config.payments.fees.default));

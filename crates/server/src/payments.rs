@@ -166,7 +166,9 @@ impl Payments {
                 let news = PaymentNews { state: PaymentState::Cancelled, captured: 0, event_id: None };
                 shard.payments().apply_payment_news(scope, payment.id, news, self.fees(), now).await?;
                 let why = match e {
-                    ProviderError::Unavailable(why) | ProviderError::Rejected(why) | ProviderError::NotFound(why) => why,
+                    ProviderError::Unavailable(why) | ProviderError::Rejected(why) | ProviderError::NotFound(why) => {
+                        why
+                    }
                 };
                 return Err(unavailable(&why));
             }
@@ -254,7 +256,13 @@ impl Payments {
         Ok(Some(applied.moved))
     }
 
-    async fn capture(&self, storage: &Storage, scope: &StoreScope, p: &Payment, now: Timestamp) -> Result<(), ApiError> {
+    async fn capture(
+        &self,
+        storage: &Storage,
+        scope: &StoreScope,
+        p: &Payment,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         let Some(reference) = &p.provider_ref else { return Ok(()) };
         // A capture that fails leaves the payment authorized; the reconciler captures it later.
         let remote = match self.provider()?.capture(reference, p.amount).await {
@@ -274,7 +282,13 @@ impl Payments {
 
     /// Asks the provider about a payment and applies the answer (the shopper's return from the
     /// provider's page does this, so the order page is right even before the webhook).
-    pub async fn refresh(&self, storage: &Storage, scope: &StoreScope, p: &Payment, now: Timestamp) -> Result<(), ApiError> {
+    pub async fn refresh(
+        &self,
+        storage: &Storage,
+        scope: &StoreScope,
+        p: &Payment,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         let Some(reference) = &p.provider_ref else { return Ok(()) };
         let remote = self.provider()?.fetch(reference).await.map_err(provider_error)?;
         self.apply(storage, scope, p.id, &remote, None, now).await?;
@@ -283,12 +297,24 @@ impl Payments {
 
     /// Reserves a refund and sends it. A provider that is down leaves it pending (202 for the
     /// caller); the reconciler sends it again with the same key.
-    pub async fn refund(&self, storage: &Storage, scope: &StoreScope, new: NewRefund, now: Timestamp) -> Result<Refund, ApiError> {
+    pub async fn refund(
+        &self,
+        storage: &Storage,
+        scope: &StoreScope,
+        new: NewRefund,
+        now: Timestamp,
+    ) -> Result<Refund, ApiError> {
         let refund = storage.shard(scope).payments().begin_refund(scope, new, now).await?;
         self.send_refund(storage, scope, refund, now).await
     }
 
-    async fn send_refund(&self, storage: &Storage, scope: &StoreScope, refund: Refund, now: Timestamp) -> Result<Refund, ApiError> {
+    async fn send_refund(
+        &self,
+        storage: &Storage,
+        scope: &StoreScope,
+        refund: Refund,
+        now: Timestamp,
+    ) -> Result<Refund, ApiError> {
         let payments = storage.shard(scope).payments();
         let payment = payments.payment(scope, refund.payment_id).await?;
         let (Some(reference), Some(provider)) = (&payment.provider_ref, &self.provider) else {
@@ -378,7 +404,10 @@ impl Payments {
             let moved = self.apply(storage, scope, p.id, &remote, None, now).await?.unwrap_or(false);
             let still_open = remote.status == RemoteStatus::Created && expired;
             if !still_open {
-                return Ok((moved, expired && moved && !matches!(remote.status, RemoteStatus::Authorized | RemoteStatus::Captured)));
+                return Ok((
+                    moved,
+                    expired && moved && !matches!(remote.status, RemoteStatus::Authorized | RemoteStatus::Captured),
+                ));
             }
         }
         // The provider cannot say, or would not cancel: the hold ends here. Should the money
@@ -438,7 +467,10 @@ pub fn check_return_url(url: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::Invalid(kirana_domain::Invalid::field("return_url", "must be an http(s) URL of at most 2048 characters")))
+        Err(ApiError::Invalid(kirana_domain::Invalid::field(
+            "return_url",
+            "must be an http(s) URL of at most 2048 characters",
+        )))
     }
 }
 
@@ -454,7 +486,9 @@ fn state_of(s: RemoteStatus) -> PaymentState {
 
 fn unavailable(why: &str) -> ApiError {
     ApiError::DependencyDown {
-        detail: format!("payment_method: online payment is unavailable right now ({why}); pay cash on delivery or try again shortly"),
+        detail: format!(
+            "payment_method: online payment is unavailable right now ({why}); pay cash on delivery or try again shortly"
+        ),
         retry_after_secs: 30,
     }
 }

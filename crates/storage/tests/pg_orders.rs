@@ -157,7 +157,10 @@ impl Orders for OnSqlite {
         actor: &str,
         now: Timestamp,
     ) -> Result<Order, StorageError> {
-        self.storage.shard(&self.scope).transition_order(&self.scope, id, req, actor.to_string(), &Default::default(), now).await
+        self.storage
+            .shard(&self.scope)
+            .transition_order(&self.scope, id, req, actor.to_string(), &Default::default(), now)
+            .await
     }
     async fn customers(&self, page: PageRequest) -> Result<Page<Customer>, StorageError> {
         self.storage.shard(&self.scope).customers(&self.scope, page).await

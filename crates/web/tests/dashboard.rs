@@ -818,6 +818,7 @@ fn store_posts(
         (format!("{base}/products/{product}"), vec![("action", "delete")]),
         (format!("{base}/orders/{order}/transitions"), vec![("to", "accepted")]),
         (format!("{base}/orders/{order}/transitions"), vec![("to", "cancelled")]),
+        (format!("{base}/orders/{order}/refunds"), vec![("amount", "1")]),
         (format!("{base}/coupons"), vec![("code", "SNEAKY"), ("kind", "flat"), ("value", "50")]),
         (format!("{base}/coupons/{coupon}"), vec![("active", "false")]),
         (format!("{base}/settings"), vec![("name", "Hijacked"), ("slug", "hijacked"), ("delivery_fee", "999")]),
@@ -922,6 +923,7 @@ async fn another_merchant_gets_not_found_for_every_page_and_form_of_a_store_not_
         "/settings",
         "/theme",
         "/theme?t=home.html",
+        "/money",
     ]
     .iter()
     .map(|r| format!("{a_base}{r}"))

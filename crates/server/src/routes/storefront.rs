@@ -214,7 +214,8 @@ async fn order_status(
     let order = shard.order_for_shopper(&shop.scope, id, hash_token(token)).await?;
     let mut public = PublicOrder::from(order);
     if public.status == OrderStatus::PendingPayment {
-        public.payment_url = shard.payments().payment_for_order(&shop.scope, id).await.ok().and_then(|p| p.checkout_url);
+        public.payment_url =
+            shard.payments().payment_for_order(&shop.scope, id).await.ok().and_then(|p| p.checkout_url);
     }
     Ok(Json(public))
 }

@@ -156,7 +156,11 @@ const NOT_STORE_SCOPED: &[(&str, &str, &str)] = &[
     ("GET", "/metrics", "operations: per shard and replica, never per store"),
     ("GET", "/openapi.json", "the API description"),
     ("GET", "/api/v1/ops/slo", "operations: the node's objectives, never per store"),
-    ("POST", "/api/v1/payments/webhooks/{provider}", "the provider's signed callback; the signed payment names its store"),
+    (
+        "POST",
+        "/api/v1/payments/webhooks/{provider}",
+        "the provider's signed callback; the signed payment names its store",
+    ),
     ("GET", "/ops", "operations: the same objectives as a page"),
 ];
 

@@ -51,8 +51,7 @@ async fn shop() -> Shop {
     app.patch(&format!("/api/v1/stores/{}", id(&store)), Some(&token), json!({ "online_payment_enabled": true }))
         .await
         .expect(200);
-    let product =
-        app.create_product(&token, &store, json!({ "title": "Saffron", "price": PRICE, "stock": 10 })).await;
+    let product = app.create_product(&token, &store, json!({ "title": "Saffron", "price": PRICE, "stock": 10 })).await;
     let variant = product["variants"][0]["id"].as_str().unwrap().to_string();
     Shop { app, gw, token, store, variant }
 }
@@ -278,7 +277,8 @@ async fn a_payment_made_after_its_hold_ran_out_is_voided_not_taken() {
     let auth = s.events(WebhookKind::PaymentAuthorized).pop().unwrap();
     // Sixteen minutes on, by the app's clock: signed now, as the gateway would sign it then.
     let now = s.app.clock.now().millis() / 1000;
-    let r = s.deliver_raw(auth.body.clone(), &kirana_payments::signature::sign(SECRET.as_bytes(), now, &auth.body)).await;
+    let r =
+        s.deliver_raw(auth.body.clone(), &kirana_payments::signature::sign(SECRET.as_bytes(), now, &auth.body)).await;
     assert_eq!((r.status.as_u16(), r.body["outcome"].as_str()), (200, Some("unchanged")), "{}", r.body);
     assert_eq!(s.gw.decline(&gid).unwrap().status, kirana_payments::RemoteStatus::Cancelled, "voided at the provider");
     assert_eq!(s.order(&order).await["status"], "cancelled");

@@ -49,6 +49,7 @@ pub static TEMPLATES: &[(&str, &str)] = &[
     ("dashboard/order.html", include_str!("../../templates/dashboard/order.html")),
     ("dashboard/customers.html", include_str!("../../templates/dashboard/customers.html")),
     ("dashboard/coupons.html", include_str!("../../templates/dashboard/coupons.html")),
+    ("dashboard/money.html", include_str!("../../templates/dashboard/money.html")),
     ("dashboard/settings.html", include_str!("../../templates/dashboard/settings.html")),
     ("dashboard/theme.html", include_str!("../../templates/dashboard/theme.html")),
 ];

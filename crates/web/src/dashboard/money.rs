@@ -52,8 +52,12 @@ pub async fn refund(State(s): State<AppState>, o: Owned, form: Submitted) -> Web
     let outcome = match c.finish() {
         Err(invalid) => Err(WebError::Invalid(invalid)),
         Ok(()) => {
-            let new =
-                NewRefund { order_id: id, amount: checked(amount), reason, actor: format!("merchant:{}", o.session.merchant.id) };
+            let new = NewRefund {
+                order_id: id,
+                amount: checked(amount),
+                reason,
+                actor: format!("merchant:{}", o.session.merchant.id),
+            };
             match s.payments.refund(&s.storage, &o.scope, new, s.clock.now()).await {
                 Ok(r) if r.status == RefundStatus::Failed => Err(WebError::BadRequest(format!(
                     "The payment provider refused the refund: {}",
@@ -93,7 +97,12 @@ struct MoneyPage {
 }
 
 /// The store's balance, ledger and payouts.
-pub async fn money(State(s): State<AppState>, o: Owned, csrf: Csrf, Query(q): Query<MoneyQuery>) -> WebResult<Response> {
+pub async fn money(
+    State(s): State<AppState>,
+    o: Owned,
+    csrf: Csrf,
+    Query(q): Query<MoneyQuery>,
+) -> WebResult<Response> {
     let payments = s.storage.shard(&o.scope).payments();
     let after = q.after.as_deref().and_then(|c| Cursor::parse(c).ok());
     let page_of = |n: i64| -> WebResult<PageRequest> {

@@ -14,7 +14,8 @@ use crate::csrf::Csrf;
 use crate::error::{WebError, WebResult};
 
 /// Statuses the order list can filter by, in the order a merchant works through them.
-const FILTERS: &[&str] = &["pending_payment", "placed", "accepted", "packed", "shipped", "delivered", "cancelled", "rejected", "returned"];
+const FILTERS: &[&str] =
+    &["pending_payment", "placed", "accepted", "packed", "shipped", "delivered", "cancelled", "rejected", "returned"];
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -83,7 +84,9 @@ pub async fn transition(State(s): State<AppState>, o: Owned, form: Submitted) ->
                 .transition_order(&o.scope, id, req, actor, s.payments.fees(), s.clock.now())
                 .await
             {
-                Ok(order) => kirana_server::routes::orders::refund_if_ended(&s, &o.scope, order).await.map_err(WebError::from),
+                Ok(order) => {
+                    kirana_server::routes::orders::refund_if_ended(&s, &o.scope, order).await.map_err(WebError::from)
+                }
                 Err(e) => Err(WebError::from(e)),
             }
         }

@@ -332,8 +332,11 @@ pub async fn checkout(
     let online = request.payment_method == PaymentMethod::Online && f.store.settings.online_payment_enabled;
     if online && !state.payments.available() {
         let why = "Online payment is unavailable right now. Choose cash on delivery, or try again shortly.";
-        return again(BTreeMap::from([("payment_method".to_string(), why.to_string())]), StatusCode::SERVICE_UNAVAILABLE)
-            .await;
+        return again(
+            BTreeMap::from([("payment_method".to_string(), why.to_string())]),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
     }
     match shard.checkout(&f.scope, cart_id, token_hash, request, key, state.clock.now()).await {
         Ok((order, replayed)) => {
@@ -346,14 +349,16 @@ pub async fn checkout(
             if order.status == OrderStatus::PendingPayment {
                 // To the provider's page; it sends the shopper back to the order's page here.
                 let back = format!("{}/order/{}?token={token}&paid=1", f.origin, order.id);
-                return Ok(match state.payments.start(&state.storage, &f.scope, &order, &back, state.clock.now()).await {
-                    Ok(p) => match p.checkout_url {
-                        Some(url) => (jar, Redirect::to(&url)).into_response(),
-                        None => (jar, Redirect::to(&order_page)).into_response(),
+                return Ok(
+                    match state.payments.start(&state.storage, &f.scope, &order, &back, state.clock.now()).await {
+                        Ok(p) => match p.checkout_url {
+                            Some(url) => (jar, Redirect::to(&url)).into_response(),
+                            None => (jar, Redirect::to(&order_page)).into_response(),
+                        },
+                        // The order was cancelled and its stock released: its page says so.
+                        Err(_) => (jar, Redirect::to(&format!("{order_page}&unpaid=1"))).into_response(),
                     },
-                    // The order was cancelled and its stock released: its page says so.
-                    Err(_) => (jar, Redirect::to(&format!("{order_page}&unpaid=1"))).into_response(),
-                });
+                );
             }
             Ok((jar, Redirect::to(&format!("{order_page}&placed=1"))).into_response())
         }

@@ -87,6 +87,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(|state, _| state).await
+    }
+
+    /// The platform with `configure` applied to its state, given the platform's public address
+    /// (a payment provider, say).
+    pub async fn start_with(configure: impl FnOnce(AppState, &str) -> AppState) -> Server {
         let dir = tempfile::tempdir().expect("a temp dir for the data");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let base = format!("http://{}", listener.local_addr().expect("the bound address"));
@@ -97,6 +103,7 @@ impl Server {
         let media = MediaStore::local(&dir.path().join("media")).expect("a media directory");
         let state =
             AppState::new(storage, Arc::new(SystemClock), notifier.clone(), ServerConfig::default()).with_media(media);
+        let state = configure(state, &base);
         let meter = Arc::new(Meter::default());
         let app = kirana_web::app(state, kirana_web::Web::new(&base, &[7u8; 32]))
             .layer(middleware::from_fn_with_state(meter.clone(), metered));

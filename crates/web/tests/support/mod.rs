@@ -130,6 +130,15 @@ impl Platform {
         kirana_web::app(state, self.web.clone()).layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))))
     }
 
+    /// The same platform taking online payments through `payments`.
+    #[allow(dead_code)] // only the payment tests pay online
+    pub fn with_payments(mut self, payments: kirana_server::payments::Payments) -> Platform {
+        self.state = self.state.clone().with_payments(payments);
+        self.router = kirana_web::app(self.state.clone(), self.web.clone())
+            .layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 1], 5000))));
+        self
+    }
+
     /// A browser with an empty cookie jar, addressing the platform's host.
     pub fn browser(&self) -> Browser {
         Browser::new(self.router.clone(), PLATFORM_HOST)

@@ -418,7 +418,8 @@ pub async fn finish_refund<C: GenericClient>(
             )
             .await?
             .get(0);
-            let status = if done >= payment.captured { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
+            let status =
+                if done >= payment.captured { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
             set_order_payment(c, store, refund.order_id, status, now).await?;
             emit(
                 c,
@@ -448,9 +449,12 @@ pub async fn finish_refund<C: GenericClient>(
 }
 
 pub async fn refunds<C: GenericClient>(c: &C, store: StoreId, order: OrderId) -> Result<Vec<Refund>> {
-    let rows =
-        rows(c, &format!("{REFUND} WHERE store_id = $1 AND order_id = $2 ORDER BY refund_id"), &[&store.uuid(), &order.uuid()])
-            .await?;
+    let rows = rows(
+        c,
+        &format!("{REFUND} WHERE store_id = $1 AND order_id = $2 ORDER BY refund_id"),
+        &[&store.uuid(), &order.uuid()],
+    )
+    .await?;
     Ok(rows.iter().map(refund_row).collect())
 }
 
@@ -553,7 +557,12 @@ pub async fn payouts<C: GenericClient>(c: &C, store: StoreId, page: PageRequest)
     Ok(Page::from_probe(rows.iter().map(payout_row).collect(), page.limit, |p| p.id.uuid()))
 }
 
-pub async fn pay_out<C: GenericClient>(c: &C, store: StoreId, slot: Timestamp, now: Timestamp) -> Result<Option<Payout>> {
+pub async fn pay_out<C: GenericClient>(
+    c: &C,
+    store: StoreId,
+    slot: Timestamp,
+    now: Timestamp,
+) -> Result<Option<Payout>> {
     // One payout run per store at a time: two would sum the same lines.
     lock(c, &format!("payout:{store}")).await?;
     let due = rows(

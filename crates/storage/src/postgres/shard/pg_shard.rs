@@ -29,13 +29,11 @@ use kirana_domain::{
 };
 
 use super::{carts, catalog, checkout, coupons, extras, log, orders, payments, pg, stores, webhooks};
-use crate::payments::{NewRefund, NewsApplied, PaymentNews};
-use kirana_domain::payment::{Balance, FeePlans, LedgerEntry, Payment, Payout, Refund};
-use kirana_domain::{PaymentId, RefundId};
 use crate::Result;
 use crate::consistency::{self, Consistency, WriteToken};
 use crate::error::StorageError;
 use crate::log::{Applied, DeadLetter, Logged, OutboxStats, Outgoing, ShardLog};
+use crate::payments::{NewRefund, NewsApplied, PaymentNews};
 use crate::postgres::pool::{PgPool, PoolStatus};
 use crate::postgres::replicas::{ReplicaReport, ReplicaSet, ReplicaSettings};
 use crate::scope::{ShardId, StoreScope};
@@ -46,6 +44,8 @@ use crate::webhooks::{
     AttemptRecord, CreatedEndpoint, Delivery, DeliveryKey, DueDelivery, Endpoint, EndpointId, NewEndpoint, Recorded,
     Webhooks,
 };
+use kirana_domain::payment::{Balance, FeePlans, LedgerEntry, Payment, Payout, Refund};
+use kirana_domain::{PaymentId, RefundId};
 
 use kirana_resilience::RetryBudget;
 

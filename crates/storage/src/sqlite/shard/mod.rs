@@ -9,8 +9,8 @@ mod checkout;
 mod coupons;
 mod log;
 mod orders;
-mod stores;
 mod payments;
+mod stores;
 mod webhooks;
 
 use async_trait::async_trait;

@@ -65,7 +65,14 @@ fn refund_row(r: &Row<'_>) -> rusqlite::Result<Refund> {
 const SETTLED_STATUSES: &str = "('delivered', 'returned', 'cancelled', 'rejected')";
 
 /// Opens the payment of an order checked out for online payment (inside the checkout).
-pub(super) fn open(c: &Connection, store: StoreId, order: OrderId, amount: i64, currency: &str, now: Timestamp) -> Result<()> {
+pub(super) fn open(
+    c: &Connection,
+    store: StoreId,
+    order: OrderId,
+    amount: i64,
+    currency: &str,
+    now: Timestamp,
+) -> Result<()> {
     c.prepare_cached(
         "INSERT INTO payments (store_id, payment_id, order_id, provider, state, amount, currency, created_at, updated_at)
          VALUES (?1, ?2, ?3, '', 'created', ?4, ?5, ?6, ?6)",
@@ -158,7 +165,14 @@ fn post(c: &Connection, store: StoreId, p: &Posting, payout: Option<PayoutId>, n
 
 /// Charges the store's fee on an order, once (inside the delivery step of a cash-on-delivery
 /// order, or the capture of an online one).
-pub(super) fn charge_fee(c: &Connection, store: StoreId, order: OrderId, total: i64, fees: &FeePlans, now: Timestamp) -> Result<()> {
+pub(super) fn charge_fee(
+    c: &Connection,
+    store: StoreId,
+    order: OrderId,
+    total: i64,
+    fees: &FeePlans,
+    now: Timestamp,
+) -> Result<()> {
     let fee = fees.for_store(plan(c, store)?.as_deref()).fee(total);
     if fee > 0 {
         post(c, store, &Posting::fee(order, fee), None, now)?;
@@ -166,7 +180,13 @@ pub(super) fn charge_fee(c: &Connection, store: StoreId, order: OrderId, total: 
     Ok(())
 }
 
-fn set_order_payment(c: &Connection, store: StoreId, order: OrderId, status: PaymentStatus, now: Timestamp) -> Result<()> {
+fn set_order_payment(
+    c: &Connection,
+    store: StoreId,
+    order: OrderId,
+    status: PaymentStatus,
+    now: Timestamp,
+) -> Result<()> {
     c.prepare_cached("UPDATE orders SET payment_status = ?3, updated_at = ?4 WHERE store_id = ?1 AND order_id = ?2")?
         .execute(params![store.uuid(), order.uuid(), status.as_str(), now.millis()])?;
     Ok(())
@@ -191,7 +211,9 @@ fn apply_news(
     };
     if let Some(event) = &news.event_id {
         let fresh = c
-            .prepare_cached("INSERT OR IGNORE INTO payment_events (store_id, event_id, received_at) VALUES (?1, ?2, ?3)")?
+            .prepare_cached(
+                "INSERT OR IGNORE INTO payment_events (store_id, event_id, received_at) VALUES (?1, ?2, ?3)",
+            )?
             .execute(params![store.uuid(), event, now.millis()])?;
         if fresh == 0 {
             return Ok(unchanged(true));
@@ -214,7 +236,14 @@ fn apply_news(
             "UPDATE payments SET state = ?4, captured = max(captured, ?5), updated_at = ?6
              WHERE store_id = ?1 AND payment_id = ?2 AND state = ?3",
         )?
-        .execute(params![store.uuid(), id.uuid(), before.state.as_str(), news.state.as_str(), captured, now.millis()])?;
+        .execute(params![
+            store.uuid(),
+            id.uuid(),
+            before.state.as_str(),
+            news.state.as_str(),
+            captured,
+            now.millis()
+        ])?;
     if moved == 0 {
         return Ok(unchanged(false));
     }
@@ -300,7 +329,10 @@ fn begin_refund(c: &Connection, store: StoreId, new: &NewRefund, now: Timestamp)
     }
     let payment = match for_order(c, store, new.order_id) {
         Err(StorageError::NotFound) => {
-            return Err(StorageError::invalid("order", "was not paid online; nothing can be refunded through the provider"));
+            return Err(StorageError::invalid(
+                "order",
+                "was not paid online; nothing can be refunded through the provider",
+            ));
         }
         other => other?,
     };
@@ -363,7 +395,8 @@ fn finish_refund(
                     "SELECT coalesce(sum(amount), 0) FROM refunds WHERE store_id = ?1 AND payment_id = ?2 AND status = 'succeeded'",
                 )?
                 .query_row(params![store.uuid(), refund.payment_id.uuid()], |r| r.get(0))?;
-            let status = if done >= payment.captured { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
+            let status =
+                if done >= payment.captured { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
             set_order_payment(c, store, refund.order_id, status, now)?;
             emit(
                 c,
@@ -404,7 +437,9 @@ fn balance(c: &Connection, store: StoreId) -> Result<Balance> {
          WHERE l.store_id = ?1 AND l.account = 'merchant' AND l.payout_id IS NULL
            AND (l.order_id IS NULL OR o.status IN {SETTLED_STATUSES})"
     ))?;
-    let unpaid = sums("SELECT sum(amount) FROM ledger_lines WHERE store_id = ?1 AND account = 'merchant' AND payout_id IS NULL")?;
+    let unpaid = sums(
+        "SELECT sum(amount) FROM ledger_lines WHERE store_id = ?1 AND account = 'merchant' AND payout_id IS NULL",
+    )?;
     let by_kind = |kind: EntryKind| {
         sums(&format!(
             "SELECT sum(amount) FROM ledger_lines WHERE store_id = ?1 AND account = 'merchant' AND kind = '{}'",
