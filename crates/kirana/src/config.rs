@@ -699,6 +699,36 @@ mod tests {
         assert!(Config::resolve(&g, None).is_err(), "unknown keys are typos, not ignored");
     }
 
+    #[test]
+    fn payments_are_configured_from_the_file_and_bad_values_are_named() {
+        let d = Config::resolve(&globals(), Some(&serve_args())).unwrap();
+        assert!(d.payment_gateway.is_none(), "no provider unless configured");
+        assert_eq!(d.payments.payout_times, [600, 900, 1200]);
+        let (_dir, g) = with_file(
+            "[payments]\nhold_minutes = 10\npayout_times = [\"09:30\", \"18:00\"]\ndefault_plan = \"pro\"\n\
+             [payments.plans.pro]\npercent_bps = 100\n[payments.plans.lite]\npercent_bps = 300\ncap = 1500\n",
+        );
+        let c = Config::resolve(&g, Some(&serve_args())).unwrap();
+        assert_eq!(c.payments.hold, Duration::from_secs(600));
+        assert_eq!(c.payments.payout_times, [570, 1080]);
+        assert_eq!(c.payments.fees.for_store(None).fee(100_000), 1_000, "the default plan is pro: 1 %, uncapped");
+        assert_eq!(c.payments.fees.for_store(Some("lite")).fee(100_000), 1_500, "lite: 3 % capped at ₹15");
+        for (bad, says) in [
+            ("[payments]\npayout_times = [\"25:00\"]\n", "payout_times"),
+            ("[payments]\nhold_minutes = 0\n", "hold_minutes"),
+            ("[payments]\ndefault_plan = \"gold\"\n", "default_plan"),
+            ("[payments.plans.x]\npercent_bps = 20000\n", "percent_bps"),
+        ] {
+            let (_dir, g) = with_file(bad);
+            let e = Config::resolve(&g, Some(&serve_args())).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let mut flags = serve_args();
+        flags.payment_gateway_url = Some("http://127.0.0.1:9100".into());
+        let e = Config::resolve(&globals(), Some(&flags)).unwrap_err().to_string();
+        assert!(e.contains("KIRANA_PAYMENT_KEY"), "a provider needs its credentials: {e}");
+    }
+
     fn with_file(text: &str) -> (tempfile::TempDir, GlobalArgs) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kirana.toml");

@@ -486,7 +486,7 @@ async fn gateway(listen: SocketAddr, webhook_url: Option<String>, public_url: Op
         public_url,
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    println!("test payment gateway listening on http://{}", listener.local_addr()?);
+    println!("kirana gateway listening on http://{}", listener.local_addr()?);
     kirana_payments::gateway::serve(listener, config, async {
         let _ = tokio::signal::ctrl_c().await;
     })

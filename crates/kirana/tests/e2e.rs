@@ -123,6 +123,12 @@ impl Server {
 
     /// Starts the binary with exactly these arguments and waits for its listening line.
     async fn spawn(cwd: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Server> {
+        Server::spawn_until(cwd, args, envs, "kirana listening on ").await
+    }
+
+    /// Starts the binary and waits for the line `<listening> http://…` (the server's, or the
+    /// test gateway's).
+    async fn spawn_until(cwd: &Path, args: &[String], envs: &[(&str, &str)], listening: &str) -> Result<Server> {
         let mut child = kirana(cwd, args, envs).spawn().with_context(|| format!("cannot start {BIN}"))?;
         let pid = child.id().context("the server exited before it could be observed")?;
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -141,7 +147,7 @@ impl Server {
         let waited = tokio::time::timeout(START_TIMEOUT, async {
             let mut seen = Vec::new();
             while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("kirana listening on ") {
+                if let Some(url) = line.strip_prefix(listening) {
                     return Ok::<_, std::io::Error>(Ok(url.trim().trim_end_matches('/').to_string()));
                 }
                 seen.push(line);
@@ -1358,4 +1364,115 @@ fn contains_token(line: &str, secret: &str) -> bool {
     let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     line.match_indices(secret)
         .any(|(at, _)| !word(line[..at].chars().next_back()) && !word(line[at + secret.len()..].chars().next()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payments: the binary's provider wiring, the test gateway subcommand, the payout command
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `probe` every 50 ms until it holds, for at most 20 s: for what another process does
+/// in its own time (a webhook crossing between two of them).
+async fn until<F, Fut>(what: &str, mut probe: F) -> Result<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Value>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_order_is_paid_through_the_gateway_subcommand_refunded_and_paid_out() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let data = root.path().join("data");
+    let creds = [("KIRANA_PAYMENT_KEY", "e2e-key"), ("KIRANA_PAYMENT_WEBHOOK_SECRET", "e2e-secret")];
+    // The gateway's port first (the server must know it); then the server; then the gateway,
+    // told where the server's webhook endpoint is.
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let gw_url = format!("http://127.0.0.1:{gw_port}");
+    let mut args = strings(&["serve", "--listen", "127.0.0.1:0", "--payment-gateway-url", &gw_url, "--data-dir"]);
+    args.push(path_arg(&data));
+    let server = Server::spawn(root.path(), &args, &creds).await?;
+    let webhook = server.url("/api/v1/payments/webhooks/testgw");
+    let gw_args = strings(&["gateway", "--listen", &format!("127.0.0.1:{gw_port}"), "--webhook-url", &webhook]);
+    let _gateway = Server::spawn_until(root.path(), &gw_args, &creds, "kirana gateway listening on ").await?;
+
+    let api = &server.api;
+    let token = api.sign_in(&data, MERCHANT_PHONE).await?;
+    let (store_id, slug) = api.create_store(&token, "Gateway Grocers").await?;
+    api.call(
+        Method::PATCH,
+        &format!("/api/v1/stores/{store_id}"),
+        Some(&token),
+        &[],
+        Some(&json!({ "online_payment_enabled": true })),
+    )
+    .await?
+    .expect(200, "turning on online payment")?;
+    let (product_id, variant_id) = api.create_product(&token, &store_id, "Basmati", 5).await?;
+    let (cart_id, cart_token) = api.cart_with(&slug, &variant_id, 2).await?;
+    let mut body = checkout_body();
+    body["payment_method"] = json!("online");
+    let order = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/storefront/{slug}/carts/{cart_id}/checkout"),
+            None,
+            &[("x-cart-token", &cart_token)],
+            Some(&body),
+        )
+        .await?
+        .expect(201, "an online checkout")?;
+    ensure!(order["status"] == "pending_payment", "{order}");
+    ensure!(api.stock(&token, &store_id, &product_id).await? == 3, "the unpaid order holds its stock");
+    let pay_page = text(&order, "payment_url")?;
+    ensure!(pay_page.starts_with(&gw_url), "the shopper is sent to the gateway: {pay_page}");
+
+    // The shopper pays on the gateway's page; its webhook reaches the server, which captures.
+    let click = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .post(format!("{pay_page}/authorize"))
+        .send()
+        .await?;
+    ensure!(click.status().as_u16() == 303, "the gateway's pay button answered {}", click.status());
+    let order_id = text(&order, "id")?;
+    let order_path = format!("/api/v1/stores/{store_id}/orders/{order_id}");
+    until("the order placed and paid by the gateway's webhook", || async {
+        let o = api.call(Method::GET, &order_path, Some(&token), &[], None).await?.expect(200, "the order")?;
+        Ok((o["status"] == "placed" && o["payment_status"] == "paid").then_some(o))
+    })
+    .await?;
+
+    // A partial refund through the gateway, then delivery and a payout by the operator command.
+    let refund = api
+        .call(Method::POST, &format!("{order_path}/refunds"), Some(&token), &[], Some(&json!({ "amount": 10_000 })))
+        .await?
+        .expect(201, "a partial refund")?;
+    ensure!(refund["status"] == "succeeded", "{refund}");
+    for to in ["accepted", "packed", "shipped", "delivered"] {
+        api.call(Method::POST, &format!("{order_path}/transitions"), Some(&token), &[], Some(&json!({ "to": to })))
+            .await?
+            .expect(200, "moving the order on")?;
+    }
+    let mut payout = strings(&["payments", "payout", "--data-dir"]);
+    payout.push(path_arg(&data));
+    let ran = run_kirana(root.path(), &payout, &[]).await?;
+    ensure!(ran.status.success() && ran.stdout.contains("1 store(s) paid out"), "{}", ran.describe());
+    let again = run_kirana(root.path(), &payout, &[]).await?;
+    ensure!(again.stdout.contains("0 store(s) paid out"), "nothing is paid twice: {}", again.describe());
+    let payouts = api
+        .call(Method::GET, &format!("/api/v1/stores/{store_id}/payouts"), Some(&token), &[], None)
+        .await?
+        .expect(200, "the payouts")?;
+    // ₹900 captured − ₹18 fee (2 %) − ₹100 refunded.
+    ensure!(payouts["items"][0]["amount"] == 78_200, "{payouts}");
+    Ok(())
 }

@@ -18,10 +18,11 @@ use kirana_domain::order::{Address, OrderStatus, PaymentMethod, TransitionReques
 use kirana_domain::store::StoreSettings;
 use kirana_domain::{Amount, MerchantId, OrderId, Phone, StoreId, VariantId};
 use kirana_storage::MediaRecord;
+use kirana_storage::payments::{NewRefund, PaymentNews};
 use kirana_storage::postgres::moves::{MoveState, Mover, STORE_TABLES};
 use kirana_storage::postgres::pool::{PgPool, PoolRole, PoolSettings};
 use kirana_storage::postgres::schema::{DIRECTORY, migrate};
-use kirana_storage::postgres::shard::{carts, catalog, checkout, coupons, extras, orders, stores, webhooks};
+use kirana_storage::postgres::shard::{carts, catalog, checkout, coupons, extras, orders, payments, stores, webhooks};
 use kirana_storage::webhooks::NewEndpoint;
 use kirana_storage::{ConflictKind, IdempotencyKey, ShardId, StorageError};
 use pg_db::{TempDb, at, pg_shard};
@@ -211,7 +212,23 @@ async fn fill(w: &World, store: StoreId, products: usize) {
     .await)
     .unwrap();
     let (placed, _) = order(w, store, first.unwrap(), 2, 1, "fill-1").await;
-    order(w, store, first.unwrap(), 1, 2, "fill-2").await;
+    let (paid, _) = order(w, store, first.unwrap(), 1, 2, "fill-2").await;
+    // Its money: a payment captured (sale and fee), part refunded, the order ended and paid out.
+    in_tx!(pool, |t| payments::open(&t, store, paid, 30_000, "INR", at(5)).await).unwrap();
+    let payment = in_tx!(pool, |t| payments::for_order(&t, store, paid).await).unwrap().id;
+    let news = PaymentNews {
+        state: kirana_domain::payment::PaymentState::Captured,
+        captured: 30_000,
+        event_id: Some("evt_fill".into()),
+    };
+    in_tx!(pool, |t| payments::apply_news(&t, store, payment, &news, &Default::default(), at(5)).await).unwrap();
+    let back = NewRefund { order_id: paid, amount: 5_000, reason: None, actor: "owner".into() };
+    let refund = in_tx!(pool, |t| payments::begin_refund(&t, store, &back, at(5)).await).unwrap();
+    in_tx!(pool, |t| payments::finish_refund(&t, store, refund.id, &Ok("rf_fill".to_string()), at(5)).await).unwrap();
+    let cancel = TransitionRequest { to: OrderStatus::Cancelled, note: None, tracking: None };
+    in_tx!(pool, |t| orders::transition(&t, store, paid, &cancel, "owner", &Default::default(), at(5)).await).unwrap();
+    let payout = in_tx!(pool, |t| payments::pay_out(&t, store, at(6), at(6)).await).unwrap();
+    assert!(payout.is_some(), "the ended order's money is paid out");
     let to = TransitionRequest { to: OrderStatus::Accepted, note: Some("ok".into()), tracking: None };
     in_tx!(pool, |t| orders::transition(&t, store, placed, &to, "owner", &Default::default(), at(5)).await).unwrap();
     // An open cart, with an item.

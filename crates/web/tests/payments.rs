@@ -76,13 +76,18 @@ async fn check_out(x: &Paying, method: &str) -> Page {
 /// Pays at the gateway (the shopper's click on its page) and follows its redirect back: the
 /// order page the shopper sees.
 async fn pay_and_return(x: &Paying, sent_to: &str) -> Page {
+    click_and_return(x, sent_to, "authorize").await
+}
+
+/// The shopper's click on the gateway's page (`authorize` or `decline`), and the way back.
+async fn click_and_return(x: &Paying, sent_to: &str, button: &str) -> Page {
     let gid = sent_to.rsplit('/').next().unwrap();
     x.gw.set_drop_webhooks(true);
     let click = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .post(format!("{}/pay/{gid}/authorize", x.gw.url()))
+        .post(format!("{}/pay/{gid}/{button}", x.gw.url()))
         .send()
         .await
         .expect("the gateway's page answers");
@@ -107,6 +112,17 @@ async fn an_online_checkout_goes_to_the_provider_and_the_return_shows_the_order_
     assert!(html.contains("Thank you! Your order has been placed."), "{html}");
     let orders = x.p.orders(&x.shop).await;
     assert_eq!((orders[0]["status"].as_str(), orders[0]["payment_status"].as_str()), (Some("placed"), Some("paid")));
+}
+
+#[tokio::test]
+async fn a_declined_payment_returns_to_a_cancelled_order() {
+    let x = paying().await;
+    let sent = check_out(&x, "online").await;
+    let page = click_and_return(&x, sent.redirect(), "decline").await;
+    let html = page.expect(200);
+    assert!(html.contains(r#"id="order-status">Cancelled"#), "{html}");
+    let product = x.p.merchant_product(&x.shop, &x.product).await;
+    assert_eq!(product["variants"][0]["stock"], 5, "the unit is back");
 }
 
 #[tokio::test]

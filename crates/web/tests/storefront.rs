@@ -369,7 +369,7 @@ async fn a_shopper_buys_with_forms_and_redirects_alone() {
     for viewer in [b.clone(), p.browser()] {
         let html = viewer.get(&to).await.html().to_string();
         assert!(html.contains(&format!("Order #{number}")), "{html}");
-        assert!(html.contains("Status: <strong>Placed</strong>"), "{html}");
+        assert!(html.contains(r#"Status: <strong id="order-status">Placed</strong>"#), "{html}");
         assert!(html.contains("12 MG Road") && html.contains("₹249.00"), "{html}");
     }
     // Without the token it is not found.

@@ -432,16 +432,22 @@ pub async fn order(
     let shard = state.storage.shard(&f.scope);
     let mut order = shard.order_for_shopper(&f.scope, id, hash_token(&token)).await?;
     let mut payment_url = None;
-    if order.status == OrderStatus::PendingPayment {
+    if order.payment_method == PaymentMethod::Online
+        && (q.paid.is_some() || order.status == OrderStatus::PendingPayment)
+    {
         let payment = shard.payments().payment_for_order(&f.scope, id).await.ok();
-        // Back from the provider: ask it now rather than wait for its webhook, so a shopper who
-        // paid sees a placed order.
+        // Back from the provider with the payment still open (no webhook yet, or its capture
+        // under way): ask the provider now, which also captures, so a shopper who paid sees a
+        // placed, paid order.
         if let (Some(p), Some(_)) = (&payment, &q.paid)
+            && p.state.is_open()
             && state.payments.refresh(&state.storage, &f.scope, p, state.clock.now()).await.is_ok()
         {
             order = shard.order_for_shopper(&f.scope, id, hash_token(&token)).await?;
         }
-        payment_url = payment.and_then(|p| p.checkout_url);
+        if order.status == OrderStatus::PendingPayment {
+            payment_url = payment.and_then(|p| p.checkout_url);
+        }
     }
     let meta = Meta {
         path: format!("/order/{id}"),
