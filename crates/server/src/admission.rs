@@ -27,7 +27,8 @@ use crate::AppState;
 /// Who goes first when the node is full; lower is more important.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
-    /// Placing an order (and the cart writes right before it): revenue.
+    /// Placing an order (and the cart writes right before it), and the payment provider's
+    /// callbacks that confirm one: revenue.
     Checkout,
     /// Shoppers reading the storefront and the shopper API.
     Browse,
@@ -196,6 +197,7 @@ mod tests {
         assert_eq!(Priority::of(&Method::GET, "/chai/product/1"), Priority::Browse);
         assert_eq!(Priority::of(&Method::GET, "/api/v1/storefront/chai/products"), Priority::Browse);
         assert_eq!(Priority::of(&Method::POST, "/api/v1/stores/1/products"), Priority::Merchant);
+        assert_eq!(Priority::of(&Method::POST, "/api/v1/payments/webhooks/testgw"), Priority::Checkout);
         assert_eq!(Priority::of(&Method::GET, "/dashboard"), Priority::Merchant);
         assert_eq!(Priority::of(&Method::GET, "/readyz"), Priority::Ops);
     }

@@ -41,6 +41,10 @@ pub fn route_group(path: &str) -> &'static str {
         if api.starts_with("ops/") {
             return "ops";
         }
+        // The payment provider's callbacks: money already taken, never shed with merchants' work.
+        if api.starts_with("payments/") {
+            return "payments";
+        }
         return "merchant_api";
     }
     if path == "/dashboard" || path.starts_with("/dashboard/") {
@@ -180,6 +184,7 @@ mod tests {
         assert_eq!(route_group("/api/v1/storefront/chai/products"), "shopper_api");
         assert_eq!(route_group("/api/v1/stores/1/orders"), "merchant_api");
         assert_eq!(route_group("/api/v1/ops/slo"), "ops");
+        assert_eq!(route_group("/api/v1/payments/webhooks/testgw"), "payments");
         assert_eq!(route_group("/dashboard"), "dashboard");
         assert_eq!(route_group("/dashboard/stores/1"), "dashboard");
         assert_eq!(route_group("/dashboardx"), "storefront", "a store may be called that");
