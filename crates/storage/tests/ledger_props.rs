@@ -19,11 +19,11 @@
 //! - stock is the starting stock less the units of orders still holding it, never negative;
 //! - the shard-wide lists (open payments, pending refunds, stores with unpaid lines) agree.
 //!
-//! Embedded SQLite with two shards. Outcomes are predicted exactly: a refusal the model does not
-//! expect fails the test as surely as a success it does not expect.
+//! Two shards, on embedded SQLite and on PostgreSQL (the shared server, databases of the test's
+//! own). Outcomes are predicted exactly: a refusal the model does not expect fails the test as
+//! surely as a success it does not expect.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
 
 use kirana_domain::cart::{Checkout, CheckoutCustomer, Quantity};
 use kirana_domain::catalog::{NewVariant, ProductChange, ProductStatus};
@@ -287,8 +287,45 @@ struct RefundM {
     status: RefundStatus,
 }
 
+/// Which storage a case runs on: the embedded default, or PostgreSQL shards (concurrent
+/// writers, so locks and unique keys do the work SQLite's single writer does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh storage of `SHARDS` shards, and what must live as long as it (temp dir, databases).
+async fn open_storage(backend: Backend) -> (Storage, Box<dyn std::any::Any + Send + Sync>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
+            let storage = kirana_storage::sqlite::open(dir.path(), SHARDS, &opts).unwrap();
+            (storage, Box::new(dir))
+        }
+        Backend::Postgres => {
+            use kirana_storage::postgres::cluster::{PgConfig, ShardUrls, open};
+            use kirana_storage::postgres::testing::TempDb;
+            let control = TempDb::create().await;
+            let mut shards = Vec::new();
+            for _ in 0..SHARDS {
+                shards.push(TempDb::create().await);
+            }
+            let urls = shards.iter().map(|d| ShardUrls { primary: d.url(), replicas: vec![] }).collect();
+            let mut config = PgConfig::new(control.url(), urls);
+            // Placement reads the stores per shard afresh, so the stores made spread at once.
+            config.directory_ttl = std::time::Duration::from_millis(1);
+            let cluster = open(&config).await.expect("open the PostgreSQL backend");
+            (cluster.storage.clone(), Box::new((cluster, shards, control)))
+        }
+    }
+}
+
 struct World {
     storage: Storage,
+    /// The databases behind `storage`, dropped with the world.
+    _keep: Box<dyn std::any::Any + Send + Sync>,
     fees: FeePlans,
     stores: Vec<StoreM>,
     orders: Vec<OrderM>,
@@ -301,9 +338,8 @@ struct World {
 }
 
 impl World {
-    async fn open(dir: &Path, stores: usize) -> World {
-        let opts = SqliteOptions { synchronous: Synchronous::Normal, ..SqliteOptions::default() };
-        let storage = kirana_storage::sqlite::open(dir, SHARDS, &opts).unwrap();
+    async fn open(backend: Backend, stores: usize) -> World {
+        let (storage, keep) = open_storage(backend).await;
         let now = Timestamp::from_millis(BASE);
         let mut made: Vec<StoreM> = Vec::new();
         // Stores land on a shard by their id: keep drawing until the ones kept cover both shards.
@@ -359,6 +395,7 @@ impl World {
         }
         World {
             storage,
+            _keep: keep,
             fees: fee_plans(),
             stores: made,
             orders: vec![],
@@ -967,9 +1004,8 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-async fn run(ops: Vec<Op>) -> Check {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = World::open(dir.path(), STORES).await;
+async fn run(backend: Backend, ops: Vec<Op>) -> Check {
+    let mut w = World::open(backend, STORES).await;
     w.check().await?;
     for (n, op) in ops.iter().enumerate() {
         w.apply(op).await.map_err(|e| TestCaseError::fail(format!("op {n} {op:?}: {e}")))?;
@@ -990,7 +1026,22 @@ proptest! {
 
     #[test]
     fn any_sequence_keeps_the_books_balanced(ops in proptest::collection::vec(op(), 1..80)) {
-        runtime().block_on(run(ops))?;
+        runtime().block_on(run(Backend::Sqlite, ops))?;
+    }
+}
+
+proptest! {
+    // Fewer, shorter cases: each opens three PostgreSQL databases.
+    #![proptest_config(ProptestConfig {
+        cases: 12,
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn any_sequence_keeps_the_books_balanced_on_postgres(ops in proptest::collection::vec(op(), 1..50)) {
+        runtime().block_on(run(Backend::Postgres, ops))?;
     }
 }
 
@@ -998,10 +1049,19 @@ proptest! {
 /// one through; the other is refused on `amount`, and nothing is reserved twice.
 #[test]
 fn racing_refunds_cannot_both_take_sixty_percent() {
+    racing_refunds(Backend::Sqlite);
+}
+
+/// The same race where writers really run at once.
+#[test]
+fn racing_refunds_cannot_both_take_sixty_percent_on_postgres() {
+    racing_refunds(Backend::Postgres);
+}
+
+fn racing_refunds(backend: Backend) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = World::open(dir.path(), 1).await;
+        let mut w = World::open(backend, 1).await;
         w.apply(&Op::Checkout { store: 0, qty: 2, online: true }).await.unwrap();
         // With one order and one refund, any index picks it.
         let first = any::<Index>().new_tree(&mut TestRunner::deterministic()).unwrap().current();
