@@ -23,6 +23,8 @@ mod http_cache;
 mod isolation;
 #[path = "../api/orders.rs"]
 mod orders;
+#[path = "../api/payments.rs"]
+mod payments;
 #[path = "../api/stores.rs"]
 mod stores;
 #[path = "../api/trace_context.rs"]
