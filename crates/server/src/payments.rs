@@ -163,8 +163,7 @@ impl Payments {
                 // than waiting out the hold. (A payment the provider did create after all is
                 // refunded if it is ever captured.)
                 tracing::warn!(order = %order.id, error = %e, "the provider could not create a payment");
-                let news = PaymentNews { state: PaymentState::Cancelled, captured: 0, event_id: None };
-                shard.payments().apply_payment_news(scope, payment.id, news, self.fees(), now).await?;
+                self.cancel_here(storage, scope, payment.id, now).await?;
                 let why = match e {
                     ProviderError::Unavailable(why) | ProviderError::Rejected(why) | ProviderError::NotFound(why) => {
                         why
@@ -393,8 +392,7 @@ impl Payments {
             (_, Err(e)) => return Err(e),
             (None, Ok(_)) => return Ok((false, false)),
         };
-        if let Some(remote) = remote {
-            let mut remote = remote;
+        if let Some(mut remote) = remote {
             if expired && remote.status == RemoteStatus::Created {
                 // The shopper never paid: cancel at the provider so a late payment is refused.
                 if let Ok(cancelled) = self.provider()?.cancel(&remote.id).await {
@@ -404,17 +402,27 @@ impl Payments {
             let moved = self.apply(storage, scope, p.id, &remote, None, now).await?.unwrap_or(false);
             let still_open = remote.status == RemoteStatus::Created && expired;
             if !still_open {
-                return Ok((
-                    moved,
-                    expired && moved && !matches!(remote.status, RemoteStatus::Authorized | RemoteStatus::Captured),
-                ));
+                let ended = matches!(remote.status, RemoteStatus::Failed | RemoteStatus::Cancelled);
+                return Ok((moved, expired && moved && ended));
             }
         }
         // The provider cannot say, or would not cancel: the hold ends here. Should the money
         // arrive after all, the capture refunds it at once.
+        let moved = self.cancel_here(storage, scope, p.id, now).await?;
+        Ok((moved, moved))
+    }
+
+    /// Cancels a payment on the platform's side alone (its order, if pending, with it);
+    /// whether it moved.
+    async fn cancel_here(
+        &self,
+        storage: &Storage,
+        scope: &StoreScope,
+        id: PaymentId,
+        now: Timestamp,
+    ) -> Result<bool, ApiError> {
         let news = PaymentNews { state: PaymentState::Cancelled, captured: 0, event_id: None };
-        let applied = storage.shard(scope).payments().apply_payment_news(scope, p.id, news, self.fees(), now).await?;
-        Ok((applied.moved, applied.moved))
+        Ok(storage.shard(scope).payments().apply_payment_news(scope, id, news, self.fees(), now).await?.moved)
     }
 
     /// The payout run of `slot` over every store owed money on every shard; how many stores

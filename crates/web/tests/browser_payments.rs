@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use chrome::{Browser, eventually};
 use kirana_payments::gateway::{GatewayConfig, TestGateway};
-use kirana_payments::{GatewayClientConfig, HttpGateway, WebhookKind};
+use kirana_payments::{HttpGateway, WebhookKind};
 use kirana_server::payments::{PaymentSettings, Payments};
 use serde_json::{Value, json};
 use server::Server;
@@ -42,9 +42,9 @@ async fn setup() -> Setup {
     })
     .await
     .expect("start the test gateway");
-    let gw_url = gw.url();
+    let client = gw.client_config();
     let server = Server::start_with(move |state, base| {
-        let provider = HttpGateway::new(GatewayClientConfig::new(gw_url, KEY, SECRET)).expect("a gateway client");
+        let provider = HttpGateway::new(client).expect("a gateway client");
         let settings = PaymentSettings { public_url: base.to_string(), ..PaymentSettings::default() };
         state.with_payments(Payments::new(Some(Arc::new(provider)), settings))
     })

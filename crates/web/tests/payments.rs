@@ -9,8 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kirana_payments::HttpGateway;
 use kirana_payments::gateway::{GatewayConfig, TestGateway};
-use kirana_payments::{GatewayClientConfig, HttpGateway};
 use kirana_server::payments::{PaymentSettings, Payments};
 use serde_json::json;
 use support::*;
@@ -34,7 +34,7 @@ async fn paying() -> Paying {
     })
     .await
     .expect("start the test gateway");
-    let mut client = GatewayClientConfig::new(gw.url(), KEY, SECRET);
+    let mut client = gw.client_config();
     client.timeout = Duration::from_millis(500);
     let provider = HttpGateway::new(client).expect("a gateway client");
     let settings = PaymentSettings { public_url: PUBLIC_URL.into(), ..PaymentSettings::default() };
@@ -157,7 +157,7 @@ async fn the_dashboard_refunds_part_of_a_payment_and_shows_the_money() {
     let order = id(&x.p.orders(&x.shop).await[0]);
 
     let b = x.p.browser();
-    sign_in(&x.p, &b, "+919800007001").await;
+    sign_in_with(&x.p, &b, "+919800007001").await;
     let base = format!("/dashboard/stores/{}", x.shop.id());
     let page = b.get(&format!("{base}/orders/{order}")).await;
     let html = page.expect(200);
@@ -182,23 +182,4 @@ async fn the_dashboard_refunds_part_of_a_payment_and_shows_the_money() {
     assert!(html.contains(r#"id="balance-total">₹193.50"#), "{html}");
     assert!(html.contains(r#"id="balance-available">₹0.00"#), "{html}");
     assert!(html.contains("refund") && html.contains("sale") && html.contains("fee"), "{html}");
-}
-
-async fn sign_in(p: &Platform, b: &Browser, phone: &str) {
-    p.clock.advance_secs(31);
-    let form = b.get("/dashboard/sign-in").await;
-    form.html();
-    let sent = b.post("/dashboard/sign-in", &[("_csrf", &form.csrf()), ("phone", phone)]).await;
-    assert_eq!(sent.status.as_u16(), 303, "{}", sent.body);
-    let code_page = b.get(sent.redirect()).await;
-    code_page.html();
-    let normalized = kirana_domain::Phone::parse(phone).expect("a valid phone");
-    let code = p.notifier.last_code(normalized.as_str()).expect("a code was sent");
-    let done = b
-        .post(
-            "/dashboard/sign-in/code",
-            &[("_csrf", &code_page.csrf()), ("phone", &code_page.field("phone")), ("code", &code)],
-        )
-        .await;
-    assert_eq!(done.status.as_u16(), 303, "{}", done.body);
 }

@@ -317,6 +317,12 @@ impl TestGateway {
         format!("http://{}", self.addr)
     }
 
+    /// A client's settings for this gateway: its address, key and webhook secret (the defaults
+    /// otherwise), for tests to adjust and hand to [`crate::HttpGateway::new`].
+    pub fn client_config(&self) -> crate::GatewayClientConfig {
+        crate::GatewayClientConfig::new(self.url(), self.shared.key.clone(), self.shared.secret.clone())
+    }
+
     /// Where later deliveries (retries included) go.
     pub fn set_webhook_url(&self, url: impl Into<String>) {
         self.shared.set_webhook_url(Some(url.into()));

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::http::{Method, Request};
 use kirana_domain::Clock;
 use kirana_payments::gateway::{GatewayConfig, SentEvent, TestGateway};
-use kirana_payments::{GatewayClientConfig, HttpGateway, WebhookKind};
+use kirana_payments::{HttpGateway, WebhookKind};
 use kirana_server::payments::{PaymentSettings, Payments};
 use serde_json::{Value, json};
 
@@ -40,7 +40,7 @@ async fn shop() -> Shop {
     })
     .await
     .expect("start the test gateway");
-    let mut client = GatewayClientConfig::new(gw.url(), KEY, SECRET);
+    let mut client = gw.client_config();
     client.timeout = Duration::from_millis(500);
     let provider = HttpGateway::new(client).expect("a client for the gateway");
     let app = TestApp::new().await.with_payments(Payments::new(Some(Arc::new(provider)), PaymentSettings::default()));

@@ -542,3 +542,27 @@ impl Browser {
         Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
     }
 }
+
+/// Signs `b` in through the dashboard's own pages: phone → code page → code → session cookie.
+#[allow(dead_code)] // not every test binary signs merchants in
+pub async fn sign_in_with(p: &Platform, b: &Browser, phone: &str) {
+    // The same phone may have had a code moments ago (the API sign-in); codes are at least 30 s
+    // apart.
+    p.clock.advance_secs(31);
+    let form = b.get("/dashboard/sign-in").await;
+    form.html();
+    let sent = b.post("/dashboard/sign-in", &[("_csrf", &form.csrf()), ("phone", phone)]).await;
+    assert_eq!(sent.status.as_u16(), 303, "{}", sent.body);
+    let code_page = b.get(sent.redirect()).await;
+    code_page.html();
+    let normalized = kirana_domain::Phone::parse(phone).expect("a valid phone");
+    let code = p.notifier.last_code(normalized.as_str()).expect("a code was sent");
+    let done = b
+        .post(
+            "/dashboard/sign-in/code",
+            &[("_csrf", &code_page.csrf()), ("phone", &code_page.field("phone")), ("code", &code)],
+        )
+        .await;
+    assert_eq!(done.status.as_u16(), 303, "{}", done.body);
+    assert_eq!(done.redirect(), "/dashboard");
+}

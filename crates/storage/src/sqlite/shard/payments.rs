@@ -428,33 +428,33 @@ fn refunds(c: &Connection, store: StoreId, order: OrderId) -> Result<Vec<Refund>
 }
 
 fn balance(c: &Connection, store: StoreId) -> Result<Balance> {
-    let sums = |sql: &str| -> Result<i64> {
-        Ok(c.prepare_cached(sql)?.query_row([store.uuid()], |r| r.get::<_, Option<i64>>(0))?.unwrap_or(0))
-    };
-    let merchant = sums("SELECT sum(amount) FROM ledger_lines WHERE store_id = ?1 AND account = 'merchant'")?;
-    let available = sums(&format!(
-        "SELECT sum(l.amount) FROM ledger_lines l LEFT JOIN orders o ON o.store_id = l.store_id AND o.order_id = l.order_id
-         WHERE l.store_id = ?1 AND l.account = 'merchant' AND l.payout_id IS NULL
-           AND (l.order_id IS NULL OR o.status IN {SETTLED_STATUSES})"
-    ))?;
-    let unpaid = sums(
-        "SELECT sum(amount) FROM ledger_lines WHERE store_id = ?1 AND account = 'merchant' AND payout_id IS NULL",
-    )?;
-    let by_kind = |kind: EntryKind| {
-        sums(&format!(
-            "SELECT sum(amount) FROM ledger_lines WHERE store_id = ?1 AND account = 'merchant' AND kind = '{}'",
-            kind.as_str()
-        ))
-    };
+    // One pass over the store's merchant lines, as on PostgreSQL.
+    let sql = format!(
+        "SELECT
+            coalesce(sum(l.amount), 0),
+            coalesce(sum(l.amount) FILTER (WHERE l.payout_id IS NULL
+                AND (l.order_id IS NULL OR o.status IN {SETTLED_STATUSES})), 0),
+            coalesce(sum(l.amount) FILTER (WHERE l.payout_id IS NULL), 0),
+            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'fee'), 0),
+            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'payout'), 0),
+            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'sale'), 0),
+            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'refund'), 0)
+         FROM ledger_lines l LEFT JOIN orders o ON o.store_id = l.store_id AND o.order_id = l.order_id
+         WHERE l.store_id = ?1 AND l.account = 'merchant'"
+    );
+    let sums: [i64; 7] = c.prepare_cached(&sql)?.query_row([store.uuid()], |r| {
+        Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])
+    })?;
+    let [merchant, available, unpaid, fees, paid_out, sales, refunded] = sums;
     // The merchant account is credit-normal: what the store is owed is minus its sum.
     Ok(Balance {
         balance: -merchant,
         available: -available,
         held: -(unpaid - available),
-        fees: by_kind(EntryKind::Fee)?,
-        paid_out: by_kind(EntryKind::Payout)?,
-        sales: -by_kind(EntryKind::Sale)?,
-        refunded: by_kind(EntryKind::Refund)?,
+        fees,
+        paid_out,
+        sales: -sales,
+        refunded,
     })
 }
 
