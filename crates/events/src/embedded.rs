@@ -341,9 +341,10 @@ impl Reader {
                 last_beat = tokio::time::Instant::now();
             }
             if !pause.is_zero() {
+                // A dropped sender (the node's work torn down) is a stop too.
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.changed() => {}
+                    r = shutdown.changed() => if r.is_err() { return },
                 }
             }
         }
@@ -365,23 +366,33 @@ pub async fn trim_behind(
     whole_shard: &[String],
 ) -> kirana_storage::Result<u64> {
     let mut total = 0;
-    for log in storage.logs() {
-        let mut floor = i64::MAX;
-        for name in consumers {
-            let positions = log.positions(name).await?;
-            let min = (0..partitions)
-                .map(|p| positions.iter().find(|(q, _)| *q == p).map(|(_, s)| *s).unwrap_or(0))
-                .min()
-                .unwrap_or(0);
-            floor = floor.min(min);
-        }
-        for name in whole_shard {
-            let at = log.positions(name).await?.iter().find(|(p, _)| *p == 0).map_or(0, |(_, s)| *s);
-            floor = floor.min(at);
-        }
-        if floor != i64::MAX && floor > 0 {
-            total += log.trim_outbox(floor).await?;
-        }
+    for shard in 0..storage.shard_count() {
+        total += trim_shard(storage, shard, consumers, partitions, whole_shard).await?;
     }
     Ok(total)
+}
+
+/// [`trim_behind`] on one shard (its trimmer runs under the shard's lease).
+pub async fn trim_shard(
+    storage: &Storage,
+    shard: usize,
+    consumers: &[&str],
+    partitions: u32,
+    whole_shard: &[String],
+) -> kirana_storage::Result<u64> {
+    let Some(log) = storage.logs().nth(shard) else { return Ok(0) };
+    let mut floor = i64::MAX;
+    for name in consumers {
+        let positions = log.positions(name).await?;
+        let min = (0..partitions)
+            .map(|p| positions.iter().find(|(q, _)| *q == p).map(|(_, s)| *s).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        floor = floor.min(min);
+    }
+    for name in whole_shard {
+        let at = log.positions(name).await?.iter().find(|(p, _)| *p == 0).map_or(0, |(_, s)| *s);
+        floor = floor.min(at);
+    }
+    if floor != i64::MAX && floor > 0 { log.trim_outbox(floor).await } else { Ok(0) }
 }

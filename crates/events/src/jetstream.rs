@@ -24,8 +24,14 @@
 //!   stream with the error, recorded in the shard's dead letters (so `kirana events dlq` works
 //!   as for the embedded backend), acknowledged, and the partition moves on.
 //!
-//! One process runs a given (consumer, partition) at a time: the consumer's reset deletes and
-//! recreates the durable, which two processes sharing it would fight over.
+//! One node runs a given partition's consumers at a time, under a lease ([`jobs`] and
+//! [`crate::assign`]): the consumer's reset deletes and recreates the durable, which two
+//! processes sharing it would fight over. Several nodes split the partitions and relays between
+//! them, and a dead node's share moves to the others when its leases run out.
+//!
+//! Effects are applied on the shard where the event's store lives *when they are applied*, not
+//! where it was logged: a store moves between shards, and its rollups, dedup records and queues
+//! move with it (see `Worker::flush`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{Future, IntoFuture};
@@ -112,14 +118,26 @@ pub struct JetStreamConfig {
     pub trim_behind: Vec<String>,
 }
 
+/// The namespace of a deployment's streams and subjects unless it names its own.
+pub const DEFAULT_NAMESPACE: &str = "kirana";
+
 impl JetStreamConfig {
     pub fn new(url: impl Into<String>) -> Self {
+        JetStreamConfig::namespaced(url, DEFAULT_NAMESPACE)
+    }
+
+    /// The streams and subjects of one deployment on a NATS shared with others: `<NS>_EVENTS`
+    /// and `<NS>_DLQ`, subjects `<ns>.ev.>` and `<ns>.dlq.>` (durable consumers are named within
+    /// their stream, so they cannot meet either). `namespace` must be a valid subject token
+    /// ([`valid_namespace`]).
+    pub fn namespaced(url: impl Into<String>, namespace: &str) -> Self {
+        let upper = namespace.to_ascii_uppercase().replace('-', "_");
         JetStreamConfig {
             url: url.into(),
-            stream: "KIRANA_EVENTS".into(),
-            dlq_stream: "KIRANA_DLQ".into(),
-            subject_prefix: "kirana.ev".into(),
-            dlq_prefix: "kirana.dlq".into(),
+            stream: format!("{upper}_EVENTS"),
+            dlq_stream: format!("{upper}_DLQ"),
+            subject_prefix: format!("{namespace}.ev"),
+            dlq_prefix: format!("{namespace}.dlq"),
             partitions: crate::partition::DEFAULT_PARTITIONS,
             duplicate_window: Duration::from_secs(10 * 60),
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -134,6 +152,14 @@ impl JetStreamConfig {
             trim_behind: Vec::new(),
         }
     }
+}
+
+/// Whether `ns` can name a deployment's streams: 1–32 of `a-z`, `0-9`, `_` and `-`, starting
+/// with a letter (a subject token and, upper-cased, a stream name).
+pub fn valid_namespace(ns: &str) -> bool {
+    (1..=32).contains(&ns.len())
+        && ns.starts_with(|c: char| c.is_ascii_lowercase())
+        && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 impl Default for JetStreamConfig {
@@ -206,6 +232,11 @@ impl JetStreamBus {
         self.inner.timeouts.load(Ordering::Relaxed)
     }
 
+    /// Durable consumers recreated from their ack floor since the connection opened.
+    pub fn resets(&self) -> u64 {
+        self.inner.resets.load(Ordering::Relaxed)
+    }
+
     /// The connection's breaker state.
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breaker.state()
@@ -247,6 +278,10 @@ struct Inner {
     breaker: Arc<Breaker>,
     /// Calls that hit their deadline (`kirana_nats_timeouts_total`).
     timeouts: Arc<std::sync::atomic::AtomicU64>,
+    /// Durable consumers this node recreated from their ack floor
+    /// (`kirana_jetstream_consumer_resets_total`): one per handover or lost delivery; a steady
+    /// stream of them means two processes share a partition.
+    resets: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JetStreamBus {
@@ -297,6 +332,7 @@ impl JetStreamBus {
                 heartbeats: Arc::new(Heartbeats::default()),
                 breaker,
                 timeouts: Arc::default(),
+                resets: Arc::default(),
             }),
         })
     }
@@ -314,6 +350,7 @@ impl JetStreamBus {
                 heartbeats,
                 breaker: i.breaker.clone(),
                 timeouts: i.timeouts.clone(),
+                resets: i.resets.clone(),
             }),
         }
     }
@@ -671,7 +708,9 @@ enum Judged {
 /// One message read but not yet acknowledged, whose effects are ready.
 struct Ready {
     msg: jetstream::Message,
-    shard: usize,
+    /// The shard whose outbox logged it: where it is applied when the directory cannot say
+    /// where its store lives now.
+    logged_on: usize,
     applied: Applied,
 }
 
@@ -838,6 +877,8 @@ impl Worker {
                 let floor = info.ack_floor.stream_sequence.max(start);
                 tracing::info!(consumer = %self.durable, ack_floor = floor, in_flight = info.num_ack_pending,
                     waiting = info.num_waiting, "resetting the consumer to its ack floor");
+                self.bus.inner.resets.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("kirana_jetstream_consumer_resets_total").increment(1);
                 self.floor = Some(floor);
                 within(t, "resetting the consumer", stream.delete_consumer(&self.durable)).await?;
                 floor
@@ -990,7 +1031,7 @@ impl Worker {
         for msg in group {
             match self.judge(&msg, shutdown).await {
                 None => return Flow::Stop,
-                Some(Judged::Ready(shard, applied)) => ready.push(Ready { msg, shard, applied }),
+                Some(Judged::Ready(shard, applied)) => ready.push(Ready { msg, logged_on: shard, applied }),
                 Some(Judged::Failed(error, parsed)) => {
                     if self.flush(&mut ready, shutdown).await == Flow::Stop {
                         return Flow::Stop;
@@ -1050,8 +1091,30 @@ impl Worker {
         })
     }
 
-    /// Applies the ready events (one transaction per shard, the shards in parallel), retrying
-    /// database failures until they pass, then acknowledges them in order.
+    /// Where a store's events are applied: the shard the directory places it on now (a store
+    /// moves, and the shard that logged an event may have given the store away since: its
+    /// rollups, dedup records and queues moved with it). When the directory cannot answer, the
+    /// shard that logged the event: its write fence refuses the store if it moved, and the
+    /// batch is tried again.
+    async fn home(&self, store: StoreId, logged_on: usize) -> usize {
+        match self.storage.home_of(store).await {
+            Ok(shard) if (shard.0 as usize) < self.storage.shard_count() => shard.0 as usize,
+            Ok(shard) => {
+                tracing::error!(consumer = %self.durable, %store, shard = shard.0, "the directory names a shard this node does not know");
+                logged_on
+            }
+            Err(e) => {
+                tracing::debug!(consumer = %self.durable, %store, error = %e, "no directory answer; applying where the event was logged");
+                logged_on
+            }
+        }
+    }
+
+    /// Applies the ready events where their stores live now (one transaction per shard, the
+    /// shards in parallel), retrying failures until they pass, then acknowledges them in order.
+    /// A store that moves meanwhile fails its shard's transaction as `Moved` (nothing of it is
+    /// written); the shard drops the directory entry, so the next round applies it on the new
+    /// shard, once the move has flipped.
     async fn flush(&self, ready: &mut Vec<Ready>, shutdown: &mut watch::Receiver<bool>) -> Flow {
         if ready.is_empty() {
             return Flow::Go;
@@ -1061,8 +1124,18 @@ impl Worker {
         loop {
             let now = self.clock.now();
             let mut by_shard: BTreeMap<usize, Vec<Applied>> = BTreeMap::new();
+            let mut homes: HashMap<StoreId, usize> = HashMap::new();
             for r in ready.iter() {
-                by_shard.entry(r.shard).or_default().push(r.applied.clone());
+                let store = r.applied.event.store_id;
+                let shard = match homes.get(&store) {
+                    Some(s) => *s,
+                    None => {
+                        let s = self.home(store, r.logged_on).await;
+                        homes.insert(store, s);
+                        s
+                    }
+                };
+                by_shard.entry(shard).or_default().push(r.applied.clone());
             }
             let applies = by_shard.into_iter().map(|(shard, batch)| async move {
                 match self.storage.logs().nth(shard) {
@@ -1074,11 +1147,25 @@ impl Worker {
                 futures::future::join_all(applies).await.into_iter().filter_map(Result::err).collect();
             let Some(e) = errors.into_iter().next() else {
                 self.consumer.applied(&crate::consumers::touched(ready.iter().map(|r| &r.applied)));
+                metrics::counter!("kirana_events_applied_total", "consumer" => name, "partition" => self.partition.to_string())
+                    .increment(ready.len() as u64);
                 break;
             };
             failures += 1;
-            tracing::error!(consumer = %self.durable, error = %e, failures, "could not apply events; retrying");
-            if pause(outage_delay(failures), shutdown).await {
+            let wait = match &e {
+                // A move's freeze lasts a fraction of a second: look again soon, where the
+                // directory says the store lives by then.
+                StorageError::Moved { store, to } => {
+                    tracing::info!(consumer = %self.durable, %store, to = to.0, failures,
+                        "a store of this batch moved; applying where it lives now");
+                    Duration::from_millis(100)
+                }
+                _ => {
+                    tracing::error!(consumer = %self.durable, error = %e, failures, "could not apply events; retrying");
+                    outage_delay(failures)
+                }
+            };
+            if pause(wait, shutdown).await {
                 return Flow::Stop;
             }
         }
@@ -1112,7 +1199,7 @@ impl Worker {
             match self.judge(&msg, shutdown).await {
                 None => return Flow::Stop,
                 Some(Judged::Ready(shard, applied)) => {
-                    let mut ready = vec![Ready { msg, shard, applied }];
+                    let mut ready = vec![Ready { msg, logged_on: shard, applied }];
                     return self.flush(&mut ready, shutdown).await;
                 }
                 Some(Judged::Failed(e, p)) => {
@@ -1231,6 +1318,76 @@ pub async fn lag(bus: &JetStreamBus, consumers: &[&str], partitions: u32) -> Res
     Ok(out)
 }
 
+/// Each consumer's partitions as the stream sees them: the position (the ack floor's stream
+/// sequence), the events not yet applied (delivered or not), and how long the oldest of them
+/// has been in the stream. One consumer info per (consumer, partition), and one message read
+/// per partition that has events waiting.
+pub async fn partitions_status(
+    bus: &JetStreamBus,
+    consumers: &[&str],
+    now: Timestamp,
+) -> Result<Vec<crate::status::ConsumerStatus>, Error> {
+    let t = bus.inner.cfg.timeout;
+    let partitions = bus.inner.cfg.partitions;
+    let stream = bus.stream().await?;
+    let mut out = Vec::with_capacity(consumers.len());
+    for name in consumers {
+        let mut parts = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let durable = JetStreamBus::durable_name(name, p);
+            let (floor, waiting) = match tokio::time::timeout(t, stream.consumer_info(&durable)).await {
+                Err(_) => return Err(Error::Nats(format!("reading consumer {durable}: no answer"))),
+                Ok(Ok(info)) => {
+                    let start = match info.config.deliver_policy {
+                        DeliverPolicy::ByStartSequence { start_sequence } => start_sequence.saturating_sub(1),
+                        _ => 0,
+                    };
+                    (info.ack_floor.stream_sequence.max(start), info.num_pending + info.num_ack_pending as u64)
+                }
+                // Never created: everything in its partition is waiting for it.
+                Ok(Err(e)) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+                    (0, partition_messages(bus, p).await?)
+                }
+                Ok(Err(e)) => return Err(nats(format!("reading consumer {durable}: {e}"))),
+            };
+            let mut lag_seconds = 0.0;
+            if waiting > 0 {
+                let oldest =
+                    stream.raw_message_builder().sequence(floor + 1).next_by_subject(bus.partition_filter(p)).send();
+                match tokio::time::timeout(t, oldest).await {
+                    Ok(Ok(m)) => {
+                        let at = (m.time.unix_timestamp_nanos() / 1_000_000) as i64;
+                        lag_seconds = (now.millis() - at).max(0) as f64 / 1000.0;
+                    }
+                    // Gone meanwhile (applied and the stream trimmed by age): nothing to age.
+                    Ok(Err(_)) => {}
+                    Err(_) => return Err(Error::Nats(format!("reading partition {p}'s oldest event: no answer"))),
+                }
+            }
+            parts.push(crate::status::PartitionLag {
+                partition: p,
+                position: i64::try_from(floor).unwrap_or(i64::MAX),
+                lag_events: i64::try_from(waiting).unwrap_or(i64::MAX),
+                lag_seconds,
+            });
+        }
+        out.push(crate::status::ConsumerStatus {
+            consumer: name.to_string(),
+            heartbeat_age_seconds: None,
+            lag_events: parts.iter().map(|p| p.lag_events).sum(),
+            partitions: parts,
+        });
+    }
+    Ok(out)
+}
+
+/// Messages in the event stream (all partitions).
+pub async fn stream_messages(bus: &JetStreamBus) -> Result<u64, Error> {
+    let t = bus.inner.cfg.timeout;
+    let mut stream = within(t, "reading the stream", bus.inner.js.get_stream(&bus.inner.cfg.stream)).await?;
+    Ok(within(t, "reading the stream", stream.info()).await?.state.messages)
+}
+
 /// Messages in one partition of the stream.
 async fn partition_messages(bus: &JetStreamBus, partition: u32) -> Result<u64, Error> {
     let t = bus.inner.cfg.timeout;
@@ -1241,9 +1398,56 @@ async fn partition_messages(bus: &JetStreamBus, partition: u32) -> Result<u64, E
     Ok(counts.into_iter().map(|(_, n)| n as u64).sum())
 }
 
-/// Starts the backend: a relay per shard, and a worker per consumer and partition, all
-/// stopping when `shutdown` turns true (each after its current step; events in flight are
-/// redelivered to the next run). Heartbeats go to [`JetStreamBus::with_heartbeats`]'s.
+/// The backend's work as leased jobs ([`crate::assign`]): a relay per shard
+/// (`events.relay.shard-N`), and per partition (`events.partition-P`) a worker for each
+/// consumer. Each job runs until its receiver turns true (each worker after its current step;
+/// events in flight are redelivered to the next holder). Heartbeats go to
+/// [`JetStreamBus::with_heartbeats`]'s.
+pub fn jobs(
+    bus: JetStreamBus,
+    storage: Storage,
+    consumers: Vec<Arc<dyn Consumer>>,
+    clock: Arc<dyn Clock>,
+    retry: RetryPolicy,
+) -> Vec<crate::assign::Job> {
+    let mut jobs = Vec::new();
+    for shard in 0..storage.shard_count() {
+        let (bus, storage, clock) = (bus.clone(), storage.clone(), clock.clone());
+        jobs.push(crate::assign::Job::new(format!("events.relay.shard-{shard}"), move |rx| {
+            run_relay(bus.clone(), storage.clone(), shard, rx, clock.clone())
+        }));
+    }
+    for p in 0..bus.inner.cfg.partitions {
+        let (bus, storage, consumers, clock) = (bus.clone(), storage.clone(), consumers.clone(), clock.clone());
+        jobs.push(crate::assign::Job::new(format!("events.partition-{p}"), move |rx| {
+            let workers: Vec<_> = consumers
+                .iter()
+                .map(|c| {
+                    tokio::spawn(run_consumer(
+                        bus.clone(),
+                        storage.clone(),
+                        c.clone(),
+                        p,
+                        rx.clone(),
+                        clock.clone(),
+                        retry,
+                    ))
+                })
+                .collect();
+            async move {
+                for w in workers {
+                    if let Err(e) = w.await {
+                        tracing::error!(partition = p, error = %e, "a JetStream consumer ended abnormally");
+                    }
+                }
+            }
+        }));
+    }
+    jobs
+}
+
+/// Starts every job of the backend on this node, without leases: for tests and tools that run
+/// one process alone. All stop when `shutdown` turns true.
 pub fn start(
     bus: JetStreamBus,
     storage: Storage,
@@ -1252,24 +1456,7 @@ pub fn start(
     retry: RetryPolicy,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for shard in 0..storage.shard_count() {
-        tasks.push(tokio::spawn(run_relay(bus.clone(), storage.clone(), shard, shutdown.clone(), clock.clone())));
-    }
-    for consumer in consumers {
-        for p in 0..bus.inner.cfg.partitions {
-            tasks.push(tokio::spawn(run_consumer(
-                bus.clone(),
-                storage.clone(),
-                consumer.clone(),
-                p,
-                shutdown.clone(),
-                clock.clone(),
-                retry,
-            )));
-        }
-    }
-    tasks
+    jobs(bus, storage, consumers, clock, retry).into_iter().map(|j| tokio::spawn((j.run)(shutdown.clone()))).collect()
 }
 
 #[cfg(test)]

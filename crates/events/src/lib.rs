@@ -15,9 +15,11 @@
 //! - [`notify`]: the worker that sends queued notifications through a [`notify::Messenger`].
 //! - [`sms`]: the SMS provider over HTTP, behind a timeout, a breaker and a retry budget.
 //! - [`status`]: backlog, lag per consumer and partition, heartbeats, dead letters, alerts.
+//! - [`assign`]: splitting the background work between the nodes that run it, by lease.
 //! - [`Pipeline`]: starts all of it and stops it gracefully.
 //! - [`bench`]: events/s and commit-to-effect latency beside a same-run baseline.
 
+pub mod assign;
 pub mod bench;
 pub mod consumers;
 pub mod embedded;

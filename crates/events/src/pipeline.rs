@@ -1,5 +1,15 @@
-//! Starting and stopping the pipeline: a reader per (consumer, shard), the trimmer that keeps
-//! the outbox short, the webhook and notification workers; and replaying parked events.
+//! Starting and stopping the pipeline. Its work is split into leased jobs ([`crate::assign`]),
+//! so several nodes on the same databases share it and each piece runs on one node at a time:
+//! - embedded backend: per shard, `events.shard-N` (a reader per consumer, and the trimmer that
+//!   keeps the outbox short);
+//! - JetStream: per shard, `events.relay.shard-N`; per partition, `events.partition-P` (a
+//!   worker per consumer);
+//! - either: per shard, `notify.shard-N` (sending queued notifications);
+//! - and whatever the caller adds (the payment reconciler and payouts).
+//!
+//! Every node also runs, without a lease, the webhook worker (deliveries are leased row by
+//! row) and the status watcher that keeps the pipeline's lag in `/metrics`. Replaying parked
+//! events is here too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +19,9 @@ use kirana_storage::{Applied, Storage, StorageError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::assign::{AssignConfig, Job, Share};
 use crate::consumers::Consumer;
-use crate::embedded::{Reader, ReaderConfig, trim_behind};
+use crate::embedded::{Reader, ReaderConfig, trim_shard};
 use crate::notify::{self, Messenger};
 use crate::status::Heartbeats;
 
@@ -24,7 +35,7 @@ pub enum Backend {
     JetStream(Box<crate::jetstream::JetStreamConfig>),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub backend: Backend,
     pub reader: ReaderConfig,
@@ -32,6 +43,24 @@ pub struct PipelineConfig {
     /// Other readers of the outbox, with one position per shard, that trimming must wait for
     /// (the search indexer's consumer name): the embedded trimmer's and the JetStream relay's.
     pub also_trim_behind: Vec<String>,
+    /// This node's name among the nodes sharing the leases, its lease life and its patience
+    /// with a stopping job.
+    pub assign: AssignConfig,
+    /// How often the status watcher reads the pipeline's lag for `/metrics`.
+    pub watch_every: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            backend: Backend::default(),
+            reader: ReaderConfig::default(),
+            webhooks: Default::default(),
+            also_trim_behind: vec![],
+            assign: AssignConfig::new(crate::assign::default_node_name()),
+            watch_every: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The running pipeline. Dropping it does not stop it; call [`Pipeline::stop`].
@@ -39,6 +68,9 @@ pub struct Pipeline {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     pub heartbeats: Arc<Heartbeats>,
+    /// The leases this node holds (the jobs it runs) and how many nodes share them.
+    pub share: watch::Receiver<Share>,
+    jetstream: Arc<std::sync::OnceLock<crate::jetstream::JetStreamBus>>,
 }
 
 impl Pipeline {
@@ -49,70 +81,113 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
         cfg: PipelineConfig,
     ) -> Pipeline {
+        Pipeline::start_with(storage, consumers, messenger, clock, cfg, Vec::new())
+    }
+
+    /// [`Pipeline::start`], with more leased jobs to share between the nodes (`extra`).
+    pub fn start_with(
+        storage: Storage,
+        consumers: Vec<Arc<dyn Consumer>>,
+        messenger: Arc<dyn Messenger>,
+        clock: Arc<dyn Clock>,
+        cfg: PipelineConfig,
+        extra: Vec<Job>,
+    ) -> Pipeline {
         let (shutdown, rx) = watch::channel(false);
         let heartbeats = Arc::new(Heartbeats::default());
-        let mut tasks = Vec::new();
+        let (share_tx, share) = watch::channel(Share::default());
+        let jetstream = Arc::new(std::sync::OnceLock::new());
+        let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
+        let partitions = cfg.reader.partitions;
+        let mut jobs = extra;
+        for shard in 0..storage.shard_count() {
+            let (storage, messenger, clock) = (storage.clone(), messenger.clone(), clock.clone());
+            jobs.push(Job::new(format!("notify.shard-{shard}"), move |rx| {
+                notify::run_shard(storage.clone(), shard, messenger.clone(), clock.clone(), rx)
+            }));
+        }
+        let mut tasks =
+            vec![tokio::spawn(crate::webhooks::run(storage.clone(), clock.clone(), cfg.webhooks.clone(), rx.clone()))];
         match cfg.backend {
             Backend::Embedded => {
-                for consumer in &consumers {
-                    for shard in 0..storage.shard_count() {
-                        let reader = Reader::new(consumer.clone(), storage.clone(), shard, cfg.reader, clock.clone());
-                        tasks.push(tokio::spawn(reader.run(rx.clone(), heartbeats.clone())));
-                    }
-                }
-                let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
-                let (trim_storage, mut trim_rx, partitions) = (storage.clone(), rx.clone(), cfg.reader.partitions);
-                let also = cfg.also_trim_behind.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = trim_rx.changed() => {}
-                        }
-                        if *trim_rx.borrow() {
-                            return;
-                        }
-                        if let Err(e) = trim_behind(&trim_storage, &names, partitions, &also).await {
-                            tracing::warn!(error = %e, "could not trim the outbox");
-                        }
-                    }
-                }));
+                jobs.extend(embedded_jobs(
+                    &storage,
+                    &consumers,
+                    &clock,
+                    &cfg.reader,
+                    &cfg.also_trim_behind,
+                    &heartbeats,
+                ));
+                tasks.push(tokio::spawn(crate::assign::run(
+                    storage.leases().clone(),
+                    jobs,
+                    cfg.assign.clone(),
+                    share_tx,
+                    rx.clone(),
+                )));
+                tasks.push(tokio::spawn(crate::status::watch(
+                    storage.clone(),
+                    names,
+                    partitions,
+                    None,
+                    cfg.watch_every,
+                    clock.clone(),
+                    rx.clone(),
+                )));
             }
             Backend::JetStream(mut js) => {
                 js.trim_behind.extend(cfg.also_trim_behind.iter().cloned());
-                // The relay trims the outbox in this backend: the stream is the consumers' log.
+                js.partitions = partitions;
                 // Opening never waits for the server: a node whose NATS is down still starts,
                 // and orders wait in the outbox until it answers.
-                let (storage, consumers, clock, heartbeats, rx, retry) = (
+                let (storage, consumers, clock, heartbeats, rx, retry, assign, every, opened) = (
                     storage.clone(),
                     consumers.clone(),
                     clock.clone(),
                     heartbeats.clone(),
                     rx.clone(),
                     cfg.reader.retry,
+                    cfg.assign.clone(),
+                    cfg.watch_every,
+                    jetstream.clone(),
                 );
                 tasks.push(tokio::spawn(async move {
                     let bus = match crate::jetstream::JetStreamBus::open(*js).await {
-                        Ok(bus) => bus.with_heartbeats(heartbeats),
+                        Ok(bus) => Some(bus.with_heartbeats(heartbeats)),
                         Err(e) => {
                             tracing::error!(error = %e, "the JetStream backend cannot start; events wait in the outbox");
-                            return;
+                            None
                         }
                     };
-                    for t in crate::jetstream::start(bus, storage, consumers, clock, retry, rx) {
-                        if let Err(e) = t.await {
-                            tracing::error!(error = %e, "a JetStream task ended abnormally");
-                        }
+                    if let Some(bus) = &bus {
+                        let _ = opened.set(bus.clone());
+                        jobs.extend(crate::jetstream::jobs(bus.clone(), storage.clone(), consumers, clock.clone(), retry));
                     }
+                    let leases = storage.leases().clone();
+                    let watcher =
+                        tokio::spawn(crate::status::watch(storage, names, partitions, bus, every, clock, rx.clone()));
+                    crate::assign::run(leases, jobs, assign, share_tx, rx).await;
+                    let _ = watcher.await;
                 }));
             }
         }
-        tasks.push(tokio::spawn(crate::webhooks::run(storage.clone(), clock.clone(), cfg.webhooks, rx.clone())));
-        tasks.push(tokio::spawn(notify::run(storage, messenger, clock, rx)));
-        Pipeline { shutdown, tasks, heartbeats }
+        Pipeline { shutdown, tasks, heartbeats, share, jetstream }
     }
 
-    /// Stops every task after its current step and waits for them.
+    /// The JetStream connection, once opened (`None` on the embedded backend).
+    pub fn jetstream(&self) -> Option<crate::jetstream::JetStreamBus> {
+        self.jetstream.get().cloned()
+    }
+
+    /// Stops this node's work as a crash would: at once, mid-step, giving nothing back (its
+    /// leases run out for the other nodes to take). For tests of what the others do then.
+    pub fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Stops every task after its current step, gives this node's leases back and waits.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -121,6 +196,64 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The embedded backend's jobs: per shard, a reader for each consumer and the trimmer.
+fn embedded_jobs(
+    storage: &Storage,
+    consumers: &[Arc<dyn Consumer>],
+    clock: &Arc<dyn Clock>,
+    reader: &ReaderConfig,
+    also_trim_behind: &[String],
+    heartbeats: &Arc<Heartbeats>,
+) -> Vec<Job> {
+    let names: Vec<&'static str> = consumers.iter().map(|c| c.name()).collect();
+    (0..storage.shard_count())
+        .map(|shard| {
+            let (storage, consumers, clock, reader, also, heartbeats, names) = (
+                storage.clone(),
+                consumers.to_vec(),
+                clock.clone(),
+                *reader,
+                also_trim_behind.to_vec(),
+                heartbeats.clone(),
+                names.clone(),
+            );
+            Job::new(format!("events.shard-{shard}"), move |rx| {
+                let mut tasks: Vec<JoinHandle<()>> = consumers
+                    .iter()
+                    .map(|c| {
+                        let r = Reader::new(c.clone(), storage.clone(), shard, reader, clock.clone());
+                        tokio::spawn(r.run(rx.clone(), heartbeats.clone()))
+                    })
+                    .collect();
+                let (trim_storage, mut trim_rx, names, also) =
+                    (storage.clone(), rx.clone(), names.clone(), also.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        // A dropped sender (the node's work torn down) is a stop too.
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            r = trim_rx.changed() => if r.is_err() { return },
+                        }
+                        if *trim_rx.borrow() {
+                            return;
+                        }
+                        if let Err(e) = trim_shard(&trim_storage, shard, &names, reader.partitions, &also).await {
+                            tracing::warn!(shard, error = %e, "could not trim the outbox");
+                        }
+                    }
+                }));
+                async move {
+                    for t in tasks {
+                        if let Err(e) = t.await {
+                            tracing::error!(shard, error = %e, "an event reader ended abnormally");
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// Applies a parked event again (after its cause was fixed) and marks it replayed. Applying is

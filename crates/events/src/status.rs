@@ -1,12 +1,19 @@
 //! Watching the pipeline: backlog per shard, lag per consumer and partition (events and
-//! seconds), heartbeats, dead letters, and the alerts they imply. `kirana events status` prints
-//! it; the observability issue exposes it as metrics.
+//! seconds) on either backend, heartbeats, dead letters, who holds which lease, and the alerts
+//! they imply. `kirana events status` and `kirana doctor` print it; [`watch`] keeps it in
+//! `/metrics` on every node.
+//!
+//! The alert that matters most is [`STALL_ALERT_SECS`]: a partition whose oldest unapplied event
+//! has waited that long is stuck or too slow, whatever the reason (a store move it cannot get
+//! past, a dead node whose lease has not moved, a poison event being retried, a consumer that
+//! cannot keep up). It needs no history: the age of the oldest waiting event grows by one second
+//! per second while nothing moves.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use kirana_domain::Timestamp;
-use kirana_storage::Storage;
+use kirana_storage::{LeaseRow, Storage};
 use serde::Serialize;
 
 use crate::partition::partition_of;
@@ -39,6 +46,11 @@ impl Heartbeats {
 
 /// A consumer whose heartbeat is older than this is reported as stuck.
 pub const HEARTBEAT_ALERT_SECS: i64 = 60;
+/// A partition whose oldest unapplied event has waited this long is stalled (or too slow), and
+/// so is a relay whose oldest unpublished row has. With Prometheus scraping every 15 s and
+/// evaluating every 15 s, the alert on it fires within a minute of the event's commit
+/// (deploy/prometheus, `KiranaEventsStalled`).
+pub const STALL_ALERT_SECS: f64 = 30.0;
 /// A partition this far behind (events) while the consumer's median partition is not, is lagging.
 pub const PARTITION_LAG_ALERT: i64 = 100;
 
@@ -77,25 +89,123 @@ pub struct Alert {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EventsStatus {
+    /// `embedded` (the outbox is the log) or `jetstream`.
+    pub backend: &'static str,
+    /// Each shard's outbox; on the embedded backend also each consumer's partitions in it.
     pub shards: Vec<ShardStatus>,
+    /// The JetStream backend's stream and consumers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamStatus>,
+    /// Who runs which background work (empty when the lease store cannot be read).
+    pub leases: Vec<LeaseRow>,
     pub alerts: Vec<Alert>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct JetStreamStatus {
+    pub stream: String,
+    /// Events the stream holds (all partitions, applied or not: it keeps them for days).
+    pub messages: Option<u64>,
+    /// Each consumer's partitions: position is the ack floor's stream sequence.
+    pub consumers: Vec<ConsumerStatus>,
+    /// Why the stream could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+impl EventsStatus {
+    /// Every (consumer, partition) with its lag, merged over shards (embedded: events summed,
+    /// the oldest wait is the longest) or as the stream has it (JetStream).
+    pub fn partition_lags(&self) -> Vec<(String, u32, i64, f64)> {
+        let mut out: std::collections::BTreeMap<(String, u32), (i64, f64)> = std::collections::BTreeMap::new();
+        let consumers = self.shards.iter().flat_map(|s| s.consumers.iter());
+        let streamed = self.jetstream.iter().flat_map(|j| j.consumers.iter());
+        for c in consumers.chain(streamed) {
+            for p in &c.partitions {
+                let e = out.entry((c.consumer.clone(), p.partition)).or_insert((0, 0.0));
+                e.0 += p.lag_events;
+                e.1 = e.1.max(p.lag_seconds);
+            }
+        }
+        out.into_iter().map(|((c, p), (n, s))| (c, p, n, s)).collect()
+    }
+}
+
 /// How many outbox rows status reads per shard to measure lag (the outbox is kept short; a
-/// longer one is itself the alert).
+/// longer one is itself the alert). Lag in events is capped by it; the oldest waiting event is
+/// among the first rows, so lag in seconds is right.
 const STATUS_SCAN: u32 = 200_000;
 
+/// The embedded backend's status: positions in the shards (see [`status_of`]).
 pub async fn status(
     storage: &Storage,
     consumers: &[&str],
     partitions: u32,
     now: Timestamp,
 ) -> kirana_storage::Result<EventsStatus> {
+    status_of(storage, consumers, partitions, None, now).await
+}
+
+/// The pipeline's status on either backend: with `bus`, consumers' lag is the stream's and the
+/// outbox only feeds the relay; without, positions in each shard's outbox.
+pub async fn status_of(
+    storage: &Storage,
+    consumers: &[&str],
+    partitions: u32,
+    bus: Option<&crate::jetstream::JetStreamBus>,
+    now: Timestamp,
+) -> kirana_storage::Result<EventsStatus> {
+    let outbox_readers: &[&str] = if bus.is_some() { &[] } else { consumers };
+    let mut s = shards_status(storage, outbox_readers, partitions, now, STATUS_SCAN).await?;
+    if let Some(bus) = bus {
+        let cfg = bus.config();
+        let (messages, consumers, error) = match crate::jetstream::partitions_status(bus, consumers, now).await {
+            Ok(list) => (crate::jetstream::stream_messages(bus).await.ok(), list, None),
+            Err(e) => (None, vec![], Some(e.to_string())),
+        };
+        if let Some(e) = &error {
+            s.alerts.push(Alert { name: "EventStreamUnreadable", detail: format!("stream {}: {e}", cfg.stream) });
+        }
+        s.backend = "jetstream";
+        s.jetstream = Some(JetStreamStatus { stream: cfg.stream.clone(), messages, consumers, error });
+        for shard in &s.shards {
+            if let Some(age) = shard.outbox_oldest_age_seconds.filter(|a| *a >= STALL_ALERT_SECS) {
+                s.alerts.push(Alert {
+                    name: "RelayStalled",
+                    detail: format!(
+                        "shard {}: {} outbox rows not yet in the stream, the oldest for {age:.0} s (is NATS reachable? is a node holding events.relay.shard-{}?)",
+                        shard.shard, shard.outbox_rows, shard.shard
+                    ),
+                });
+            }
+        }
+    }
+    for (consumer, partition, events, seconds) in s.partition_lags() {
+        if events > 0 && seconds >= STALL_ALERT_SECS {
+            s.alerts.push(Alert {
+                name: "PartitionStalled",
+                detail: format!(
+                    "consumer {consumer}, partition {partition}: {events} events waiting, the oldest for {seconds:.0} s (stuck or too slow; see the lease holder of events.partition-{partition} and its log)"
+                ),
+            });
+        }
+    }
+    s.leases = storage.leases().list().await.unwrap_or_default();
+    Ok(s)
+}
+
+/// Every shard's outbox and, for `consumers` reading it, their partitions.
+async fn shards_status(
+    storage: &Storage,
+    consumers: &[&str],
+    partitions: u32,
+    now: Timestamp,
+    scan: u32,
+) -> kirana_storage::Result<EventsStatus> {
     let mut shards = Vec::new();
     let mut alerts = Vec::new();
     for log in storage.logs() {
         let stats = log.outbox_stats().await?;
-        let rows = log.outbox_after(0, STATUS_SCAN).await?;
+        let rows = log.outbox_after(0, scan).await?;
         let positions = log.all_positions().await?;
         let dead = log.dead_letters(false, 10_000).await?.len();
         let shard = log.shard_id().0;
@@ -163,5 +273,53 @@ pub async fn status(
             consumers: list,
         });
     }
-    Ok(EventsStatus { shards, alerts })
+    Ok(EventsStatus { backend: "embedded", shards, jetstream: None, leases: vec![], alerts })
+}
+
+/// Keeps the pipeline's lag in this node's `/metrics` until `shutdown`, read every `every`:
+/// `kirana_consumer_lag_events{consumer,partition}`, `kirana_consumer_lag_seconds{…}` (the
+/// age of the oldest unapplied event, the stall alert's input), `kirana_events_stream_messages`
+/// and `kirana_events_alerts{alert}`. Every node runs one: the series are the same on each, so
+/// a dead node loses nothing, and the alert rules take the maximum.
+pub async fn watch(
+    storage: Storage,
+    consumers: Vec<&'static str>,
+    partitions: u32,
+    bus: Option<crate::jetstream::JetStreamBus>,
+    every: std::time::Duration,
+    clock: std::sync::Arc<dyn kirana_domain::Clock>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut known_alerts: std::collections::BTreeSet<&'static str> = Default::default();
+    loop {
+        let read = status_of(&storage, &consumers, partitions, bus.as_ref(), clock.now());
+        match tokio::time::timeout(every.max(std::time::Duration::from_secs(5)), read).await {
+            Ok(Ok(s)) => {
+                for (consumer, partition, events, seconds) in s.partition_lags() {
+                    let labels = [("consumer", consumer), ("partition", partition.to_string())];
+                    metrics::gauge!("kirana_consumer_lag_events", &labels).set(events as f64);
+                    metrics::gauge!("kirana_consumer_lag_seconds", &labels).set(seconds);
+                }
+                if let Some(m) = s.jetstream.as_ref().and_then(|j| j.messages) {
+                    metrics::gauge!("kirana_events_stream_messages").set(m as f64);
+                }
+                let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
+                for a in &s.alerts {
+                    *counts.entry(a.name).or_default() += 1;
+                }
+                for name in known_alerts.iter().chain(counts.keys()).copied().collect::<std::collections::BTreeSet<_>>()
+                {
+                    metrics::gauge!("kirana_events_alerts", "alert" => name)
+                        .set(*counts.get(name).unwrap_or(&0) as f64);
+                }
+                known_alerts.extend(counts.keys());
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the event pipeline's status"),
+            Err(_) => tracing::warn!("reading the event pipeline's status took too long"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+        }
+    }
 }

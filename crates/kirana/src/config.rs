@@ -36,6 +36,10 @@ pub struct GlobalArgs {
     /// (NATS JetStream).
     #[arg(long, global = true, env = "KIRANA_EVENTS")]
     pub events: Option<String>,
+    /// The deployment's name on a NATS shared with others: its streams are `<NS>_EVENTS` and
+    /// `<NS>_DLQ`, its subjects `<ns>.ev.>` (default `kirana`).
+    #[arg(long, global = true, env = "KIRANA_EVENTS_NAMESPACE")]
+    pub events_namespace: Option<String>,
     /// The PostgreSQL control database (the directory), e.g. postgres://kirana@db0/kirana.
     /// Absent: the embedded SQLite databases in the data directory.
     #[arg(long, global = true, env = "KIRANA_POSTGRES", hide_env_values = true)]
@@ -80,8 +84,10 @@ pub struct ServeArgs {
     /// Memory for the node's page cache, in MiB (default 256).
     #[arg(long, env = "KIRANA_CACHE_MB")]
     pub cache_mb: Option<u64>,
-    /// This node's name among several serving the same databases (letters, digits, `-`): its
-    /// search index keeps its place in the event log as `search.<name>` rather than `search`.
+    /// This node's name among several serving the same databases (letters, digits, `-`): it
+    /// holds its leases of background work under it (a node restarted under the same name takes
+    /// its work back at once), and its search index keeps its place in the event log as
+    /// `search.<name>` rather than `search`. Default: the host name and process id.
     #[arg(long, env = "KIRANA_NODE_NAME")]
     pub node_name: Option<String>,
     /// Requests per second one store may have on this node beyond cached pages (bursts of
@@ -114,6 +120,10 @@ struct FileConfig {
     synchronous: Option<String>,
     log_format: Option<String>,
     events: Option<String>,
+    events_namespace: Option<String>,
+    /// How long a node's lease of background work lasts unrenewed: how long a dead node's share
+    /// waits before another node takes it (default 10).
+    lease_ttl_secs: Option<u64>,
     listen: Option<String>,
     trust_proxy: Option<bool>,
     secret_key: Option<String>,
@@ -260,6 +270,12 @@ pub struct Config {
     pub json_logs: bool,
     /// `None`: embedded; `Some(url)`: NATS JetStream at that URL.
     pub nats_url: Option<String>,
+    /// The deployment's streams and subjects on NATS (`--events-namespace`).
+    pub events_namespace: String,
+    /// This node's name among the nodes sharing leases of background work.
+    pub node: String,
+    /// A lease's life.
+    pub lease_ttl: Duration,
     /// Only `serve` listens, so only `serve` requires a valid address.
     pub listen: Option<SocketAddr>,
     pub trust_proxy: bool,
@@ -342,7 +358,8 @@ impl Config {
         if !(1..=1 << 20).contains(&cache_mb) {
             bail!("cache memory must be between 1 and 1048576 MiB, not {cache_mb}");
         }
-        let search_consumer = match serve.and_then(|s| s.node_name.clone()).or(file.node_name) {
+        let node_name = serve.and_then(|s| s.node_name.clone()).or(file.node_name);
+        let search_consumer = match &node_name {
             None => "search".to_string(),
             Some(name)
                 if (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
@@ -351,6 +368,18 @@ impl Config {
             }
             Some(name) => bail!("--node-name must be 1 to 32 letters, digits or '-', not {name:?}"),
         };
+        let node = node_name.map(|n| n.to_ascii_lowercase()).unwrap_or_else(kirana_events::assign::default_node_name);
+        let events_namespace =
+            g.events_namespace.clone().or(file.events_namespace).unwrap_or_else(|| "kirana".into()).trim().to_string();
+        if !kirana_events::jetstream::valid_namespace(&events_namespace) {
+            bail!(
+                "--events-namespace must be 1 to 32 lower-case letters, digits, '_' or '-', starting with a letter, not {events_namespace:?}"
+            );
+        }
+        let lease_ttl_secs = file.lease_ttl_secs.unwrap_or(10);
+        if !(2..=600).contains(&lease_ttl_secs) {
+            bail!("lease_ttl_secs must be between 2 and 600, not {lease_ttl_secs}");
+        }
         let store_rps = serve.and_then(|s| s.store_rps).or(file.store_rps).unwrap_or(500);
         if store_rps == 0 {
             bail!("--store-rps must be at least 1");
@@ -407,6 +436,9 @@ impl Config {
             cache_bytes: cache_mb << 20,
             postgres,
             nats_url,
+            events_namespace,
+            node,
+            lease_ttl: Duration::from_secs(lease_ttl_secs),
             data_dir,
             shards,
             sqlite: SqliteOptions { synchronous, ..SqliteOptions::default() },
@@ -559,6 +591,7 @@ mod tests {
             synchronous: None,
             log_format: None,
             events: None,
+            events_namespace: None,
             postgres: None,
             pg_shards: vec![],
         }

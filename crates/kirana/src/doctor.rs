@@ -36,6 +36,9 @@ struct Report {
     directory: DirectoryReport,
     shards: Vec<ShardReport>,
     moves: Vec<MoveJson>,
+    /// The event pipeline as `kirana events status` sees it: backlog and lag per partition on
+    /// either backend (the JetStream stream included), who holds which lease, its alerts.
+    pipeline: Option<kirana_events::status::EventsStatus>,
     /// The nodes asked with `--node`: their objectives as `GET /api/v1/ops/slo` gives them.
     nodes: Vec<NodeReport>,
 }
@@ -170,10 +173,18 @@ struct MoveJson {
 pub async fn run(config: &Config, json: bool, node_urls: &[String]) -> anyhow::Result<()> {
     let mut report = match &config.postgres {
         Some(pg) => match backend::open_postgres(pg).await {
-            Ok(cluster) => postgres(pg, &cluster).await,
+            Ok(cluster) => {
+                let mut r = postgres(pg, &cluster).await;
+                pipeline(config, &cluster.storage, &mut r).await;
+                r
+            }
             Err(e) => unreachable_control(pg, &e),
         },
-        None => sqlite(config).await?,
+        None => {
+            let (mut r, storage) = sqlite(config).await?;
+            pipeline(config, &storage, &mut r).await;
+            r
+        }
     };
     report.nodes = nodes(node_urls, &mut report.problems, &mut report.warnings).await;
     report.healthy = report.problems.is_empty();
@@ -190,6 +201,39 @@ pub async fn run(config: &Config, json: bool, node_urls: &[String]) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// The event pipeline's status (NATS asked too when configured): a stalled partition or relay,
+/// an unreadable stream or a silent consumer is a problem; parked events are warned about per
+/// shard already.
+async fn pipeline(config: &Config, storage: &Storage, report: &mut Report) {
+    let names: Vec<&str> = kirana_events::all_consumers().iter().map(|c| c.name()).collect();
+    let bus = match &config.nats_url {
+        None => None,
+        Some(url) => {
+            let cfg = kirana_events::jetstream::JetStreamConfig::namespaced(url, &config.events_namespace);
+            match kirana_events::jetstream::connect(cfg).await {
+                Ok(bus) => Some(bus),
+                Err(e) => {
+                    report.problems.push(format!("NATS at {url} is unreachable: {e}"));
+                    None
+                }
+            }
+        }
+    };
+    if config.nats_url.is_some() && bus.is_none() {
+        return;
+    }
+    let partitions = kirana_events::partition::DEFAULT_PARTITIONS;
+    match kirana_events::status::status_of(storage, &names, partitions, bus.as_ref(), SystemClock.now()).await {
+        Ok(s) => {
+            for a in s.alerts.iter().filter(|a| a.name != "DeadLetters") {
+                report.problems.push(format!("events: {} — {}", a.name, a.detail));
+            }
+            report.pipeline = Some(s);
+        }
+        Err(e) => report.problems.push(format!("cannot read the event pipeline's status: {e}")),
+    }
 }
 
 /// The report when even the control database cannot be opened: nothing else can be known.
@@ -209,6 +253,7 @@ fn unreachable_control(pg: &PgConfig, e: &anyhow::Error) -> Report {
         },
         shards: vec![],
         moves: vec![],
+        pipeline: None,
         nodes: vec![],
     }
 }
@@ -334,6 +379,7 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
         directory,
         shards,
         moves,
+        pipeline: None,
         nodes: vec![],
     }
 }
@@ -509,7 +555,7 @@ async fn mover_running(cluster: &PgCluster, store: kirana_domain::StoreId) -> Re
     .map_err(|e| e.to_string())
 }
 
-async fn sqlite(config: &Config) -> anyhow::Result<Report> {
+async fn sqlite(config: &Config) -> anyhow::Result<(Report, Storage)> {
     let storage: Storage = backend::open_storage(config).await?;
     let files = kirana_storage::sqlite::describe(&config.data_dir, config.shards)
         .context("cannot read the schema versions of the SQLite files")?;
@@ -547,7 +593,7 @@ async fn sqlite(config: &Config) -> anyhow::Result<Report> {
             events,
         });
     }
-    Ok(Report {
+    let report = Report {
         backend: "sqlite",
         healthy: problems.is_empty(),
         problems,
@@ -555,8 +601,10 @@ async fn sqlite(config: &Config) -> anyhow::Result<Report> {
         directory,
         shards,
         moves: vec![],
+        pipeline: None,
         nodes: vec![],
-    })
+    };
+    Ok((report, storage))
 }
 
 fn print_text(r: &Report) {
@@ -619,6 +667,40 @@ fn print_text(r: &Report) {
                     "not running"
                 },
                 m.error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            );
+        }
+    }
+    if let Some(p) = &r.pipeline {
+        if let Some(js) = &p.jetstream {
+            let waiting: i64 = js.consumers.iter().map(|c| c.lag_events).sum();
+            println!(
+                "events: JetStream stream {} holds {} events, {waiting} not yet applied by every consumer{}",
+                js.stream,
+                js.messages.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+                js.error.as_ref().map(|e| format!(" — unreadable: {e}")).unwrap_or_default()
+            );
+        }
+        let worst = p.partition_lags().into_iter().max_by(|a, b| a.3.total_cmp(&b.3));
+        if let Some((consumer, partition, events, seconds)) = worst.filter(|w| w.2 > 0) {
+            println!(
+                "events: most behind: {consumer} partition {partition}, {events} events, oldest waiting {seconds:.1} s"
+            );
+        }
+        let mut holders: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for l in p.leases.iter().filter(|l| l.expires_in_seconds > 0.0) {
+            *holders.entry(l.holder.as_str()).or_default() += 1;
+        }
+        let expired = p.leases.iter().filter(|l| l.expires_in_seconds <= 0.0).count();
+        // The embedded backend keeps its leases in the serving process's memory.
+        if !p.leases.is_empty() {
+            println!(
+                "events: leases {}{}",
+                if holders.is_empty() {
+                    "held by nobody".to_string()
+                } else {
+                    holders.iter().map(|(h, n)| format!("{h} {n}")).collect::<Vec<_>>().join(", ")
+                },
+                if expired > 0 { format!(", {expired} expired (their work waits for a node)") } else { String::new() }
             );
         }
     }

@@ -80,66 +80,27 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
         EventsCommand::Bench { .. } => unreachable!("handled above"),
         EventsCommand::Status { json } => {
             // With JetStream the outbox only feeds the relay (its backlog and age say whether
-            // the relay keeps up); consumers' lag is read from the stream below.
-            let outbox_readers: &[&str] = if config.nats_url.is_some() { &[] } else { &names };
-            let s = kirana_events::status::status(&storage, outbox_readers, DEFAULT_PARTITIONS, clock.now()).await?;
+            // the relay keeps up); consumers' lag is read from the stream.
+            let bus = match &config.nats_url {
+                None => None,
+                Some(url) => Some(
+                    kirana_events::jetstream::connect(kirana_events::jetstream::JetStreamConfig::namespaced(
+                        url,
+                        &config.events_namespace,
+                    ))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url}: {e}"))?,
+                ),
+            };
+            let s = kirana_events::status::status_of(&storage, &names, DEFAULT_PARTITIONS, bus.as_ref(), clock.now())
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
-                return Ok(());
+            } else {
+                print_status(&s);
             }
-            for shard in &s.shards {
-                println!(
-                    "shard {}: outbox {} rows (oldest {}), last position {}, {} dead letters",
-                    shard.shard,
-                    shard.outbox_rows,
-                    shard.outbox_oldest_age_seconds.map(|a| format!("{a:.1} s ago")).unwrap_or_else(|| "—".into()),
-                    shard.last_seq,
-                    shard.dead_letters
-                );
-                for c in &shard.consumers {
-                    let worst = c
-                        .partitions
-                        .iter()
-                        .filter(|p| p.lag_events > 0)
-                        .max_by(|a, b| a.lag_seconds.total_cmp(&b.lag_seconds));
-                    println!(
-                        "  {:<14} lag {:>6} events, worst partition {} ({:.1} s), heartbeat {}",
-                        c.consumer,
-                        c.lag_events,
-                        worst.map(|w| w.partition.to_string()).unwrap_or_else(|| "—".into()),
-                        worst.map(|w| w.lag_seconds).unwrap_or(0.0),
-                        c.heartbeat_age_seconds.map(|a| format!("{a:.0} s ago")).unwrap_or_else(|| "never".into())
-                    );
-                }
-            }
-            if let Some(url) = &config.nats_url {
-                // In the JetStream backend the outbox only feeds the relay; consumers' lag is
-                // what the stream still holds for them.
-                let bus = kirana_events::jetstream::connect(kirana_events::jetstream::JetStreamConfig::new(url))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot reach NATS at {url}: {e}"))?;
-                let lag = kirana_events::jetstream::lag(&bus, &names, DEFAULT_PARTITIONS)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot read consumer lag from NATS: {e}"))?;
-                println!("JetStream at {url}:");
-                for name in &names {
-                    let mine: Vec<_> = lag.iter().filter(|(c, ..)| c == name).collect();
-                    let total: u64 = mine.iter().map(|(.., n)| n).sum();
-                    let worst = mine.iter().max_by_key(|(.., n)| *n);
-                    println!(
-                        "  {name:<14} pending {total:>6} events{}",
-                        worst
-                            .filter(|w| w.2 > 0)
-                            .map(|w| format!(", most in partition {} ({})", w.1, w.2))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            if s.alerts.is_empty() {
-                println!("no alerts");
-            }
-            for a in &s.alerts {
-                println!("ALERT {}: {}", a.name, a.detail);
+            if !s.alerts.is_empty() {
+                bail!("{} alert(s)", s.alerts.len());
             }
             Ok(())
         }
@@ -202,5 +163,65 @@ pub async fn run(config: &Config, command: EventsCommand) -> anyhow::Result<()> 
             }
             Ok(())
         }
+    }
+}
+
+/// The status as lines: shards' outboxes, consumers' lag (per shard on the embedded backend, per
+/// partition in the stream on JetStream), who holds which lease, then the alerts.
+fn print_status(s: &kirana_events::status::EventsStatus) {
+    let print_consumer = |c: &kirana_events::status::ConsumerStatus, indent: &str| {
+        let worst =
+            c.partitions.iter().filter(|p| p.lag_events > 0).max_by(|a, b| a.lag_seconds.total_cmp(&b.lag_seconds));
+        println!(
+            "{indent}{:<14} lag {:>6} events, worst partition {} (oldest waiting {:.1} s){}",
+            c.consumer,
+            c.lag_events,
+            worst.map(|w| w.partition.to_string()).unwrap_or_else(|| "—".into()),
+            worst.map(|w| w.lag_seconds).unwrap_or(0.0),
+            c.heartbeat_age_seconds.map(|a| format!(", heartbeat {a:.0} s ago")).unwrap_or_default()
+        );
+    };
+    for shard in &s.shards {
+        println!(
+            "shard {}: outbox {} rows (oldest {}), last position {}, {} dead letters",
+            shard.shard,
+            shard.outbox_rows,
+            shard.outbox_oldest_age_seconds.map(|a| format!("{a:.1} s ago")).unwrap_or_else(|| "—".into()),
+            shard.last_seq,
+            shard.dead_letters
+        );
+        for c in &shard.consumers {
+            print_consumer(c, "  ");
+        }
+    }
+    if let Some(js) = &s.jetstream {
+        println!(
+            "JetStream stream {}: {} events held{}",
+            js.stream,
+            js.messages.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+            js.error.as_ref().map(|e| format!(" — unreadable: {e}")).unwrap_or_default()
+        );
+        for c in &js.consumers {
+            print_consumer(c, "  ");
+        }
+    }
+    if s.leases.is_empty() {
+        println!("leases: none recorded");
+    } else {
+        let mut by_holder: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for l in &s.leases {
+            let holder = if l.expires_in_seconds > 0.0 { l.holder.as_str() } else { "(nobody: expired)" };
+            by_holder.entry(holder).or_default().push(&l.name);
+        }
+        println!("leases:");
+        for (holder, names) in by_holder {
+            println!("  {holder:<24} {} job(s): {}", names.len(), names.join(" "));
+        }
+    }
+    if s.alerts.is_empty() {
+        println!("no alerts");
+    }
+    for a in &s.alerts {
+        println!("ALERT {}: {}", a.name, a.detail);
     }
 }

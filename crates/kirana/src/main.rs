@@ -343,6 +343,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let indexer = kirana_search::IndexerConfig { consumer: config.search_consumer.clone(), ..Default::default() };
+    let (indexing, indexer_consumer) = (index.is_some(), indexer.consumer.clone());
     // The cache in front of public reads; this node's cache consumer tells it at once when it
     // bumped a store's version.
     let read_cache = kirana_server::read_cache::ReadCache::new(kirana_server::read_cache::ReadCacheConfig {
@@ -354,27 +355,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot set up the page cache: {e}"))?;
-    let forget = read_cache.clone();
-    let pipeline = kirana_events::Pipeline::start(
-        storage.clone(),
-        kirana_events::consumers::all_consumers_notifying(Arc::new(move |store| forget.forget_version(store))),
-        messenger,
-        clock.clone(),
-        kirana_events::PipelineConfig {
-            backend: match &config.nats_url {
-                None => kirana_events::pipeline::Backend::Embedded,
-                Some(url) => kirana_events::pipeline::Backend::JetStream(Box::new(
-                    kirana_events::jetstream::JetStreamConfig::new(url),
-                )),
-            },
-            webhooks: kirana_events::webhooks::WebhookConfig {
-                allow_private_targets: config.webhooks_allow_private,
-                ..Default::default()
-            },
-            also_trim_behind: index.iter().map(|_| indexer.consumer.clone()).collect(),
-            ..Default::default()
-        },
-    );
     let (stop_indexers, indexers_stop) = tokio::sync::watch::channel(false);
     let (search, indexers) = match index {
         Some(index) => {
@@ -402,17 +382,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         provider,
         kirana_server::payments::PaymentSettings { public_url: public_url.clone(), ..config.payments.clone() },
     );
-    let state = AppState::new(storage, clock, notifier, server_config)
+    let forget = read_cache.clone();
+    let state = AppState::new(storage.clone(), clock.clone(), notifier, server_config)
         .with_media(media)
         .with_search(search)
         .with_read_cache(read_cache)
         .with_payments(payments);
-    // The payment reconciler and the payout schedule, until the drain ends.
-    let (stop_payments, payments_stop) = tokio::sync::watch::channel(false);
-    let payment_workers = [
-        tokio::spawn(kirana_server::payments::run_reconciler(state.clone(), payments_stop.clone())),
-        tokio::spawn(kirana_server::payments::run_payouts(state.clone(), payments_stop)),
-    ];
+    // The event pipeline, and the payment reconciler and payout schedule: background work the
+    // nodes sharing these databases split between them by lease (decision 0025).
+    let payment_jobs = {
+        let (a, b) = (state.clone(), state.clone());
+        vec![
+            kirana_events::assign::Job::new("payments.reconciler", move |stop| {
+                kirana_server::payments::run_reconciler(a.clone(), stop)
+            }),
+            kirana_events::assign::Job::new("payments.payouts", move |stop| {
+                kirana_server::payments::run_payouts(b.clone(), stop)
+            }),
+        ]
+    };
+    let pipeline = kirana_events::Pipeline::start_with(
+        storage.clone(),
+        kirana_events::consumers::all_consumers_notifying(Arc::new(move |store| forget.forget_version(store))),
+        messenger,
+        clock.clone(),
+        kirana_events::PipelineConfig {
+            backend: match &config.nats_url {
+                None => kirana_events::pipeline::Backend::Embedded,
+                Some(url) => kirana_events::pipeline::Backend::JetStream(Box::new(
+                    kirana_events::jetstream::JetStreamConfig::namespaced(url, &config.events_namespace),
+                )),
+            },
+            webhooks: kirana_events::webhooks::WebhookConfig {
+                allow_private_targets: config.webhooks_allow_private,
+                ..Default::default()
+            },
+            also_trim_behind: indexing.then(|| indexer_consumer.clone()).into_iter().collect(),
+            assign: kirana_events::assign::AssignConfig {
+                ttl: config.lease_ttl,
+                ..kirana_events::assign::AssignConfig::new(config.node.clone())
+            },
+            ..Default::default()
+        },
+        payment_jobs,
+    );
     let web = kirana_web::Web::new(&public_url, &otp_key);
     let app = kirana_web::app(state.clone(), web);
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -430,12 +443,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal(state, drain))
         .await
         .context("the server failed")?;
-    let _ = stop_payments.send(true);
-    for w in payment_workers {
-        let _ = w.await;
-    }
-    // Requests have finished; the pipeline finishes its current step. Whatever it had not
-    // read stays in the outbox for the next start.
+    // Requests have finished; the pipeline (and the payment workers) finish their current
+    // step and give their leases back. Whatever was not read stays in the outbox (or the
+    // stream) for whichever node takes the work.
     pipeline.stop().await;
     // The indexers commit what they have read and record their positions.
     let _ = stop_indexers.send(true);

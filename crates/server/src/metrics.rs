@@ -109,32 +109,23 @@ pub async fn render(storage: &Storage) -> Option<String> {
     Some(handle.render())
 }
 
-/// Each shard's outbox (rows waiting, age of the oldest) and each consumer's lag behind it in
-/// events (the slowest of its partitions). One bounded read per shard: a shard that does not
-/// answer within a second keeps its last values rather than holding the scrape.
+/// Each shard's outbox (rows waiting, age of the oldest). One bounded read per shard: a shard
+/// that does not answer within a second keeps its last values rather than holding the scrape.
+/// Consumers' lag per partition (`kirana_consumer_lag_events`, `kirana_consumer_lag_seconds`)
+/// is kept current by the pipeline's status watcher (`kirana_events::status::watch`), on either
+/// backend.
 async fn sample_events(storage: &Storage) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     for log in storage.logs() {
         let shard = log.shard_id().0.to_string();
-        let read =
-            async { Ok::<_, kirana_storage::StorageError>((log.outbox_stats().await?, log.all_positions().await?)) };
-        let Ok(Ok((stats, positions))) = tokio::time::timeout(std::time::Duration::from_secs(1), read).await else {
+        let Ok(Ok(stats)) = tokio::time::timeout(std::time::Duration::from_secs(1), log.outbox_stats()).await else {
             continue;
         };
         gauge!("kirana_outbox_rows", "shard" => shard.clone()).set(stats.rows as f64);
         let age = stats.oldest_at.map_or(0.0, |at| (now_ms - at.millis()).max(0) as f64 / 1000.0);
         gauge!("kirana_outbox_oldest_age_seconds", "shard" => shard.clone()).set(age);
-        let mut slowest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-        for (consumer, _partition, seq, _at) in positions {
-            let e = slowest.entry(consumer).or_insert(i64::MAX);
-            *e = (*e).min(seq);
-        }
-        for (consumer, seq) in slowest {
-            gauge!("kirana_consumer_lag_events", "shard" => shard.clone(), "consumer" => consumer)
-                .set((stats.last_seq - seq).max(0) as f64);
-        }
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`webhooks`]: merchants' webhook endpoints, their delivery log, and the worker's queue.
 //! - [`storage`]: [`Storage`], the directory and its shards together, and the flows that touch
 //!   both (creating a store, renaming its slug).
+//! - [`lease`]: which node runs each piece of background work that must run on one node at a
+//!   time, with leases that move when a node dies.
 //! - [`consistency`]: how fresh a request's reads must be (strong, read-your-writes by write
 //!   token, bounded staleness), carried with the request.
 //! - [`postgres`]: the PostgreSQL backend: shards of a primary and streaming replicas, reads
@@ -26,6 +28,7 @@
 pub mod consistency;
 pub mod directory;
 pub mod error;
+pub mod lease;
 pub mod log;
 pub mod payments;
 pub mod postgres;
@@ -39,6 +42,7 @@ pub mod webhooks;
 
 pub use directory::{Credential, DirEntry, Directory, OtpPolicy, SignIn};
 pub use error::{ConflictKind, Shortage, StorageError};
+pub use lease::{LeaseRow, Leases, LocalLeases};
 pub use log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing, ProductSale, ShardLog};
 pub use scope::{ShardId, StoreScope};
 pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, PoolGauge, ProductFilter, Shard, ShardHealth, StoreRow};

@@ -151,8 +151,20 @@ pub trait ShardLog: Send + Sync {
 
     /// Queued notifications that are due, oldest first.
     async fn due_notifications(&self, now: Timestamp, limit: u32) -> Result<Vec<Outgoing>>;
+    /// Takes a due notification for sending: its next attempt moves to `until`, so no other
+    /// worker sends it meanwhile (nor this shard's, nor the one its store moves to: the lease
+    /// moves with the row). `false` when it is no longer due (sent, or taken). On PostgreSQL it
+    /// passes the store's write fence: a store leaving this shard is sent from its new one.
+    async fn claim_notification(
+        &self,
+        store: StoreId,
+        event: EventId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool>;
     /// Records a notification's outcome: sent, or failed with the time to try again (`None`:
-    /// give up).
+    /// give up). On PostgreSQL it passes the store's write fence (`Moved`: record it on the
+    /// store's shard now, where the move took the row).
     async fn notification_done(
         &self,
         store: StoreId,

@@ -24,6 +24,9 @@ pub struct Storage {
     /// Whether stores may move between these shards (PostgreSQL): only then do event readers
     /// ask where a store lives.
     moves: bool,
+    /// Who runs which background work (see `lease`): in memory for one process, the control
+    /// database when several nodes share it.
+    leases: Arc<dyn crate::lease::Leases>,
 }
 
 /// Where the events of a store read from one shard's outbox belong, while stores move.
@@ -71,7 +74,25 @@ impl DirectoryCache {
 impl Storage {
     pub fn new(directory: Arc<dyn Directory>, shards: Vec<Arc<dyn Shard>>) -> Self {
         assert!(!shards.is_empty(), "storage needs at least one shard");
-        Storage { directory, shards: shards.into(), cache: None, placement: Placement::Hash, moves: false }
+        Storage {
+            directory,
+            shards: shards.into(),
+            cache: None,
+            placement: Placement::Hash,
+            moves: false,
+            leases: Arc::new(crate::lease::LocalLeases::default()),
+        }
+    }
+
+    /// Keeps the leases of background work in `leases` (the control database, shared by nodes).
+    pub fn with_leases(mut self, leases: Arc<dyn crate::lease::Leases>) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// Where background work is leased.
+    pub fn leases(&self) -> &Arc<dyn crate::lease::Leases> {
+        &self.leases
     }
 
     /// Caches directory lookups on this node for `ttl` (the PostgreSQL backend: the directory is
@@ -156,6 +177,12 @@ impl Storage {
     pub async fn log_for_store(&self, store: StoreId) -> Result<&dyn crate::log::ShardLog> {
         let entry = self.entry(store).await?.ok_or(StorageError::NotFound)?;
         Ok(self.shard_at(entry.shard)?.log())
+    }
+
+    /// The shard the directory places a store on now (this node's cached view: a write there
+    /// that finds the store moved drops the entry, see [`Storage::forget`]).
+    pub async fn home_of(&self, store: StoreId) -> Result<ShardId> {
+        Ok(self.entry(store).await?.ok_or(StorageError::NotFound)?.shard)
     }
 
     /// Where `store`'s events in `shard`'s outbox belong (see [`Residence`]). One cached

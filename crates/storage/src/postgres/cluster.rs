@@ -90,7 +90,9 @@ pub async fn open(config: &PgConfig) -> Result<PgCluster> {
     }
     // Requests wait at most the primary deadline on the control database too.
     let bounded = Arc::new(super::bounded::Bounded::new(directory.clone(), config.primary_deadline));
+    let leases = Arc::new(super::leases::PgLeases::new(directory.clone(), config.primary_deadline));
     let storage = Storage::new(bounded, shards.iter().map(|s| s.clone() as Arc<dyn crate::Shard>).collect())
+        .with_leases(leases)
         .with_directory_cache(config.directory_ttl)
         .with_placement(Placement::LeastStores)
         .with_store_moves();

@@ -11,6 +11,7 @@
 //! - [`directory`]: `PgDirectory`, the directory on the control database, behaving exactly as
 //!   the SQLite one (`tests/pg_directory.rs` runs the same checks against both).
 //! - [`bounded`]: the deadline on every request's call to the control database.
+//! - [`leases`]: the leases of background work, on the control database.
 //! - [`shard`]: `PgShard`, and the shard's queries, one module per concern as on SQLite.
 //! - [`replicas`]: a shard's replicas as its router sees them, the prober that keeps their
 //!   lag current, and the choice of a replica for a read.
@@ -21,6 +22,7 @@
 pub mod bounded;
 pub mod cluster;
 pub mod directory;
+pub mod leases;
 pub mod moves;
 pub mod pool;
 pub mod replica;

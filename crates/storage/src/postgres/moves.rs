@@ -86,6 +86,9 @@ const FREEZE_LOCK_TIMEOUT: &str = "5s";
 /// How long the frozen store waits for the writers that passed its fence before the freeze;
 /// its writes are refused meanwhile, so past this it thaws and the move stops (resumable).
 const FREEZE_WAIT: Duration = Duration::from_secs(5);
+/// How often a step that lost a race (a deadlock, a serialization failure, a lock not granted
+/// in time) is run again before the move stops and says why.
+const RACE_ATTEMPTS: u32 = 5;
 
 /// Where a move is, as its journal row says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -167,6 +170,8 @@ pub struct Mover {
     cleanup_delay: Duration,
     /// Test seam: the next run stops with `Unavailable` right after reaching this state.
     crash_after: Mutex<Option<MoveState>>,
+    /// Test seam: how many of the next steps fail as if they had lost a deadlock.
+    lose_races: std::sync::atomic::AtomicU32,
 }
 
 /// A shard table as the move handles it, read from the source's catalog.
@@ -189,12 +194,16 @@ impl Table {
     }
 
     /// The values written for `target_columns`, read from a row source `r`. The store's row
-    /// arrives with `moved_to` NULL: the source's fence must not follow the store.
-    fn target_values(&self, r: &str) -> String {
+    /// arrives with `moved_to` NULL (the source's fence must not follow the store) and
+    /// `arriving_from` set to the source: until the move's last drain clears it, the target's
+    /// fence refuses every write of the store but the mover's own (see `stores::fence`).
+    fn target_values(&self, r: &str, from: ShardId) -> String {
         self.target_columns()
             .iter()
-            .map(|c| {
-                if self.name == "stores" && *c == "moved_to" { "NULL::bigint".into() } else { format!("{r}.{}", q(c)) }
+            .map(|c| match (self.name, *c) {
+                ("stores", "moved_to") => "NULL::bigint".into(),
+                ("stores", "arriving_from") => format!("{}::bigint", from.0),
+                _ => format!("{r}.{}", q(c)),
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -219,7 +228,13 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 impl Mover {
     /// A mover over the control database and every shard's primary it may move between.
     pub fn new(control: Arc<PgPool>, shards: HashMap<ShardId, Arc<PgPool>>) -> Mover {
-        Mover { control, shards, cleanup_delay: Duration::from_secs(10), crash_after: Mutex::new(None) }
+        Mover {
+            control,
+            shards,
+            cleanup_delay: Duration::from_secs(10),
+            crash_after: Mutex::new(None),
+            lose_races: Default::default(),
+        }
     }
 
     /// How long the source keeps a flipped store's rows: longer than nodes cache the directory,
@@ -235,6 +250,47 @@ impl Mover {
     /// not drained; `Flipped`: directory flipped, source not cleaned.
     pub fn crash_after(&self, state: MoveState) {
         *self.crash_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+    }
+
+    /// Test seam: makes the next `n` steps (copy, catch-up rounds, freeze, drain) fail as a
+    /// step that lost a deadlock to another transaction does, before they touch anything.
+    pub fn lose_races(&self, n: u32) {
+        self.lose_races.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Runs one step of the move (each is idempotent), again when it lost a race with another
+    /// transaction, up to [`RACE_ATTEMPTS`] times with a growing pause; past that the move stops
+    /// with an error that says which step failed, how often, and the database's last word.
+    async fn step<T>(&self, what: &str, mut run: impl AsyncFnMut() -> Result<T>) -> Result<T> {
+        let mut attempt = 1;
+        loop {
+            let injected = self
+                .lose_races
+                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                    n.checked_sub(1)
+                })
+                .is_ok();
+            let outcome = if injected {
+                Err(StorageError::Unavailable("test seam: deadlock detected (SQLSTATE 40P01)".into()))
+            } else {
+                run().await
+            };
+            match outcome {
+                Err(e) if super::pool::lost_a_race(&e) => {
+                    if attempt >= RACE_ATTEMPTS {
+                        return Err(StorageError::Unavailable(format!(
+                            "the move's {what} lost a race with other transactions {attempt} times in a row; the last: {e}"
+                        )));
+                    }
+                    let pause = Duration::from_millis(50 << attempt.min(6));
+                    tracing::info!(%what, attempt, error = %e, retry_in_ms = pause.as_millis() as u64,
+                        "a store move step lost a race; running it again");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn checkpoint(&self, state: MoveState) -> Result<()> {
@@ -415,7 +471,7 @@ impl Mover {
             span.start_capture().await?;
             self.checkpoint(MoveState::Copying)?;
             let t = Instant::now();
-            report.rows_copied = span.copy(&tables).await?;
+            report.rows_copied = self.step("copy", async || span.copy(&tables).await).await?;
             report.copy = t.elapsed();
             set_state(ctl, store, MoveState::CatchingUp, Some(report.rows_copied)).await?;
             state = MoveState::CatchingUp;
@@ -423,7 +479,7 @@ impl Mover {
         }
         if state == MoveState::CatchingUp {
             loop {
-                let n = span.replay(&tables, Some(BATCH)).await?;
+                let n = self.step("catch-up round", async || span.replay(&tables, Some(BATCH)).await).await?;
                 report.catch_up_rounds += 1;
                 report.changes_applied += n;
                 if n < SETTLED || report.catch_up_rounds >= MAX_ROUNDS {
@@ -437,15 +493,17 @@ impl Mover {
         }
         if state == MoveState::Frozen {
             let pause = Instant::now();
-            span.freeze().await?;
+            self.step("freeze", async || span.freeze().await).await?;
             self.checkpoint(MoveState::Frozen)?;
             loop {
-                let n = span.replay(&tables, None).await?;
+                let n = self.step("final drain", async || span.replay(&tables, None).await).await?;
                 report.changes_applied += n;
                 if n == 0 {
                     break;
                 }
             }
+            // Nothing more can reach the target but the mover: the store may live there now.
+            self.step("arrival", async || span.arrive().await).await?;
             span.flip(ctl, pause).await?;
             report.cutover_pause = pause.elapsed();
             // Nothing of the store is written on the source any more; the cleanup's deletes
@@ -636,7 +694,7 @@ impl Move<'_> {
             // COPY takes no parameters; a UUID's text is hex and dashes only.
             let out = format!(
                 "COPY (SELECT {} FROM {} r WHERE store_id = '{store}'{order}) TO STDOUT (FORMAT binary)",
-                t.target_values("r"),
+                t.target_values("r", self.from),
                 q(t.name)
             );
             let inn = format!("COPY {} ({}) FROM STDIN (FORMAT binary)", q(t.name), t.column_list());
@@ -757,13 +815,13 @@ impl Move<'_> {
                         "INSERT INTO {name} ({cols}) SELECT {vals} FROM jsonb_populate_recordset(NULL::{name}, $1) r
                          WHERE NOT EXISTS (SELECT 1 FROM {name} o WHERE o.event_id = r.event_id) ORDER BY r.seq",
                         cols = t.column_list(),
-                        vals = t.target_values("r")
+                        vals = t.target_values("r", self.from)
                     )
                 } else {
                     format!(
                         "INSERT INTO {name} ({cols}) SELECT {vals} FROM jsonb_populate_recordset(NULL::{name}, $1) r",
                         cols = t.column_list(),
-                        vals = t.target_values("r")
+                        vals = t.target_values("r", self.from)
                     )
                 };
                 dt.execute(&sql, &[rows]).await?;
@@ -821,6 +879,16 @@ impl Move<'_> {
                 .map_err(self.src_err())?;
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Makes the store's row on the target a live one (see `Table::target_values`): run once
+    /// the source is frozen and drained, just before the directory flips. Idempotent.
+    async fn arrive(&self) -> Result<()> {
+        let c = self.dst.get().await?;
+        c.execute("UPDATE stores SET arriving_from = NULL WHERE store_id = $1", &[&self.store.uuid()])
+            .await
+            .map_err(self.dst_err())?;
         Ok(())
     }
 

@@ -167,23 +167,44 @@ impl PgPool {
 /// constraints they expect first); a lost connection or a server shutting down is retryable.
 pub(crate) fn query_error(role: PoolRole, e: tokio_postgres::Error) -> StorageError {
     use tokio_postgres::error::SqlState;
+    let what = describe(&e);
     match e.code() {
         // No server error: the connection broke (or a value did not convert, which is a bug).
         None if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) => {
-            StorageError::Unavailable(format!("{role}: {e}"))
+            StorageError::Unavailable(format!("{role}: {what}"))
         }
-        None => StorageError::Internal(format!("{role}: {e}")),
+        None => StorageError::Internal(format!("{role}: {what}")),
         Some(c)
             if *c == SqlState::ADMIN_SHUTDOWN
                 || *c == SqlState::CRASH_SHUTDOWN
                 || *c == SqlState::CANNOT_CONNECT_NOW
                 || *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::LOCK_NOT_AVAILABLE
                 || *c == SqlState::TOO_MANY_CONNECTIONS
                 || *c == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
-            StorageError::Unavailable(format!("{role}: {e}"))
+            StorageError::Unavailable(format!("{role}: {what}"))
         }
-        Some(_) => StorageError::Internal(format!("{role}: {e}")),
+        Some(_) => StorageError::Internal(format!("{role}: {what}")),
     }
+}
+
+/// An error as an operator needs to read it: the server's own message and SQLSTATE (the
+/// driver's `Display` says only "db error"), or the driver's error with its cause.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Whether an error is a transaction that lost a race with another and may simply be run again:
+/// a deadlock, a serialization failure, a lock that was not granted in time.
+pub(crate) fn lost_a_race(e: &StorageError) -> bool {
+    matches!(e, StorageError::Unavailable(m)
+        if m.contains("(SQLSTATE 40P01)") || m.contains("(SQLSTATE 40001)") || m.contains("(SQLSTATE 55P03)"))
 }

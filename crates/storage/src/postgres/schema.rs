@@ -104,6 +104,24 @@ CREATE TABLE shard_dedications (
     created_at BIGINT NOT NULL
 );
 "#,
+    r#"
+-- Background work that runs on one node at a time (a shard's relay, the consumers of an event
+-- partition, a shard's notification sender), leased by the node running it; and the nodes that
+-- share it, each renewing its row (storage::lease, decision 0025). Times are this database's
+-- clock, so nodes' clocks need not agree.
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    epoch       BIGINT NOT NULL,          -- raised each time the lease changes hands
+    acquired_at TIMESTAMPTZ NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE lease_nodes (
+    node       TEXT PRIMARY KEY,
+    started_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+"#,
 ];
 
 pub const SHARD: &[Migration] = &[
@@ -629,6 +647,14 @@ CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON payment_events F
 CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON refunds FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'refund_id');
 CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON ledger_lines FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'entry_id', 'line');
 CREATE TRIGGER capture_move AFTER INSERT OR UPDATE OR DELETE ON payouts FOR EACH ROW EXECUTE FUNCTION capture_move('store_id', 'payout_id');
+"#,
+    r#"
+-- A store a move is copying here: set on this shard's copy of its row until the move's final
+-- drain, so nothing but the mover writes the store here before the directory flips (a writer
+-- or consumer with a stale directory is refused by the fence, as `moved_to` refuses on the
+-- source). Without it, effects applied here during the catch-up were overwritten by it (lost)
+-- and could deadlock with it.
+ALTER TABLE stores ADD COLUMN arriving_from BIGINT;
 "#,
 ];
 

@@ -394,6 +394,24 @@ pub async fn due_notifications<C: GenericClient>(c: &C, now: Timestamp, limit: u
         .collect())
 }
 
+/// Takes a due notification for sending (see `ShardLog::claim_notification`).
+pub async fn claim_notification<C: GenericClient>(
+    c: &C,
+    store: StoreId,
+    event: EventId,
+    now: Timestamp,
+    until: Timestamp,
+) -> Result<bool> {
+    let n = exec(
+        c,
+        "UPDATE notifications SET next_attempt_at = $4
+         WHERE store_id = $1 AND event_id = $2 AND status = 'pending' AND next_attempt_at <= $3",
+        &[&store.uuid(), &event.uuid(), &now.millis(), &until.millis()],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
 /// Records a notification's outcome: sent, or failed with the time to try again (`None`: give
 /// up). An unknown notification is not an error, as on SQLite.
 pub async fn notification_done<C: GenericClient>(

@@ -604,14 +604,23 @@ impl ShardLog for PgShard {
     ) -> Result<u32> {
         // Effects are store data like any other write, so they pass each store's write fence: once
         // a move froze a store here, its effects belong on the target (where its events are
-        // applied after the flip), and applying them here too would count them twice. A store
-        // gone from this shard (a move's cleanup) has nothing left to protect.
+        // applied after the flip), and applying them here too would count them twice; while a
+        // move is still copying a store here, its effects belong on the source (the copy would
+        // overwrite them). A store with no row here at all was routed here by a stale directory
+        // (or its row is being replaced by a move's replay): nothing is written for it.
         let touched: std::collections::BTreeSet<StoreId> =
             batch.iter().filter(|a| !a.effects.is_empty()).map(|a| a.event.store_id).collect();
         write!(self, on background, None::<StoreId>, |t| async {
             for store in &touched {
                 match stores::fence(&t, *store).await {
-                    Ok(()) | Err(StorageError::NotFound) => {}
+                    Ok(()) => {}
+                    Err(StorageError::NotFound) => {
+                        self.moved(*store);
+                        return Err(StorageError::Unavailable(format!(
+                            "store {store} has no row on shard {} (it is moving or moved); its events wait",
+                            self.id.0
+                        )));
+                    }
                     Err(e) => {
                         if let StorageError::Moved { store, .. } = &e {
                             self.moved(*store);
@@ -656,14 +665,24 @@ impl ShardLog for PgShard {
         log::due_notifications(&self.background.get().await?, now, limit).await
     }
 
+    async fn claim_notification(
+        &self,
+        store: StoreId,
+        event: EventId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool> {
+        write!(self, on background, Some(store), |t| log::claim_notification(&t, store, event, now, until))
+    }
+
     async fn notification_done(
         &self,
         store: StoreId,
         event: EventId,
-        outcome: Result<(), (String, Option<Timestamp>)>,
+        outcome: std::result::Result<(), (String, Option<Timestamp>)>,
         now: Timestamp,
     ) -> Result<()> {
-        log::notification_done(&self.background.get().await?, store, event, outcome, now).await
+        write!(self, on background, Some(store), |t| log::notification_done(&t, store, event, outcome, now))
     }
 }
 

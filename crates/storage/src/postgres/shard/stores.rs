@@ -53,15 +53,20 @@ pub async fn insert<C: GenericClient>(
 /// an updated row to its newest version). So nothing reaches the source after the last
 /// catch-up. See `moves.rs`.
 ///
+/// On the target of a move the store's row carries `arriving_from` until the move's last
+/// drain: the store still lives on that shard, and the fence refuses the write as "moved" there,
+/// for a writer (or an event consumer) whose directory is stale. Only the mover writes an
+/// arriving store.
+///
 /// It also gives the transaction its id before any outbox insert, which the outbox's safe
 /// point relies on (see `log::outbox_window`).
 pub async fn fence<C: GenericClient>(c: &C, id: StoreId) -> Result<()> {
-    let row = opt(c, "SELECT moved_to FROM stores WHERE store_id = $1 FOR KEY SHARE", &[&id.uuid()])
+    let row = opt(c, "SELECT moved_to, arriving_from FROM stores WHERE store_id = $1 FOR KEY SHARE", &[&id.uuid()])
         .await?
         .ok_or(StorageError::NotFound)?;
-    match row.get::<_, Option<i64>>(0) {
-        None => Ok(()),
-        Some(to) => Err(StorageError::Moved { store: id, to: crate::ShardId(to as u32) }),
+    match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+        (None, None) => Ok(()),
+        (Some(to), _) | (None, Some(to)) => Err(StorageError::Moved { store: id, to: crate::ShardId(to as u32) }),
     }
 }
 

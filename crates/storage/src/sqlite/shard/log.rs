@@ -312,6 +312,26 @@ impl ShardLog for SqliteShard {
         })
     }
 
+    async fn claim_notification(
+        &self,
+        store: StoreId,
+        event: EventId,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool> {
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE notifications SET next_attempt_at = ?4
+                         WHERE store_id = ?1 AND event_id = ?2 AND status = 'pending' AND next_attempt_at <= ?3",
+                    )?
+                    .execute(params![store.uuid(), event.uuid(), now.millis(), until.millis()])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
     async fn notification_done(
         &self,
         store: StoreId,
