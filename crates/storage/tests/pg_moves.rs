@@ -627,3 +627,98 @@ async fn moves_that_make_no_sense_are_refused() {
     }
     assert_eq!(w.home(store).await, TWO);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_arriving_on_a_shard_is_written_there_by_the_mover_alone_until_the_flip() {
+    use kirana_domain::event::Event;
+    use kirana_storage::postgres::replicas::ReplicaSettings;
+    use kirana_storage::postgres::shard::PgShard;
+    use kirana_storage::{Applied, Effect, Shard};
+
+    let w = World::new(4).await;
+    let store = w.store(ONE, "Arriving").await;
+    fill(&w, store, 3).await;
+    // Copied and caught up, not yet frozen: the store lives on ONE, its copy sits on TWO.
+    w.mover.crash_after(MoveState::CatchingUp);
+    w.mover.move_store(store, TWO).await.unwrap_err();
+    assert_eq!(w.home(store).await, ONE);
+
+    // A writer whose directory is stale, on the target: refused, sent to the source.
+    let r = in_tx!(w.shard(TWO), |t| stores::fence(&t, store).await);
+    assert!(matches!(r, Err(StorageError::Moved { to: ONE, .. })), "{r:?}");
+    // An event consumer routed there by a stale directory: nothing of the store is written
+    // (the catch-up would overwrite it: a rollup counted there would be lost).
+    let url = w._dbs[2].url();
+    let pool = |role| PgPool::new(&url, role, PoolSettings::default()).unwrap();
+    let target = PgShard::new(
+        TWO,
+        pool(PoolRole::Primary(TWO)),
+        pool(PoolRole::Background(TWO)),
+        vec![],
+        ReplicaSettings::default(),
+    );
+    let sales = async || -> i64 {
+        let c = w.shard(TWO).get().await.unwrap();
+        c.query_one("SELECT coalesce(sum(orders), 0)::bigint FROM sales_daily WHERE store_id = $1", &[&store.uuid()])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let before = sales().await;
+    let event = Event::new(store, "order.placed", at(50), serde_json::json!({}));
+    let sale = Effect::Sales { hour: 1, day: 1, orders: 1, revenue: 500, units: 1, products: vec![] };
+    let applied = kirana_storage::ShardLog::apply(
+        target.log(),
+        "analytics",
+        vec![Applied { event: event.clone(), effects: vec![sale.clone()] }],
+        vec![],
+        at(50),
+    )
+    .await;
+    assert!(matches!(applied, Err(StorageError::Moved { to: ONE, .. })), "{applied:?}");
+    assert_eq!(sales().await, before, "no effect of the arriving store was written on the target");
+    // The source takes writes as ever.
+    in_tx!(w.shard(ONE), |t| stores::fence(&t, store).await).unwrap();
+
+    // Once the move has flipped, the target is the store's home: both go through there.
+    w.mover.resume(store).await.unwrap();
+    assert_eq!(w.home(store).await, TWO);
+    in_tx!(w.shard(TWO), |t| stores::fence(&t, store).await).unwrap();
+    let applied = kirana_storage::ShardLog::apply(
+        target.log(),
+        "analytics",
+        vec![Applied { event, effects: vec![sale] }],
+        vec![],
+        at(51),
+    )
+    .await;
+    assert_eq!(applied.unwrap(), 1);
+    assert_eq!(sales().await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_step_that_loses_a_race_is_run_again_and_one_that_keeps_losing_stops_saying_why() {
+    let w = World::new(4).await;
+    let lucky = w.store(ONE, "Lucky").await;
+    fill(&w, lucky, 3).await;
+    // Three lost races (as a deadlock with an event consumer was, before arriving stores were
+    // fenced): each step is idempotent and simply runs again.
+    w.mover.lose_races(3);
+    w.mover.move_store(lucky, TWO).await.unwrap();
+    assert_eq!(w.home(lucky).await, TWO);
+    assert_only_tombstone(w.shard(ONE), lucky, TWO).await;
+
+    // A step that keeps losing stops the move with a message an operator can act on, in the
+    // error and in the journal; the move resumes from where it stopped.
+    let unlucky = w.store(ONE, "Unlucky").await;
+    fill(&w, unlucky, 3).await;
+    let expected = dump(w.shard(ONE), unlucky).await;
+    w.mover.lose_races(5);
+    let e = w.mover.move_store(unlucky, TWO).await.unwrap_err().to_string();
+    assert!(e.contains("copy lost a race with other transactions 5 times") && e.contains("SQLSTATE 40P01"), "{e}");
+    let j = w.mover.moves().await.unwrap().into_iter().find(|m| m.store == unlucky).unwrap();
+    assert_eq!(j.state, MoveState::Copying);
+    assert!(j.error.as_deref().is_some_and(|m| m.contains("SQLSTATE 40P01")), "{j:?}");
+    w.mover.resume(unlucky).await.unwrap();
+    assert_eq!(dump(w.shard(TWO), unlucky).await, expected);
+}
