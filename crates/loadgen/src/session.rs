@@ -138,12 +138,21 @@ struct Problem {
     detail: String,
 }
 
-/// Sends one request and reads its whole answer: status, `Retry-After` and body.
+/// The header a write answers with: its position, which a later read sends back to see the
+/// write wherever it lands (read-your-writes across nodes and replicas).
+const WRITE_TOKEN: &str = "x-kirana-write-token";
+
+/// Sends one request and reads its whole answer: status, `Retry-After` and body. A write token
+/// in the answer is kept in `token`.
 async fn send(
     req: reqwest::RequestBuilder,
+    token: &mut Option<HeaderValue>,
 ) -> Result<(StatusCode, Option<HeaderValue>, impl AsRef<[u8]>), reqwest::Error> {
     let res = req.send().await?;
     let (status, retry_after) = (res.status(), res.headers().get(RETRY_AFTER).cloned());
+    if let Some(t) = res.headers().get(WRITE_TOKEN) {
+        *token = Some(t.clone());
+    }
     Ok((status, retry_after, res.bytes().await?))
 }
 
@@ -245,6 +254,9 @@ struct Visit<'a> {
     /// slack, it is not charged for waiting for its own schedule).
     due: Option<Instant>,
     rng: SmallRng,
+    /// The last write token the server gave this shopper: sent with the order-status read, so a
+    /// read landing on another node (or a replica) still finds the order just placed.
+    write_token: Option<HeaderValue>,
 }
 
 impl Visit<'_> {
@@ -261,7 +273,7 @@ impl Visit<'_> {
             None if self.phase.end.passed(now) => return Err(Stop),
             None => (now, now),
         };
-        let sent = send(req).await;
+        let sent = send(req, &mut self.write_token).await;
         let latency = Instant::now() - start;
         let (outcome, answer) = judge(sent.map(|(status, _, body)| (status, body)), parse);
         self.phase.record(kind, at, latency, outcome);
@@ -297,7 +309,7 @@ impl Visit<'_> {
         let sent = loop {
             // Every flash request has an in-memory body, so it can always be copied.
             let attempt = req.try_clone().expect("flash requests have in-memory bodies");
-            let sent = send(attempt).await;
+            let sent = send(attempt, &mut self.write_token).await;
             let refused = matches!(&sent, Ok((status, _, _))
                 if *status == StatusCode::TOO_MANY_REQUESTS || *status == StatusCode::SERVICE_UNAVAILABLE);
             if !refused {
@@ -438,7 +450,10 @@ impl Visit<'_> {
             .body(checkout_body(&mut self.rng));
         let Answer::Ok(order) = self.call(RequestKind::Checkout, req, json::<IdOnly>).await? else { return Ok(()) };
         let token: String = form_urlencoded::byte_serialize(new.token.as_bytes()).collect();
-        let req = shared.client.get(format!("{base}/orders/{}?token={token}", order.id));
+        let mut req = shared.client.get(format!("{base}/orders/{}?token={token}", order.id));
+        if let Some(t) = &self.write_token {
+            req = req.header(WRITE_TOKEN, t.clone());
+        }
         self.call(RequestKind::OrderStatus, req, ignore).await?;
         Ok(())
     }
@@ -466,7 +481,7 @@ fn checkout_body<R: Rng + ?Sized>(rng: &mut R) -> String {
 
 /// Runs one planned session. `due` is its open-loop start time (None in a closed loop).
 pub(crate) async fn run(shared: &Shared, phase: &Phase, plan: Session, seed: u64, due: Option<Instant>) {
-    let mut visit = Visit { shared, phase, due, rng: SmallRng::seed_from_u64(seed) };
+    let mut visit = Visit { shared, phase, due, rng: SmallRng::seed_from_u64(seed), write_token: None };
     let _ended_early: Result<(), Stop> = match plan {
         Session::Shopper(p) => visit.shop(p).await,
         Session::Merchant(m) => visit.dashboard(m).await,
@@ -491,7 +506,7 @@ pub(crate) struct FlashShopper {
 /// shopper is ready, then checks out, so all checkouts race for the same stock at once. Every
 /// shopper reaches the barrier exactly once, whatever happened before it.
 pub(crate) async fn flash_shopper(shared: &Shared, phase: &Phase, barrier: &Barrier, seed: u64) -> FlashShopper {
-    let mut visit = Visit { shared, phase, due: None, rng: SmallRng::seed_from_u64(seed) };
+    let mut visit = Visit { shared, phase, due: None, rng: SmallRng::seed_from_u64(seed), write_token: None };
     let Some(flash) = shared.manifest.flash_sale.as_ref() else {
         barrier.wait().await;
         return FlashShopper { outcome: FlashOutcome::Failed, checkout: None };
@@ -566,7 +581,7 @@ pub(crate) async fn flash_buyer(
     seed: u64,
     give_up_at: Instant,
 ) -> FlashBuyer {
-    let mut visit = Visit { shared, phase, due: None, rng: SmallRng::seed_from_u64(seed) };
+    let mut visit = Visit { shared, phase, due: None, rng: SmallRng::seed_from_u64(seed), write_token: None };
     let mut buyer = FlashBuyer {
         outcome: FlashOutcome::Failed,
         limited: 0,

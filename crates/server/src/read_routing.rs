@@ -52,9 +52,14 @@ fn level(req: &Request) -> Consistency {
     if headers.get(CONSISTENCY_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("strong")) {
         return Consistency::Strong;
     }
-    let from_header = headers.get(WRITE_TOKEN_HEADER).and_then(|v| v.to_str().ok()).and_then(WriteToken::parse);
-    let token = from_header.or_else(|| cookie_token(req));
-    Consistency::Replica { after: token }
+    Consistency::Replica { after: write_token(req) }
+}
+
+/// The caller's write token: the header, else the pages' cookie.
+pub fn write_token(req: &Request) -> Option<WriteToken> {
+    let from_header =
+        req.headers().get(WRITE_TOKEN_HEADER).and_then(|v| v.to_str().ok()).and_then(WriteToken::parse);
+    from_header.or_else(|| cookie_token(req))
 }
 
 fn cookie_token(req: &Request) -> Option<WriteToken> {

@@ -55,11 +55,13 @@ impl WriteToken {
 pub struct ReadContext {
     pub consistency: Consistency,
     written: Mutex<Option<WriteToken>>,
+    /// Live [`Untracked`] guards: while any is, writes earn no token.
+    untracked: std::sync::atomic::AtomicUsize,
 }
 
 impl ReadContext {
     pub fn new(consistency: Consistency) -> Arc<ReadContext> {
-        Arc::new(ReadContext { consistency, written: Mutex::new(None) })
+        Arc::new(ReadContext { consistency, written: Mutex::new(None), untracked: Default::default() })
     }
 
     /// The token of the request's last write, if a shard with replicas recorded one.
@@ -84,13 +86,40 @@ pub fn current() -> Consistency {
 
 /// Whether anyone will read a write token: only then is it worth a round trip to get one.
 pub(crate) fn wants_token() -> bool {
-    CONTEXT.try_with(|_| ()).is_ok()
+    CONTEXT.try_with(|c| c.untracked.load(std::sync::atomic::Ordering::Relaxed) == 0).unwrap_or(false)
 }
 
-/// Records a committed write's position for the running request (called by shards with
-/// replicas after each commit).
+/// While the guard lives, the running request's writes earn no write token: for writes that no
+/// read other than the primary's ever shows (carts), whose token would only make the caller's
+/// next pages skip the read cache for nothing.
+pub fn untracked() -> Untracked {
+    let ctx = CONTEXT.try_with(Arc::clone).ok();
+    if let Some(c) = &ctx {
+        c.untracked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Untracked { ctx }
+}
+
+/// See [`untracked`].
+pub struct Untracked {
+    ctx: Option<Arc<ReadContext>>,
+}
+
+impl Drop for Untracked {
+    fn drop(&mut self) {
+        if let Some(c) = &self.ctx {
+            c.untracked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Records a committed write's position for the running request (called by shards after each
+/// commit of a request's write).
 pub fn record_write(token: WriteToken) {
     let _ = CONTEXT.try_with(|c| {
+        if c.untracked.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return;
+        }
         let mut w = c.written.lock().unwrap_or_else(|p| p.into_inner());
         // Positions only grow; keep the furthest (one request touches one shard).
         if w.is_none_or(|old| old.shard != token.shard || old.lsn < token.lsn) {

@@ -46,6 +46,10 @@ pub(crate) struct Db {
     _checkpointer: std::sync::mpsc::Sender<()>,
     readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
+    /// A shard's file: each write made for a request earns the caller a write token naming the
+    /// shard (see `consistency`). There is no replica to wait for here; the token still tells
+    /// the read cache to show the caller what it just wrote rather than a cached copy.
+    shard: Option<crate::scope::ShardId>,
 }
 
 impl Db {
@@ -70,7 +74,20 @@ impl Db {
         }
         let writer = Writer::spawn(writer, format!("kirana-writer-{name}"), opts.max_batch, opts.queue)
             .map_err(|e| StorageError::Internal(format!("could not start the writer thread: {e}")))?;
-        Ok(Db { name: name.to_owned(), writer, _checkpointer: checkpointer, readers, next: AtomicUsize::new(0) })
+        Ok(Db {
+            name: name.to_owned(),
+            writer,
+            _checkpointer: checkpointer,
+            readers,
+            next: AtomicUsize::new(0),
+            shard: None,
+        })
+    }
+
+    /// Marks the file as shard `id`'s: its writes hand out write tokens (see the field).
+    pub(crate) fn for_shard(mut self, id: crate::scope::ShardId) -> Db {
+        self.shard = Some(id);
+        self
     }
 
     /// Runs `work` in the next write transaction; answers after it is committed.
@@ -84,6 +101,9 @@ impl Db {
         let out = self.writer.write(work).await;
         metrics::histogram!("kirana_db_seconds", "db" => self.name.clone(), "role" => "primary", "op" => "write")
             .record(started.elapsed().as_secs_f64());
+        if let (Some(shard), Ok(_)) = (self.shard, &out) {
+            crate::consistency::record_write(crate::consistency::WriteToken { shard, lsn: 0 });
+        }
         out
     }
 

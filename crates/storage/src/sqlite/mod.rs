@@ -37,7 +37,7 @@ pub fn open(data_dir: &Path, shards: u32, opts: &SqliteOptions) -> Result<Storag
     let mut list: Vec<Arc<dyn Shard>> = Vec::with_capacity(shards as usize);
     for i in 0..shards {
         let path = shard_dir.join(format!("shard-{i:04}.db"));
-        let db = db::Db::open(&path, &format!("s{i}"), opts, schema::SHARD)?;
+        let db = db::Db::open(&path, &format!("s{i}"), opts, schema::SHARD)?.for_shard(crate::scope::ShardId(i));
         list.push(Arc::new(shard::SqliteShard::new(db, crate::scope::ShardId(i))));
     }
     Ok(Storage::new(directory, list))

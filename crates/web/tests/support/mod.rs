@@ -46,6 +46,7 @@ pub struct Platform {
 #[derive(Debug, Clone)]
 pub struct Json {
     pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
     pub body: Value,
 }
 
@@ -156,14 +157,14 @@ impl Platform {
         }
         .expect("request");
         let res = self.router.clone().oneshot(req).await.expect("router answers");
-        let status = res.status();
+        let (status, headers) = (res.status(), res.headers().clone());
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Json { status, body }
+        Json { status, headers, body }
     }
 
     /// Signs in through the OTP flow, reading the code the notifier "sent": a session token.

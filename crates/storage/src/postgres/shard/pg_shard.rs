@@ -143,6 +143,12 @@ macro_rules! write {
     ($self:ident, $store:expr, |$t:ident| $body:expr) => {
         write!($self, on primary, $store, |$t| $body)
     };
+    // A write no public read shows (a cart: carts are only ever read on the primary): it earns
+    // the caller no write token, so the caller's next storefront pages still come from the cache.
+    ($self:ident, untracked, $store:expr, |$t:ident| $body:expr) => {{
+        let _untracked = consistency::untracked();
+        write!($self, on primary, $store, |$t| $body)
+    }};
     // `on background`: the event pipeline's and webhook worker's pool (see `PgShard::background`).
     ($self:ident, on $pool:ident, $store:expr, |$t:ident| $body:expr) => {{
         let started = std::time::Instant::now();
@@ -280,10 +286,12 @@ impl PgShard {
         }
     }
 
-    /// After a commit, inside a request, on a shard with replicas: the caller's token. A failure
-    /// only costs the caller read-your-writes on a replica (its later reads use the primary).
+    /// After a commit, inside a request: the caller's token. Also on a shard without replicas:
+    /// the token is what tells the read cache to show the caller its own write rather than a
+    /// cached copy (and the shard may get replicas later). A failure only costs the caller
+    /// read-your-writes on a replica (its later reads use the primary).
     async fn token(&self, conn: &Object) {
-        if self.replicas.is_empty() || !consistency::wants_token() {
+        if !consistency::wants_token() {
             return;
         }
         match conn.query_one("SELECT pg_current_wal_lsn()", &[]).await {
@@ -391,7 +399,7 @@ impl Shard for PgShard {
 
     async fn create_cart(&self, scope: &StoreScope, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
         let s = scope.store_id();
-        write!(self, Some(s), |t| carts::create(&t, s, token_hash, now))
+        write!(self, untracked, Some(s), |t| carts::create(&t, s, token_hash, now))
     }
 
     async fn cart(&self, scope: &StoreScope, id: CartId, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
@@ -410,7 +418,7 @@ impl Shard for PgShard {
         now: Timestamp,
     ) -> Result<Cart> {
         let s = scope.store_id();
-        write!(self, Some(s), |t| carts::set_item(&t, s, id, token_hash, variant, quantity, now))
+        write!(self, untracked, Some(s), |t| carts::set_item(&t, s, id, token_hash, variant, quantity, now))
     }
 
     async fn checkout(

@@ -170,6 +170,8 @@ impl Shard for SqliteShard {
 
     async fn create_cart(&self, scope: &StoreScope, token_hash: [u8; 32], now: Timestamp) -> Result<Cart> {
         let s = scope.store_id();
+        // A cart is no page's business: its write earns no token (see `consistency::untracked`).
+        let _untracked = crate::consistency::untracked();
         self.db.write(move |c| carts::create(c, s, token_hash, now)).await
     }
 
@@ -187,6 +189,7 @@ impl Shard for SqliteShard {
         now: Timestamp,
     ) -> Result<Cart> {
         let s = scope.store_id();
+        let _untracked = crate::consistency::untracked();
         self.db.write(move |c| carts::set_item(c, s, id, token_hash, variant, quantity, now)).await
     }
 
