@@ -228,7 +228,13 @@ async fn shards_status(
             let heartbeat = mine.iter().map(|(.., t)| t.millis()).max();
             let age = heartbeat.map(|t| (now.millis() - t).max(0) as f64 / 1000.0);
             let lag_events: i64 = parts.iter().map(|p| p.lag_events).sum();
-            if age.is_none_or(|a| a > HEARTBEAT_ALERT_SECS as f64) && lag_events > 0 {
+            let oldest_wait = parts.iter().map(|p| p.lag_seconds).fold(0.0, f64::max);
+            // Silent for a minute with events that have waited a minute: a reader that just
+            // started (no heartbeat yet) with fresh events is not one.
+            if age.is_none_or(|a| a > HEARTBEAT_ALERT_SECS as f64)
+                && lag_events > 0
+                && oldest_wait > HEARTBEAT_ALERT_SECS as f64
+            {
                 alerts.push(Alert {
                     name: "ConsumerNoHeartbeat",
                     detail: format!(

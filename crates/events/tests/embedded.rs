@@ -336,7 +336,17 @@ async fn status_shows_lag_per_partition_and_raises_alerts() {
     let s = kirana_events::status::status(&w.storage, &["cache"], 16, now).await.unwrap();
     let consumer = &s.shards[0].consumers[0];
     assert!(consumer.lag_events > 0, "nothing read yet");
+    assert!(s.alerts.is_empty(), "events just written, a reader not yet started: no alarm yet: {:?}", s.alerts);
+    // A minute on, still nothing read: silent, and every waiting partition stalled.
+    let later = now.plus_millis(61_000);
+    let s = kirana_events::status::status(&w.storage, &["cache"], 16, later).await.unwrap();
     assert!(s.alerts.iter().any(|a| a.name == "ConsumerNoHeartbeat"), "{:?}", s.alerts);
+    let pa = partition_of(a.scope.store_id(), 16);
+    assert!(
+        s.alerts.iter().any(|x| x.name == "PartitionStalled" && x.detail.contains(&format!("partition {pa}:"))),
+        "{:?}",
+        s.alerts
+    );
 
     // One partition stuck behind a poison event while the rest keep up.
     let flaky = Arc::new(Flaky { poison: a.scope.store_id(), broken: AtomicBool::new(true) });

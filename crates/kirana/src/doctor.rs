@@ -342,7 +342,9 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
                     max_size: 0,
                 });
                 let j = replica_json(&r, host, pool, shard.replica_settings().policy);
-                if !j.in_rotation {
+                // With the primary down the replica's being out of rotation is the primary's
+                // problem (reported above), not the replica's: it serves reads alone.
+                if !j.in_rotation && !r.serving_without_primary {
                     problems.push(format!("shard {i} replica {}: out of rotation — {}", r.index, j.why));
                 }
                 j
@@ -415,7 +417,15 @@ fn replica_json(
             host,
             in_rotation: r.in_rotation,
             state: h.state.to_string(),
-            why: why(h, r.in_rotation, policy),
+            why: if r.serving_without_primary {
+                format!(
+                    "the primary does not answer: this replica serves the shard's reads alone, as of what it last \
+                     received ({} behind that)",
+                    bytes(h.lag_bytes)
+                )
+            } else {
+                why(h, r.in_rotation, policy)
+            },
             lag_bytes: Some(h.lag_bytes),
             lag_seconds: h.lag_seconds.is_finite().then_some(h.lag_seconds),
             error: None,

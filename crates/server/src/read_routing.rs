@@ -57,8 +57,7 @@ fn level(req: &Request) -> Consistency {
 
 /// The caller's write token: the header, else the pages' cookie.
 pub fn write_token(req: &Request) -> Option<WriteToken> {
-    let from_header =
-        req.headers().get(WRITE_TOKEN_HEADER).and_then(|v| v.to_str().ok()).and_then(WriteToken::parse);
+    let from_header = req.headers().get(WRITE_TOKEN_HEADER).and_then(|v| v.to_str().ok()).and_then(WriteToken::parse);
     from_header.or_else(|| cookie_token(req))
 }
 

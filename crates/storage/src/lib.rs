@@ -45,8 +45,10 @@ pub use error::{ConflictKind, Shortage, StorageError};
 pub use lease::{LeaseRow, Leases, LocalLeases};
 pub use log::{Applied, DeadLetter, Effect, Logged, OutboxStats, Outgoing, ProductSale, ShardLog};
 pub use scope::{ShardId, StoreScope};
-pub use shard::{DashboardStats, IdempotencyKey, MediaRecord, PoolGauge, ProductFilter, Shard, ShardHealth, StoreRow};
-pub use storage::{Placement, Residence, Storage};
+pub use shard::{
+    DashboardStats, IdempotencyKey, MediaRecord, PoolGauge, ProductFilter, Shard, ShardHealth, ShardReadiness, StoreRow,
+};
+pub use storage::{Placement, Readiness, Residence, Storage};
 pub use webhooks::{
     Attempt, AttemptRecord, CreatedEndpoint, Delivery, DeliveryKey, DeliveryStatus, DueDelivery, Endpoint, EndpointId,
     EventTypes, NewEndpoint, Outcome, Recorded, WebhookUrl, Webhooks,

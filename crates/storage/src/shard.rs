@@ -78,6 +78,19 @@ pub struct ShardHealth {
     pub fallback_reads: u64,
 }
 
+/// What a shard can do for requests right now (`/readyz`, `kirana doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardReadiness {
+    /// Its primary answers: reads and writes.
+    Ready,
+    /// Its primary does not answer, its replicas serve reads: catalog, pages and order status
+    /// work, writes answer 503 with `Retry-After`.
+    ReadOnly,
+    /// Nothing of it answers.
+    Down,
+}
+
 /// One connection pool's occupancy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolGauge {
@@ -236,6 +249,14 @@ pub trait Shard: Send + Sync {
     async fn events(&self, scope: &StoreScope, after: i64, limit: u32) -> Result<Vec<(i64, Event)>>;
 
     async fn ping(&self) -> Result<()>;
+
+    /// What the shard can serve now, and why not more (see [`ShardReadiness`]).
+    async fn readiness(&self) -> (ShardReadiness, Option<String>) {
+        match self.ping().await {
+            Ok(()) => (ShardReadiness::Ready, None),
+            Err(e) => (ShardReadiness::Down, Some(e.to_string())),
+        }
+    }
 
     /// Whether this shard still holds `store` for writing: `Some(true)` yes, `Some(false)` its
     /// row here is a moved store's tombstone (or a frozen source), `None` no row here. Shard

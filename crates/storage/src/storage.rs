@@ -29,6 +29,16 @@ pub struct Storage {
     leases: Arc<dyn crate::lease::Leases>,
 }
 
+/// What a node can serve (see [`Storage::readiness`]).
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// Why the directory does not answer, if it does not. Known stores still serve from the
+    /// node's cached directory; sign-in and new stores do not.
+    pub directory: Option<String>,
+    /// Each shard in order: what it can do, and why not more.
+    pub shards: Vec<(crate::shard::ShardReadiness, Option<String>)>,
+}
+
 /// Where the events of a store read from one shard's outbox belong, while stores move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residence {
@@ -347,6 +357,21 @@ impl Storage {
     }
 
     /// Checks every database answers: the directory and each shard.
+    /// What this node can serve now: the directory's error if it does not answer, and each
+    /// shard's readiness (all asked at once, each within its own short bound).
+    pub async fn readiness(&self) -> Readiness {
+        let directory = async {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), self.directory.ping()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the control database did not answer within 2 s".into()),
+            }
+        };
+        let shards = futures::future::join_all(self.shards.iter().map(|s| s.readiness()));
+        let (directory, shards) = futures::join!(directory, shards);
+        Readiness { directory, shards }
+    }
+
     pub async fn ping(&self) -> Result<()> {
         self.directory.ping().await?;
         for s in self.shards.iter() {

@@ -260,6 +260,7 @@ async fn a_slow_replica_misses_its_read_deadline_once_and_reads_move_to_the_prim
     for prober in probers {
         prober.await.expect("a prober stops cleanly");
     }
+    drop(pair);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,4 +478,95 @@ async fn with_the_directory_blackholed_known_stores_keep_serving_and_selling_and
         (res.status == StatusCode::ACCEPTED).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shards_primary_stopped_its_replica_serves_reads_writes_answer_503_and_the_node_stays_ready() {
+    // Shard 0: a primary with a streaming replica of the test's own, whose primary is stopped.
+    // Shard 1: a database of the shared server, untouched.
+    let pair = tokio::task::spawn_blocking(PgPair::start).await.expect("start a primary and a replica");
+    let (control, other) = (TempDb::create().await, TempDb::create().await);
+    let mut pg = PgConfig::new(
+        control.url(),
+        vec![
+            ShardUrls { primary: pair.primary_url(), replicas: vec![pair.replica_url()] },
+            ShardUrls { primary: other.url(), replicas: vec![] },
+        ],
+    );
+    pg.replicas.probe_every = Duration::from_millis(50);
+    pg.replicas.policy = kirana_storage::postgres::replica::LagPolicy { max_bytes: 64 << 20, max_seconds: 10.0 };
+    pg.pool.acquire_timeout = Duration::from_secs(1);
+    pg.pool.connect_timeout = Duration::from_secs(1);
+    let cluster = open(&pg).await.expect("open the PostgreSQL backend");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let probers = cluster.start_probers(stopped);
+    let replica = cluster.shards[0].clone();
+    let p = Platform::over(cluster.storage.clone(), Box::new((control, other)));
+    // A store on each shard (new stores go to the emptier one).
+    let mut shops: HashMap<u32, (Shop, String)> = HashMap::new();
+    for i in 0..6 {
+        let shop = p.shop(&format!("+9198000081{i:02}"), &format!("Split Spices {i}")).await;
+        let scope = p.scope(&shop.slug()).await;
+        // Placement counts are cached for a few seconds: forget them, so the next store goes to
+        // the emptier shard.
+        cluster.storage.forget(scope.store_id());
+        let shard = scope.shard().0;
+        let pid = id(&p.product(&shop, json!({ "title": format!("Haldi {i}"), "price": 300, "stock": 5 })).await);
+        shops.entry(shard).or_insert((shop, pid));
+    }
+    let (on_zero, pid_zero) = shops.remove(&0).expect("a store on shard 0");
+    let (on_one, pid_one) = shops.remove(&1).expect("a store on shard 1");
+    let read = |shop: &Shop, pid: &str| format!("/api/v1/storefront/{}/products/{pid}", shop.slug());
+    eventually("shard 0's replica has the product and is in rotation", Duration::from_secs(30), || async {
+        (replica.replica_report()[0].in_rotation
+            && call(&p, Method::GET, &read(&on_zero, &pid_zero), &[], None).await.status == 200)
+            .then_some(())
+    })
+    .await;
+    let ready = call(&p, Method::GET, "/readyz", &[], None).await;
+    assert_eq!((ready.status, ready.body["status"].as_str()), (StatusCode::OK, Some("ready")), "{}", ready.body);
+
+    let pair = Arc::new(pair);
+    let stopping = pair.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_primary()).await.expect("stop the primary");
+    eventually("the replica serves reads on its own", Duration::from_secs(30), || async {
+        replica.replica_report()[0].serving_without_primary.then_some(())
+    })
+    .await;
+    let report = replica.replica_report()[0].clone();
+    assert!(report.error.is_none(), "the replica is judged on its own, not by the primary's error: {report:?}");
+    let before = report.reads;
+    let got = call(&p, Method::GET, &read(&on_zero, &pid_zero), &[], None).await;
+    assert_eq!(got.status, 200, "a catalog read of the shard whose primary is down: {}", got.body);
+    assert!(got.body["title"].as_str().is_some_and(|t| t.starts_with("Haldi")), "{}", got.body);
+    assert!(replica.replica_report()[0].reads > before, "served by the replica");
+    let page = p.browser().get(&format!("/{}/product/{pid_zero}", on_zero.slug())).await;
+    assert_eq!(page.status.as_u16(), 200, "the product page too");
+
+    // Writes to shard 0 answer 503 with Retry-After, fast; shard 1 writes and reads as ever.
+    let started = Instant::now();
+    let cart =
+        call(&p, Method::POST, &format!("/api/v1/storefront/{}/carts", on_zero.slug()), &[], Some(json!({}))).await;
+    assert_eq!(cart.status, StatusCode::SERVICE_UNAVAILABLE, "{}", cart.body);
+    assert!(cart.retry_after.is_some(), "a 503 says when to come back");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused within the pool's bounds: {:?}", started.elapsed());
+    let cart =
+        call(&p, Method::POST, &format!("/api/v1/storefront/{}/carts", on_one.slug()), &[], Some(json!({}))).await;
+    assert_eq!(cart.status, StatusCode::CREATED, "{}", cart.body);
+    assert_eq!(call(&p, Method::GET, &read(&on_one, &pid_one), &[], None).await.status, 200);
+
+    // The node stays ready: a balancer must not pull it (and every other node with it) for one
+    // shard's primary; the body says which shard is read-only and why.
+    let ready = call(&p, Method::GET, "/readyz", &[], None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(ready.body["status"], "degraded");
+    assert_eq!(ready.body["shards"][0]["shard"], 0);
+    assert_eq!(ready.body["shards"][0]["state"], "read_only");
+    assert_eq!(ready.body["shards"].as_array().map(Vec::len), Some(1), "{}", ready.body);
+
+    stop.send(true).expect("the probers listen");
+    for prober in probers {
+        prober.await.expect("a prober stops cleanly");
+    }
+    drop(pair);
 }

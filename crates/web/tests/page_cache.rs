@@ -160,7 +160,8 @@ async fn a_caller_with_its_write_token_never_gets_a_cached_copy_older_than_its_w
 
     // A cart is nothing a page shows: creating one earns no token, so a shopper's browsing after
     // adding to cart stays on the cache.
-    let cart = p.api(axum::http::Method::POST, &format!("/api/v1/storefront/{slug}/carts"), None, Some(json!({}))).await;
+    let cart =
+        p.api(axum::http::Method::POST, &format!("/api/v1/storefront/{slug}/carts"), None, Some(json!({}))).await;
     assert_eq!(cart.status.as_u16(), 201, "{}", cart.body);
     assert!(cart.headers.get("x-kirana-write-token").is_none(), "{:?}", cart.headers);
 }

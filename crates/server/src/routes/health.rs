@@ -74,33 +74,68 @@ async fn status_page(State(s): State<AppState>) -> Response {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
+    /// `ok` (liveness); `ready`, `degraded` (serving, with shards read-only or down, or the
+    /// directory unreachable), `unavailable` or `draining` (readiness).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Readiness: each shard that cannot do everything, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardState>,
+}
+
+/// A shard that cannot do everything right now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShardState {
+    pub shard: u32,
+    /// `read_only` (its primary is down, its replicas serve reads) or `down`.
+    pub state: &'static str,
+    pub error: Option<String>,
 }
 
 /// Liveness: the process is up and answering.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok", reason: None })
+    Json(Health { status: "ok", reason: None, shards: vec![] })
 }
 
-/// Readiness: every database answers and the node is not draining. 503 tells a balancer to
-/// send traffic elsewhere.
+/// Readiness, per shard: a node stays ready while it can serve most stores. It answers 503 only
+/// when draining, or when more than half of the shards can serve nothing at all (that is this
+/// node's trouble, or the whole fleet's: either way a balancer should look elsewhere). A shard
+/// whose primary is down but whose replicas serve reads, a shard that is down, or an
+/// unreachable directory are listed in the body (`degraded`), not made the node's fault: every
+/// node shares them, and pulling every node out would take the healthy shards' stores down too.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     if !s.ready.load(Ordering::SeqCst) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health { status: "draining", reason: Some("shutting down".into()) }),
+            Json(Health { status: "draining", reason: Some("shutting down".into()), shards: vec![] }),
         );
     }
-    match s.storage.ping().await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ready", reason: None })),
-        Err(e) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(e.to_string()) }))
-        }
+    let r = s.storage.readiness().await;
+    let shards: Vec<ShardState> = r
+        .shards
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (state, error))| {
+            let state = match state {
+                kirana_storage::ShardReadiness::Ready => return None,
+                kirana_storage::ShardReadiness::ReadOnly => "read_only",
+                kirana_storage::ShardReadiness::Down => "down",
+            };
+            Some(ShardState { shard: i as u32, state, error: error.clone() })
+        })
+        .collect();
+    let down = shards.iter().filter(|s| s.state == "down").count();
+    let total = r.shards.len().max(1);
+    if down * 2 > total {
+        let reason = format!("{down} of {total} shards can serve nothing");
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some(reason), shards }));
     }
+    let status = if shards.is_empty() && r.directory.is_none() { "ready" } else { "degraded" };
+    let reason = r.directory.map(|e| format!("the directory does not answer (known stores still serve): {e}"));
+    (StatusCode::OK, Json(Health { status, reason, shards }))
 }
 
 /// This document: OpenAPI 3.1 describing every endpoint.
@@ -119,7 +154,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health { status: "unavailable", reason: Some("another metrics recorder is installed".into()) }),
+            Json(Health {
+                status: "unavailable",
+                reason: Some("another metrics recorder is installed".into()),
+                shards: vec![],
+            }),
         )
             .into_response(),
     }

@@ -200,6 +200,58 @@ pub async fn probe(primary: &Client, replica: &Client) -> Result<ReplicaHealth, 
     })
 }
 
+/// Probes a replica alone, for when its primary cannot be reached: how far it has received and
+/// replayed, and whether it is still a standby. Nothing newer than what it received can be read
+/// anywhere this node reaches, so `primary_lsn` is taken as the furthest it received (or
+/// replayed), and lag is measured against that: only WAL received and not yet replayed.
+pub async fn probe_alone(replica: &Client) -> Result<ReplicaHealth, tokio_postgres::Error> {
+    let row = replica
+        .query_typed(
+            "SELECT pg_is_in_recovery(),
+                    pg_last_wal_replay_lsn(),
+                    pg_last_wal_receive_lsn(),
+                    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
+                    extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
+                    (SELECT status FROM pg_stat_wal_receiver)",
+            &[],
+        )
+        .await
+        .and_then(one_row)?;
+    let in_recovery: bool = row.try_get(0)?;
+    let replay_lsn = lsn(row.try_get(1)?);
+    let receive_lsn = lsn(row.try_get(2)?);
+    let paused: bool = row.try_get(3)?;
+    let replay_age: Option<f64> = row.try_get(4)?;
+    let receiver_status: Option<String> = row.try_get(5)?;
+    let state = if !in_recovery {
+        ReplicaState::NotInRecovery
+    } else if receiver_status.as_deref() != Some("streaming") {
+        ReplicaState::ReceiverDown
+    } else if paused {
+        ReplicaState::ReplayPaused
+    } else {
+        ReplicaState::Streaming
+    };
+    let known = receive_lsn.max(replay_lsn);
+    Ok(ReplicaHealth {
+        state,
+        primary_lsn: known,
+        receive_lsn,
+        replay_lsn,
+        lag_bytes: known.saturating_sub(replay_lsn),
+        lag_seconds: if replay_lsn >= known { 0.0 } else { replay_age.map_or(f64::INFINITY, |a| a.max(0.0)) },
+        receiver_status,
+    })
+}
+
+/// Whether a replica may serve reads while its primary is down: still a standby (a promoted
+/// one is the new primary, reached through the primary's URL, and may have diverged) and done
+/// replaying what it received. Lag to the lost primary cannot be known; what it has is the
+/// freshest this node can read.
+pub fn serves_without_primary(health: &ReplicaHealth) -> bool {
+    health.state != ReplicaState::NotInRecovery && health.replay_lsn >= health.receive_lsn
+}
+
 /// A write token: the primary's WAL position, read after the caller's commit returned.
 ///
 /// With `synchronous_commit` on (PostgreSQL's default) the commit record has been flushed when

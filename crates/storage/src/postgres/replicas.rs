@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Object;
 
 use super::pool::PgPool;
-use super::replica::{LagPolicy, ReplicaHealth, Rotation, probe};
+use super::replica::{LagPolicy, ReplicaHealth, Rotation, probe, probe_alone, serves_without_primary};
 use crate::scope::ShardId;
 
 /// How the prober and router treat replicas.
@@ -62,6 +62,9 @@ pub struct ReplicaReport {
     pub probed_ago: Option<Duration>,
     /// Reads this replica served since start.
     pub reads: u64,
+    /// The primary is down and this replica serves the shard's reads on its own, as of what it
+    /// last received (see [`ReplicaSet::probe_all`]).
+    pub serving_without_primary: bool,
 }
 
 struct View {
@@ -69,6 +72,8 @@ struct View {
     health: Option<ReplicaHealth>,
     error: Option<String>,
     probed_at: Option<Instant>,
+    /// Probed alone while the primary was down, and fit to serve reads then.
+    standalone: bool,
 }
 
 pub(crate) struct Replica {
@@ -92,6 +97,9 @@ pub(crate) struct ReplicaSet {
     next: AtomicUsize,
     /// Replica-level reads that went to the primary because no replica qualified.
     pub(crate) fallbacks: AtomicU64,
+    /// The last probe could not reach the primary: replicas were judged alone, and those fit
+    /// serve every replica-level read (a shard's catalog and pages stay up without its primary).
+    primary_down: std::sync::atomic::AtomicBool,
 }
 
 impl ReplicaSet {
@@ -107,11 +115,34 @@ impl ReplicaSet {
                     health: None,
                     error: None,
                     probed_at: None,
+                    standalone: false,
                 }),
                 reads: AtomicU64::new(0),
             })
             .collect();
-        ReplicaSet { shard, replicas, settings, next: AtomicUsize::new(0), fallbacks: AtomicU64::new(0) }
+        ReplicaSet {
+            shard,
+            replicas,
+            settings,
+            next: AtomicUsize::new(0),
+            fallbacks: AtomicU64::new(0),
+            primary_down: Default::default(),
+        }
+    }
+
+    /// Whether the last probe found the primary unreachable.
+    pub(crate) fn primary_down(&self) -> bool {
+        self.primary_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether a replica could serve a replica-level read now (in rotation, or on its own while
+    /// the primary is down).
+    pub(crate) fn any_serving(&self) -> bool {
+        let primary_down = self.primary_down();
+        self.replicas.iter().any(|r| {
+            let v = r.view();
+            v.rotation.in_rotation() || (primary_down && v.standalone)
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -123,7 +154,58 @@ impl ReplicaSet {
     }
 
     /// Probes every replica once against the primary, concurrently, and updates rotation.
+    ///
+    /// When the primary does not answer, each replica is probed alone and its own error or
+    /// health is recorded (never the primary's: the replica is fine). Replicas leave rotation
+    /// (bounded staleness cannot be judged without the primary), but a standby that has replayed
+    /// what it received serves the shard's replica-level reads meanwhile: stale by however long
+    /// the primary has been gone, which is better than no catalog at all. Writes and strong
+    /// reads still need the primary (503). When the primary answers again the replicas earn
+    /// their place back as usual.
     pub(crate) async fn probe_all(&self, primary: &PgPool) {
+        let primary_up = tokio::time::timeout(self.settings.probe_timeout, async {
+            let c = primary.get().await.map_err(|e| e.to_string())?;
+            c.simple_query("SELECT 1").await.map_err(|e| e.to_string())
+        })
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let was_down = self.primary_down.swap(!primary_up, Ordering::Relaxed);
+        if was_down == primary_up {
+            if primary_up {
+                tracing::info!(shard = self.shard.0, "the shard's primary answers again");
+            } else {
+                tracing::warn!(shard = self.shard.0, "the shard's primary does not answer; replicas serve reads alone");
+            }
+        }
+        if !primary_up && !self.replicas.is_empty() {
+            let probes = self.replicas.iter().map(|r| async move {
+                let outcome = tokio::time::timeout(self.settings.probe_timeout, async {
+                    let c = r.pool.get().await.map_err(|e| e.to_string())?;
+                    probe_alone(&c).await.map_err(|e| format!("{}: {e}", r.pool.role()))
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("{}: probe took longer than {:?}", r.pool.role(), self.settings.probe_timeout))
+                });
+                let mut v = r.view();
+                v.rotation.observe(None);
+                v.probed_at = Some(Instant::now());
+                match outcome {
+                    Ok(h) => {
+                        v.standalone = serves_without_primary(&h);
+                        v.health = Some(h);
+                        v.error = None;
+                    }
+                    Err(e) => {
+                        v.standalone = false;
+                        v.health = None;
+                        v.error = Some(e);
+                    }
+                }
+            });
+            futures::future::join_all(probes).await;
+            return;
+        }
         let probes = self.replicas.iter().map(|r| async move {
             let outcome = tokio::time::timeout(self.settings.probe_timeout, async {
                 let p = primary.get().await.map_err(|e| e.to_string())?;
@@ -152,6 +234,7 @@ impl ReplicaSet {
                 }
             }
             v.probed_at = Some(Instant::now());
+            v.standalone = false;
             match outcome {
                 Ok(h) => {
                     v.health = Some(h);
@@ -188,11 +271,12 @@ impl ReplicaSet {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let primary_down = self.primary_down();
         for k in 0..n {
             let r = &self.replicas[(start + k) % n];
             let eligible = {
                 let v = r.view();
-                v.rotation.in_rotation()
+                (v.rotation.in_rotation() || (primary_down && v.standalone))
                     && after.is_none_or(|lsn| v.health.as_ref().is_some_and(|h| h.caught_up_with(lsn)))
             };
             if !eligible {
@@ -226,6 +310,7 @@ impl ReplicaSet {
                 tracing::warn!(shard = self.shard.0, replica = index, error, "replica failed a read; out of rotation");
             }
             v.rotation.observe(None);
+            v.standalone = false;
             v.error = Some(error.to_owned());
         }
     }
@@ -246,6 +331,7 @@ impl ReplicaSet {
                     error: v.error.clone(),
                     probed_ago: v.probed_at.map(|t| t.elapsed()),
                     reads: r.reads.load(Ordering::Relaxed),
+                    serving_without_primary: self.primary_down() && v.standalone,
                 }
             })
             .collect()

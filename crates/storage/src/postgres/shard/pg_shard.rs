@@ -550,6 +550,23 @@ impl Shard for PgShard {
         Ok(())
     }
 
+    async fn readiness(&self) -> (crate::shard::ShardReadiness, Option<String>) {
+        use crate::shard::ShardReadiness;
+        let ping = tokio::time::timeout(self.replicas.settings().probe_timeout, self.ping()).await;
+        let error = match ping {
+            Ok(Ok(())) => return (ShardReadiness::Ready, None),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                format!("shard {} primary: no answer within {:?}", self.id.0, self.replicas.settings().probe_timeout)
+            }
+        };
+        if self.replicas.primary_down() && self.replicas.any_serving() {
+            (ShardReadiness::ReadOnly, Some(error))
+        } else {
+            (ShardReadiness::Down, Some(error))
+        }
+    }
+
     async fn holds(&self, store: StoreId) -> Result<Option<bool>> {
         let c = self.primary.get().await?;
         let row = c
