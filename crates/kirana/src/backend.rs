@@ -83,25 +83,36 @@ pub fn mover(pg: &PgConfig) -> anyhow::Result<Mover> {
     Ok(Mover::new(control, shards))
 }
 
-/// The host (and port) of a PostgreSQL URL, for tables: never the user or password.
+/// The host (and port) of a PostgreSQL URL, for tables: never the user or password. A URL with
+/// several hosts (a primary and its standby under pg_auto_failover) lists them all.
 pub fn host_of(url: &str) -> String {
     match url.parse::<tokio_postgres::Config>() {
         Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                    #[cfg(unix)]
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
             let db = c.get_dbname().map(|d| format!("/{d}")).unwrap_or_default();
-            match c.get_ports().first() {
-                Some(p) => format!("{host}:{p}{db}"),
-                None => format!("{host}{db}"),
-            }
+            let hosts = hosts_of(&c);
+            if hosts.is_empty() { format!("localhost{db}") } else { format!("{}{db}", hosts.join(",")) }
         }
         Err(_) => "(unparsable URL)".into(),
     }
+}
+
+/// Every `host[:port]` a parsed URL names, in order.
+pub fn hosts_of(c: &tokio_postgres::Config) -> Vec<String> {
+    let ports = c.get_ports();
+    c.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            // One port for all hosts, or one per host.
+            match ports.get(i).or(if ports.len() == 1 { ports.first() } else { None }) {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            }
+        })
+        .collect()
 }

@@ -48,6 +48,11 @@ pub struct GlobalArgs {
     /// first). In the environment, shards are separated by `;`. Replaces the file's shards.
     #[arg(long = "pg-shard", global = true, env = "KIRANA_PG_SHARDS", value_delimiter = ';', hide_env_values = true)]
     pub pg_shards: Vec<String>,
+    /// The pg_auto_failover monitor watching the databases (e.g.
+    /// postgres://autoctl_node@mon:5432/pg_auto_failover): `kirana doctor` shows each database's
+    /// nodes, their states and the last failover.
+    #[arg(long = "pg-monitor", global = true, env = "KIRANA_PG_MONITOR", hide_env_values = true)]
+    pub pg_monitor: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -247,6 +252,8 @@ fn payment_settings(file: Option<FilePayments>) -> anyhow::Result<kirana_server:
 #[serde(deny_unknown_fields)]
 struct FilePostgres {
     control: Option<String>,
+    /// The pg_auto_failover monitor, for `kirana doctor`.
+    monitor: Option<String>,
     directory_ttl_secs: Option<u64>,
     pool_size: Option<usize>,
     background_pool_size: Option<usize>,
@@ -297,6 +304,8 @@ pub struct Config {
     pub objectives: Vec<kirana_server::slo::Objective>,
     /// `None`: embedded SQLite in `data_dir`; `Some`: the PostgreSQL cluster.
     pub postgres: Option<PgConfig>,
+    /// The pg_auto_failover monitor of the PostgreSQL databases, if any.
+    pub pg_monitor: Option<String>,
     /// Where spans are exported (the full OTLP/HTTP traces URL); `None`: nowhere.
     pub otlp_traces_url: Option<String>,
     /// The SMS provider; `None`: the dev outbox.
@@ -348,6 +357,15 @@ impl Config {
             Some(u) if u.starts_with("nats://") || u.starts_with("tls://") => Some(u.to_string()),
             Some(other) => bail!("--events must be `embedded` or a nats:// URL, not {other:?}"),
         };
+        let pg_monitor = g
+            .pg_monitor
+            .clone()
+            .or_else(|| file.postgres.as_ref().and_then(|p| p.monitor.clone()))
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty());
+        if let Some(m) = &pg_monitor {
+            check_url("the pg_auto_failover monitor (--pg-monitor)", m)?;
+        }
         let postgres = postgres_config(g, file.postgres)?;
         let cache_url = match serve.and_then(|s| s.cache.clone()).or(file.cache).as_deref().map(str::trim) {
             None | Some("memory") | Some("") => None,
@@ -435,6 +453,7 @@ impl Config {
             cache_url,
             cache_bytes: cache_mb << 20,
             postgres,
+            pg_monitor,
             nats_url,
             events_namespace,
             node,
@@ -594,6 +613,7 @@ mod tests {
             events_namespace: None,
             postgres: None,
             pg_shards: vec![],
+            pg_monitor: None,
         }
     }
 

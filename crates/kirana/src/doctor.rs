@@ -36,6 +36,9 @@ struct Report {
     directory: DirectoryReport,
     shards: Vec<ShardReport>,
     moves: Vec<MoveJson>,
+    /// Each PostgreSQL database's servers (every host of its URL: which is the primary, on which
+    /// timeline) and, with a pg_auto_failover monitor, its nodes' states and last failover.
+    ha: Vec<HaReport>,
     /// The event pipeline as `kirana events status` sees it: backlog and lag per partition on
     /// either backend (the JetStream stream included), who holds which lease, its alerts.
     pipeline: Option<kirana_events::status::EventsStatus>,
@@ -148,6 +151,35 @@ struct ReplicaJson {
 }
 
 #[derive(Debug, Serialize)]
+struct HaReport {
+    /// `control` or `shard N`.
+    database: String,
+    hosts: Vec<HostJson>,
+    /// The monitor's nodes serving these hosts (empty without `--pg-monitor`).
+    monitor: Vec<MonitorNode>,
+    /// The monitor's last promotion in this database's group: when, and what it said.
+    last_failover: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct HostJson {
+    host: String,
+    /// `primary`, `standby` or `unreachable`.
+    role: String,
+    /// The WAL timeline: it moves on at each promotion, so > 1 means a failover happened.
+    timeline: Option<i64>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct MonitorNode {
+    name: String,
+    host: String,
+    reported: String,
+    assigned: String,
+}
+
+#[derive(Debug, Serialize)]
 struct EventsJson {
     outbox_rows: Option<i64>,
     oldest_age_seconds: Option<f64>,
@@ -176,9 +208,14 @@ pub async fn run(config: &Config, json: bool, node_urls: &[String]) -> anyhow::R
             Ok(cluster) => {
                 let mut r = postgres(pg, &cluster).await;
                 pipeline(config, &cluster.storage, &mut r).await;
+                r.ha = ha(pg, config.pg_monitor.as_deref(), &mut r.problems, &mut r.warnings).await;
                 r
             }
-            Err(e) => unreachable_control(pg, &e),
+            Err(e) => {
+                let mut r = unreachable_control(pg, &e);
+                r.ha = ha(pg, config.pg_monitor.as_deref(), &mut r.problems, &mut r.warnings).await;
+                r
+            }
         },
         None => {
             let (mut r, storage) = sqlite(config).await?;
@@ -236,6 +273,159 @@ async fn pipeline(config: &Config, storage: &Storage, report: &mut Report) {
     }
 }
 
+/// Every PostgreSQL database's hosts as they answer now, and what a pg_auto_failover monitor says
+/// of them. No primary among a database's hosts is a problem (writes fail until a failover
+/// completes); two primaries is a problem too (a split: one of them must be fenced).
+async fn ha(
+    pg: &PgConfig,
+    monitor: Option<&str>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Vec<HaReport> {
+    let mut dbs = vec![("control".to_string(), pg.directory.clone())];
+    dbs.extend(pg.shards.iter().enumerate().map(|(i, s)| (format!("shard {i}"), s.primary.clone())));
+    let nodes = match monitor {
+        Some(url) => match monitor_nodes(url).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                problems.push(format!("the pg_auto_failover monitor is unreachable: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut out = Vec::new();
+    for (name, url) in dbs {
+        let Ok(parsed) = url.parse::<tokio_postgres::Config>() else { continue };
+        let hosts = backend::hosts_of(&parsed);
+        let mut list = Vec::new();
+        for host in &hosts {
+            list.push(host_role(&parsed, host).await);
+        }
+        let primaries = list.iter().filter(|h| h.role == "primary").count();
+        if primaries == 0 {
+            problems.push(format!("{name}: none of its hosts ({}) is a primary: writes fail", hosts.join(", ")));
+        } else if primaries > 1 {
+            problems.push(format!("{name}: {primaries} of its hosts are primaries: a split; fence the stale one"));
+        }
+        for h in list.iter().filter(|h| h.role == "unreachable") {
+            if hosts.len() > 1 {
+                warnings.push(format!("{name}: host {} is unreachable (its standby role is not covered)", h.host));
+            }
+        }
+        let (monitor, last_failover) = match &nodes {
+            Some(all) => {
+                let mine: Vec<&(MonitorNode, i64, i64, Option<String>)> =
+                    all.iter().filter(|(n, ..)| hosts.contains(&n.host)).collect();
+                let last = mine.iter().filter_map(|(.., f)| f.clone()).max();
+                for (n, ..) in &mine {
+                    if n.reported != n.assigned {
+                        warnings.push(format!(
+                            "{name}: node {} ({}) is {} on its way to {}",
+                            n.name, n.host, n.reported, n.assigned
+                        ));
+                    }
+                }
+                (
+                    mine.iter()
+                        .map(|(n, ..)| MonitorNode {
+                            name: n.name.clone(),
+                            host: n.host.clone(),
+                            reported: n.reported.clone(),
+                            assigned: n.assigned.clone(),
+                        })
+                        .collect(),
+                    last,
+                )
+            }
+            None => (vec![], None),
+        };
+        out.push(HaReport { database: name, hosts: list, monitor, last_failover });
+    }
+    out
+}
+
+/// One host of a database: primary or standby, and its timeline.
+async fn host_role(parsed: &tokio_postgres::Config, host: &str) -> HostJson {
+    let mut c = parsed.clone();
+    let (h, port) = host.rsplit_once(':').map_or((host, None), |(h, p)| (h, p.parse::<u16>().ok()));
+    let mut one = tokio_postgres::Config::new();
+    one.host(h);
+    if let Some(p) = port.or(c.get_ports().first().copied()) {
+        one.port(p);
+    }
+    if let Some(u) = c.get_user() {
+        one.user(u);
+    }
+    if let Some(d) = c.get_dbname() {
+        one.dbname(d);
+    }
+    if let Some(pw) = c.get_password() {
+        one.password(pw);
+    }
+    one.connect_timeout(Duration::from_secs(2));
+    c = one;
+    let probe = async {
+        let (client, conn) = c.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT pg_is_in_recovery(), timeline_id::bigint FROM pg_control_checkpoint()", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((row.get::<_, bool>(0), row.get::<_, i64>(1)))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), probe).await {
+        Ok(Ok((standby, timeline))) => HostJson {
+            host: host.to_string(),
+            role: if standby { "standby" } else { "primary" }.into(),
+            timeline: Some(timeline),
+            error: None,
+        },
+        Ok(Err(e)) => HostJson { host: host.to_string(), role: "unreachable".into(), timeline: None, error: Some(e) },
+        Err(_) => HostJson {
+            host: host.to_string(),
+            role: "unreachable".into(),
+            timeline: None,
+            error: Some("no answer within 3 s".into()),
+        },
+    }
+}
+
+/// The monitor's nodes: (node, formation, group, the last promotion of its group).
+async fn monitor_nodes(url: &str) -> Result<Vec<(MonitorNode, i64, i64, Option<String>)>, String> {
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .await
+            .map_err(|_| "no answer within 3 s".to_string())?
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT n.nodename, n.nodehost || ':' || n.nodeport, n.reportedstate::text, n.goalstate::text,
+                    hashtext(n.formationid)::bigint, n.groupid::bigint,
+                    (SELECT to_char(e.eventtime AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') || ' ' || e.description
+                       FROM pgautofailover.event e
+                      WHERE e.formationid = n.formationid AND e.groupid = n.groupid
+                        AND e.goalstate::text = 'prepare_promotion'
+                      ORDER BY e.eventtime DESC LIMIT 1)
+               FROM pgautofailover.node n ORDER BY n.formationid, n.groupid, n.nodeid",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                MonitorNode { name: r.get(0), host: r.get(1), reported: r.get(2), assigned: r.get(3) },
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect())
+}
+
 /// The report when even the control database cannot be opened: nothing else can be known.
 fn unreachable_control(pg: &PgConfig, e: &anyhow::Error) -> Report {
     let error = format!("{e:#}");
@@ -253,6 +443,7 @@ fn unreachable_control(pg: &PgConfig, e: &anyhow::Error) -> Report {
         },
         shards: vec![],
         moves: vec![],
+        ha: vec![],
         pipeline: None,
         nodes: vec![],
     }
@@ -381,6 +572,7 @@ async fn postgres(pg: &PgConfig, cluster: &PgCluster) -> Report {
         directory,
         shards,
         moves,
+        ha: vec![],
         pipeline: None,
         nodes: vec![],
     }
@@ -611,6 +803,7 @@ async fn sqlite(config: &Config) -> anyhow::Result<(Report, Storage)> {
         directory,
         shards,
         moves: vec![],
+        ha: vec![],
         pipeline: None,
         nodes: vec![],
     };
@@ -677,6 +870,27 @@ fn print_text(r: &Report) {
                     "not running"
                 },
                 m.error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            );
+        }
+    }
+    for h in &r.ha {
+        let hosts: Vec<String> = h
+            .hosts
+            .iter()
+            .map(|x| match x.timeline {
+                Some(t) => format!("{} {} (timeline {t})", x.host, x.role),
+                None => format!("{} UNREACHABLE", x.host),
+            })
+            .collect();
+        println!("ha {}: {}", h.database, hosts.join(", "));
+        if !h.monitor.is_empty() {
+            let nodes: Vec<String> =
+                h.monitor.iter().map(|n| format!("{} {}/{}", n.name, n.reported, n.assigned)).collect();
+            println!(
+                "ha {}: monitor says {}; last failover {}",
+                h.database,
+                nodes.join(", "),
+                h.last_failover.as_deref().unwrap_or("never")
             );
         }
     }

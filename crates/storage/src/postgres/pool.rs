@@ -202,6 +202,12 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether a write failed because the server is read-only: a standby, such as a primary that a
+/// failover demoted while this connection stayed open. Such a connection must not be reused.
+pub(crate) fn from_a_standby(e: &StorageError) -> bool {
+    matches!(e, StorageError::Unavailable(m) if m.contains("(SQLSTATE 25006)"))
+}
+
 /// Whether an error is a transaction that lost a race with another and may simply be run again:
 /// a deadlock, a serialization failure, a lock that was not granted in time.
 pub(crate) fn lost_a_race(e: &StorageError) -> bool {

@@ -171,7 +171,15 @@ macro_rules! write {
         })
         .await;
         let out = match outcome {
-            Ok(result) => result,
+            Ok(result) => {
+                if result.as_ref().is_err_and(crate::postgres::pool::from_a_standby) {
+                    // The server behind this connection is a standby now (a failover demoted
+                    // it): never reuse it; the next connection finds the new primary among the
+                    // URL's hosts (`target_session_attrs=read-write`).
+                    drop(Object::take(conn));
+                }
+                result
+            }
             Err(_) => {
                 // Its answer may still come; the next user of the connection would wait for it.
                 drop(Object::take(conn));

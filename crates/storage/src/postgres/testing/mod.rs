@@ -1,10 +1,14 @@
 //! Throwaway PostgreSQL for tests of this crate and of the crates above it: databases of a
 //! test's own on the shared server, dropped when it ends (also when it fails; a server that is
 //! down fails the test with the command that starts it), and [`PgPair`], a primary with a
-//! streaming replica of a test's own, on its own ports, for tests that pause, stop or kill it.
+//! streaming replica of a test's own, on its own ports, for tests that pause, stop or kill it;
+//! and [`AutoFailover`], formations of a primary and a synchronous standby under a
+//! pg_auto_failover monitor, for tests of failover.
 
+mod autofailover;
 mod pair;
 
+pub use autofailover::{AutoFailover, MONITOR_TUNING, NodeState};
 pub use pair::PgPair;
 use tokio_postgres::NoTls;
 

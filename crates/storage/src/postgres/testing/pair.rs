@@ -353,18 +353,18 @@ fn append(path: &Path, text: &str) {
     file.write_all(text.as_bytes()).unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
 }
 
-fn effective_uid() -> Option<u32> {
+pub(super) fn effective_uid() -> Option<u32> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("Uid:"))?;
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-fn postmaster_pid(data: &Path) -> Option<u32> {
+pub(super) fn postmaster_pid(data: &Path) -> Option<u32> {
     fs::read_to_string(data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
 }
 
 /// Alive and not a zombie.
-fn is_running(pid: u32) -> bool {
+pub(super) fn is_running(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
@@ -372,7 +372,7 @@ fn is_running(pid: u32) -> bool {
 }
 
 /// Live processes whose working directory is `data`: every PostgreSQL process of that server.
-fn processes_in(data: &Path) -> Vec<u32> {
+pub(super) fn processes_in(data: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
