@@ -489,9 +489,8 @@ async fn deliver(inner: &Inner, shard: usize, d: DueDelivery, breaker: &Breaker)
         outcome,
         disable_after_ms: inner.cfg.disable_after.as_millis() as i64,
     };
-    let Some(hooks) = inner.storage.all_shards().nth(shard).map(|s| s.webhooks()) else { return };
     let (store_id, endpoint_id, event_id) = (d.key.store_id, d.key.endpoint_id, d.key.event_id);
-    match hooks.record_webhook_attempt(record).await {
+    match record_where_it_lives(inner, shard, record).await {
         Ok(Recorded::Delivered) => {
             tracing::debug!(%store_id, %endpoint_id, %event_id, attempt = d.attempts + 1, "webhook delivered")
         }
@@ -506,6 +505,29 @@ async fn deliver(inner: &Inner, shard: usize, d: DueDelivery, breaker: &Breaker)
         // The lease runs out and the delivery is sent again: at least once, never lost.
         Err(e) => tracing::error!(%store_id, %endpoint_id, %event_id, error = %e,
             "could not record a webhook attempt; it will be sent again"),
+    }
+}
+
+/// Records an attempt on the shard that holds the store now: the one the delivery was read
+/// from, or, if the store moved meanwhile, its new one (once the move has flipped), where the
+/// move took the delivery and its claim. Tries for half a minute; past that the claim runs out
+/// and the delivery is sent again (receivers deduplicate by event id).
+async fn record_where_it_lives(inner: &Inner, shard: usize, record: AttemptRecord) -> kirana_storage::Result<Recorded> {
+    let mut on = shard;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let Some(hooks) = inner.storage.all_shards().nth(on).map(|s| s.webhooks()) else {
+            return Err(kirana_storage::StorageError::Internal(format!("there is no shard {on}")));
+        };
+        match hooks.record_webhook_attempt(record.clone()).await {
+            Err(kirana_storage::StorageError::Moved { .. }) if tokio::time::Instant::now() < deadline => {
+                if let Ok(home) = inner.storage.home_of(record.key.store_id).await {
+                    on = home.0 as usize;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -763,11 +763,26 @@ impl Webhooks for PgShard {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Vec<DeliveryKey>> {
-        write!(self, on background, None::<StoreId>, |t| webhooks::claim(&t, &keys, now, until))
+        // A store leaving or arriving (a move's freeze, or its copy not yet live) is not claimed
+        // here: its deliveries are sent from the shard it lives on, where the move takes them
+        // (a claim made before the freeze moves with them, so they are not sent twice).
+        write!(self, on background, None::<StoreId>, |t| async {
+            let stores: std::collections::BTreeSet<StoreId> = keys.iter().map(|k| k.store_id).collect();
+            let mut live = std::collections::HashSet::new();
+            for store in stores {
+                if stores::fence(&t, store).await.is_ok() {
+                    live.insert(store);
+                }
+            }
+            let keys: Vec<DeliveryKey> = keys.iter().filter(|k| live.contains(&k.store_id)).copied().collect();
+            webhooks::claim(&t, &keys, now, until).await
+        })
     }
 
     async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
-        write!(self, on background, None::<StoreId>, |t| webhooks::record(&t, &record))
+        // Recorded where the store lives: `Moved` sends the caller to its new shard.
+        let store = record.key.store_id;
+        write!(self, on background, Some(store), |t| webhooks::record(&t, &record))
     }
 }
 
