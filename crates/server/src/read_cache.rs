@@ -15,10 +15,12 @@
 //! Only `200` answers without cookies are kept; anything else (a 404, a redirect, a 503) goes
 //! to the caller as the handler gave it, to every caller that waited on the same load.
 //!
-//! A caller that sends a write token of the store's shard (it wrote there lately: an edit, an
-//! order) is not served from the cache at all (`x-kirana-cache: bypass`): the version it would be
-//! keyed by may not know of the write yet (the consumer that bumps it runs after the write
-//! commits, on some node), and the handler's read honours the token wherever it lands.
+//! A caller that sends a write token (it wrote lately: an edit, an order) is not served from the
+//! cache at all (`x-kirana-cache: bypass`): the version it would be keyed by may not know of the
+//! write yet (the consumer that bumps it runs after the write commits, on some node), and the
+//! handler's read honours the token wherever it lands. Any token, not only one of the store's
+//! shard as this node knows it: after a move the caller's token names the store's new shard
+//! while this node's memory of the store may still name the old one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,8 +134,11 @@ impl ReadCache {
         if req.method() != Method::GET || req.headers().get("x-kirana-consistency").is_some() {
             return None;
         }
+        if wrote_lately(req) {
+            return None;
+        }
         let (scope, at) = self.inner.scopes.get(slug)?;
-        if Instant::now() >= at + self.inner.scope_ttl || wrote_here(req, &scope) {
+        if Instant::now() >= at + self.inner.scope_ttl {
             return None;
         }
         let version = self.inner.versions.peek(scope.store_id())?;
@@ -166,12 +171,12 @@ impl ReadCache {
         if req.method() != Method::GET || strong {
             return next.run(req).await;
         }
-        let Some(scope) = self.scope(storage, slug).await else { return next.run(req).await };
-        if wrote_here(&req, &scope) {
+        if wrote_lately(&req) {
             let mut res = next.run(req).await;
             res.headers_mut().insert("x-kirana-cache", HeaderValue::from_static("bypass"));
             return res;
         }
+        let Some(scope) = self.scope(storage, slug).await else { return next.run(req).await };
         let read = async { storage.shard(&scope).cache_version(&scope).await };
         let Ok(version) = self.inner.versions.get(scope.store_id(), read).await else {
             return next.run(req).await;
@@ -213,10 +218,10 @@ impl ReadCache {
     }
 }
 
-/// Whether the caller holds a write token of the store's shard: then no cached copy is sure to
-/// hold its write (see the module docs).
-fn wrote_here(req: &Request, scope: &StoreScope) -> bool {
-    crate::read_routing::write_token(req).is_some_and(|t| t.shard == scope.shard())
+/// Whether the caller holds a write token: then no cached copy is sure to hold its write (see the
+/// module docs).
+fn wrote_lately(req: &Request) -> bool {
+    crate::read_routing::write_token(req).is_some()
 }
 
 /// Runs the handler for a miss, keeping its answer only if it is the same for everyone: a 200

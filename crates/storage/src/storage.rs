@@ -29,6 +29,17 @@ pub struct Storage {
     leases: Arc<dyn crate::lease::Leases>,
 }
 
+/// Whether a cached directory entry may answer the running request. A caller holding a write
+/// token of another shard may have written to this store there, after a move this node's
+/// cache has not seen yet (its old shard keeps the store's rows, frozen, for a few seconds):
+/// such a caller gets the directory's word, so its read-your-writes holds across a move.
+fn trusts(entry: &DirEntry) -> bool {
+    match crate::consistency::current() {
+        crate::consistency::Consistency::Replica { after: Some(t) } => t.shard == entry.shard,
+        _ => true,
+    }
+}
+
 /// What a node can serve (see [`Storage::readiness`]).
 #[derive(Debug, Clone)]
 pub struct Readiness {
@@ -147,7 +158,9 @@ impl Storage {
 
     async fn entry(&self, store: StoreId) -> Result<Option<DirEntry>> {
         let Some(c) = &self.cache else { return self.directory.entry(store).await };
-        if let Some(e) = c.entries.get(&store) {
+        if let Some(e) = c.entries.get(&store)
+            && trusts(&e)
+        {
             return Ok(Some(e));
         }
         let found = self.directory.entry(store).await?;
@@ -159,7 +172,9 @@ impl Storage {
 
     async fn resolve_slug(&self, slug: &str) -> Result<Option<(DirEntry, bool)>> {
         let Some(c) = &self.cache else { return self.directory.resolve_slug(slug).await };
-        if let Some(hit) = c.slugs.get(slug) {
+        if let Some(hit) = c.slugs.get(slug)
+            && trusts(&hit.0)
+        {
             return Ok(Some(hit));
         }
         let found = self.directory.resolve_slug(slug).await?;

@@ -541,9 +541,15 @@ pub async fn update_product<C: GenericClient>(
         };
         let sku_taken = || StorageError::invalid("sku", "is already used by another product");
         check_skus(c, store, id, std::slice::from_ref(&merged)).await.map_err(|_| sku_taken())?;
+        // Stock is written only when the patch sets it: the variant row is not locked here, and
+        // checkouts decrement it meanwhile (guarded, without the product's lock). Writing back
+        // the stock read above would undo their decrements (seen in the fleet test: units sold
+        // came back, the way to an oversell).
         exec_raw(
             c,
-            "UPDATE variants SET sku = $3, price = $4, compare_at_price = $5, stock = $6 WHERE store_id = $1 AND variant_id = $2",
+            "UPDATE variants SET sku = $3, price = $4, compare_at_price = $5,
+               stock = CASE WHEN $7 THEN $6 ELSE stock END
+             WHERE store_id = $1 AND variant_id = $2",
             &[
                 &store.uuid(),
                 &only.id.uuid(),
@@ -551,6 +557,7 @@ pub async fn update_product<C: GenericClient>(
                 &merged.price.minor(),
                 &merged.compare_at_price.map(Amount::minor),
                 &merged.stock,
+                &patch.stock.is_some(),
             ],
         )
         .await
