@@ -822,3 +822,37 @@ async fn one_key_raced_makes_one_order() {
     let c = pool.get().await.unwrap();
     assert_eq!(catalog::product(&c, store, product_id).await.unwrap().variants[0].stock, Some(3));
 }
+
+/// A merchant editing a product's price while shoppers check it out: the edit must not write
+/// back the stock it read (checkouts decrement the variant without the product's lock, so that
+/// would give sold units back: the fleet test caught it, 30–40 units per store in a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_edit_racing_checkouts_never_gives_sold_units_back() {
+    use kirana_domain::catalog::VariantPatch;
+    let (_db, pool) = pg_shard(10).await;
+    let (store, product_id, carts) = racing_carts(&pool, Some(1_000), 60, 2).await;
+    let pool = Arc::new(pool);
+    let editor = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for k in 0..60 {
+                let change = ProductChange {
+                    single_variant: Some(VariantPatch {
+                        price: Some(kirana_domain::Amount::parse(10_000 + k).unwrap()),
+                        ..VariantPatch::default()
+                    }),
+                    ..ProductChange::default()
+                };
+                in_tx!(pool, |t| catalog::update_product(&t, store, product_id, change.clone(), at(11)).await).unwrap();
+            }
+        })
+    };
+    let results = race(&pool, store, carts, None).await;
+    editor.await.unwrap();
+    let sold: i64 = results.iter().map(|r| if r.is_ok() { 2 } else { 0 }).sum();
+    assert_eq!(sold, 120, "{results:?}");
+    let c = pool.get().await.unwrap();
+    let p = catalog::product(&c, store, product_id).await.unwrap();
+    assert_eq!(p.variants[0].stock, Some(1_000 - sold), "every unit sold stays sold");
+    assert_eq!(p.variants[0].price.minor(), 10_059, "and the last edit is the price");
+}
