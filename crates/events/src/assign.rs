@@ -391,6 +391,71 @@ mod tests {
         assert!(took <= Duration::from_secs(14), "within the lease's life and a few ticks: {took:?}");
     }
 
+    /// Leases whose store can be made unreachable.
+    #[derive(Default)]
+    struct Flaky {
+        inner: LocalLeases,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> kirana_storage::Result<()> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(kirana_storage::StorageError::Unavailable("the control database is down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Leases for Flaky {
+        async fn heartbeat(&self, node: &str, ttl: Duration) -> kirana_storage::Result<Vec<String>> {
+            self.check()?;
+            self.inner.heartbeat(node, ttl).await
+        }
+        async fn renew(&self, node: &str, names: &[String], ttl: Duration) -> kirana_storage::Result<Vec<String>> {
+            self.check()?;
+            self.inner.renew(node, names, ttl).await
+        }
+        async fn acquire(&self, node: &str, names: &[String], ttl: Duration) -> kirana_storage::Result<Vec<String>> {
+            self.check()?;
+            self.inner.acquire(node, names, ttl).await
+        }
+        async fn release(&self, node: &str, names: &[String]) -> kirana_storage::Result<()> {
+            self.check()?;
+            self.inner.release(node, names).await
+        }
+        async fn leave(&self, node: &str) -> kirana_storage::Result<()> {
+            self.check()?;
+            self.inner.leave(node).await
+        }
+        async fn list(&self) -> kirana_storage::Result<Vec<kirana_storage::LeaseRow>> {
+            self.check()?;
+            self.inner.list().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_lease_store_unreachable_jobs_run_until_their_leases_could_have_run_out_then_stop_and_come_back() {
+        let leases = Arc::new(Flaky::default());
+        let running = Arc::new(Mutex::new(Vec::new()));
+        let (_stop, rx) = watch::channel(false);
+        let (share_tx, _share) = watch::channel(Share::default());
+        let _a = tokio::spawn(run(leases.clone(), jobs("a", 4, &running), AssignConfig::new("a"), share_tx, rx));
+        until("a runs all 4", || each_once(&running, 4)).await;
+        leases.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let down = Instant::now();
+        // A blip shorter than the lease's life changes nothing.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(each_once(&running, 4), "jobs run on through a short outage");
+        until("jobs stop once their leases could have run out", || running.lock().unwrap().is_empty()).await;
+        let stopped = down.elapsed();
+        assert!(stopped <= Duration::from_secs(12), "{stopped:?}");
+        leases.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        until("the jobs come back with the lease store", || each_once(&running, 4)).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_node_that_shuts_down_hands_its_work_over_at_once() {
         let leases = Arc::new(LocalLeases::default());

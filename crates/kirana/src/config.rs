@@ -557,16 +557,29 @@ fn postgres_config(g: &GlobalArgs, file: Option<FilePostgres>) -> anyhow::Result
 
 /// `PRIMARY_URL[,REPLICA_URL...]`, as `--pg-shard` takes it.
 fn parse_shard(raw: &str) -> anyhow::Result<ShardUrls> {
-    let mut urls = raw.split(',').map(str::trim);
+    // A comma starts the next URL only where a URL starts: a URL may itself list several hosts
+    // (`postgres://h1,h2/db?target_session_attrs=read-write`, a primary and its standby).
+    let mut parts: Vec<String> = Vec::new();
+    for piece in raw.split(',') {
+        let starts_url = ["postgres://", "postgresql://"].iter().any(|p| piece.trim_start().starts_with(p));
+        match parts.last_mut() {
+            Some(last) if !starts_url && !piece.trim().is_empty() => {
+                last.push(',');
+                last.push_str(piece.trim());
+            }
+            _ => parts.push(piece.trim().to_string()),
+        }
+    }
+    let mut urls = parts.into_iter();
     let primary = urls
         .next()
         .filter(|p| !p.is_empty())
         .with_context(|| format!("--pg-shard {raw:?} has no primary URL; the form is PRIMARY_URL[,REPLICA_URL...]"))?;
-    let replicas: Vec<String> = urls.map(str::to_string).collect();
+    let replicas: Vec<String> = urls.collect();
     if replicas.iter().any(String::is_empty) {
         bail!("--pg-shard {raw:?} has an empty replica URL (a stray comma?)");
     }
-    Ok(ShardUrls { primary: primary.to_string(), replicas })
+    Ok(ShardUrls { primary, replicas })
 }
 
 /// A PostgreSQL URL in the form kirana's pools accept; `what` names it in the message.
@@ -813,6 +826,32 @@ mod tests {
         assert_eq!(pg.directory_ttl, Duration::from_secs(5), "the default TTL");
         assert_eq!(pg.replicas.read_deadline, Duration::from_millis(250), "the default replica read deadline");
         assert_eq!(pg.primary_deadline, Duration::from_secs(5), "the default primary deadline");
+    }
+
+    #[test]
+    fn a_shard_flag_takes_multi_host_urls_for_a_primary_and_its_standby() {
+        let mut g = globals();
+        g.postgres = Some("postgres://kirana@db0a,db0b/control?target_session_attrs=read-write".into());
+        g.pg_shards = vec![
+            "postgres://kirana@db1a:5432,db1b:5433/shard0?target_session_attrs=read-write,\
+             postgres://kirana@db1a:5432,db1b:5433/shard0?target_session_attrs=read-only"
+                .into(),
+        ];
+        g.pg_monitor = Some("postgres://autoctl_node@mon/pg_auto_failover".into());
+        let config = Config::resolve(&g, None).unwrap();
+        let pg = config.postgres.expect("postgres");
+        assert_eq!(
+            pg.shards[0].primary,
+            "postgres://kirana@db1a:5432,db1b:5433/shard0?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            pg.shards[0].replicas,
+            vec!["postgres://kirana@db1a:5432,db1b:5433/shard0?target_session_attrs=read-only".to_string()]
+        );
+        assert_eq!(config.pg_monitor.as_deref(), Some("postgres://autoctl_node@mon/pg_auto_failover"));
+        g.pg_shards = vec!["postgres://kirana@db1/shard0,,postgres://kirana@db1r/shard0".into()];
+        let e = Config::resolve(&g, None).unwrap_err().to_string();
+        assert!(e.contains("empty replica URL"), "{e}");
     }
 
     #[test]
