@@ -749,7 +749,7 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
         }
         v
     };
-    if nodes > 1 && held.iter().any(|h| *h == 0.0) {
+    if nodes > 1 && held.contains(&0.0) {
         violations.push(format!("a node holds no work: leases per node {held:?}"));
     }
     let (status_ok, status) = fleet.cli(&["events", "status"]).await?;
