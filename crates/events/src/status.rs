@@ -79,6 +79,17 @@ pub struct ShardStatus {
     pub last_seq: i64,
     pub dead_letters: usize,
     pub consumers: Vec<ConsumerStatus>,
+    /// JetStream: what the shard's relay has yet to publish (rows after its recorded position;
+    /// rows before it may stay in the outbox a while, for readers of the outbox itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayStatus {
+    pub position: i64,
+    pub unpublished_rows: i64,
+    pub oldest_unpublished_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,8 +165,20 @@ pub async fn status_of(
     bus: Option<&crate::jetstream::JetStreamBus>,
     now: Timestamp,
 ) -> kirana_storage::Result<EventsStatus> {
+    status_scanning(storage, consumers, partitions, bus, now, STATUS_SCAN).await
+}
+
+/// [`status_of`], reading at most `scan` outbox rows per shard.
+async fn status_scanning(
+    storage: &Storage,
+    consumers: &[&str],
+    partitions: u32,
+    bus: Option<&crate::jetstream::JetStreamBus>,
+    now: Timestamp,
+    scan: u32,
+) -> kirana_storage::Result<EventsStatus> {
     let outbox_readers: &[&str] = if bus.is_some() { &[] } else { consumers };
-    let mut s = shards_status(storage, outbox_readers, partitions, now, STATUS_SCAN).await?;
+    let mut s = shards_status(storage, outbox_readers, partitions, now, scan).await?;
     if let Some(bus) = bus {
         let cfg = bus.config();
         let (messages, consumers, error) = match crate::jetstream::partitions_status(bus, consumers, now).await {
@@ -167,13 +190,19 @@ pub async fn status_of(
         }
         s.backend = "jetstream";
         s.jetstream = Some(JetStreamStatus { stream: cfg.stream.clone(), messages, consumers, error });
-        for shard in &s.shards {
-            if let Some(age) = shard.outbox_oldest_age_seconds.filter(|a| *a >= STALL_ALERT_SECS) {
+        for (shard, log) in s.shards.iter_mut().zip(storage.logs()) {
+            let position =
+                log.positions(crate::jetstream::RELAY).await?.into_iter().find(|(p, _)| *p == 0).map_or(0, |(_, q)| q);
+            let backlog = log.outbox_backlog(position).await?;
+            let age = backlog.oldest_at.map(|t| (now.millis() - t.millis()).max(0) as f64 / 1000.0);
+            shard.relay =
+                Some(RelayStatus { position, unpublished_rows: backlog.rows, oldest_unpublished_age_seconds: age });
+            if let Some(age) = age.filter(|a| *a >= STALL_ALERT_SECS) {
                 s.alerts.push(Alert {
                     name: "RelayStalled",
                     detail: format!(
-                        "shard {}: {} outbox rows not yet in the stream, the oldest for {age:.0} s (is NATS reachable? is a node holding events.relay.shard-{}?)",
-                        shard.shard, shard.outbox_rows, shard.shard
+                        "shard {}: {} outbox rows after the relay's position {position} are not in the stream, the oldest for {age:.0} s (is NATS reachable? is a node holding events.relay.shard-{}?)",
+                        shard.shard, backlog.rows, shard.shard
                     ),
                 });
             }
@@ -205,7 +234,8 @@ async fn shards_status(
     let mut alerts = Vec::new();
     for log in storage.logs() {
         let stats = log.outbox_stats().await?;
-        let rows = log.outbox_after(0, scan).await?;
+        // Only readers of the outbox itself need its rows (JetStream's consumers read the stream).
+        let rows = if consumers.is_empty() { vec![] } else { log.outbox_after(0, scan).await? };
         let positions = log.all_positions().await?;
         let dead = log.dead_letters(false, 10_000).await?.len();
         let shard = log.shard_id().0;
@@ -277,6 +307,7 @@ async fn shards_status(
             last_seq: stats.last_seq,
             dead_letters: dead,
             consumers: list,
+            relay: None,
         });
     }
     Ok(EventsStatus { backend: "embedded", shards, jetstream: None, leases: vec![], alerts })
@@ -298,7 +329,9 @@ pub async fn watch(
 ) {
     let mut known_alerts: std::collections::BTreeSet<&'static str> = Default::default();
     loop {
-        let read = status_of(&storage, &consumers, partitions, bus.as_ref(), clock.now());
+        // A smaller scan than the CLI's: this runs every few seconds on every node. Lag in events
+        // is capped by it, the oldest wait (what alerts) is not.
+        let read = status_scanning(&storage, &consumers, partitions, bus.as_ref(), clock.now(), 20_000);
         match tokio::time::timeout(every.max(std::time::Duration::from_secs(5)), read).await {
             Ok(Ok(s)) => {
                 for (consumer, partition, events, seconds) in s.partition_lags() {

@@ -105,15 +105,37 @@ impl Client {
         let mut refused: Option<Instant> = None;
         loop {
             let wait = match self.once(&method, path, headers, body).await {
-                Ok(a) if matches!(a.status, 429 | 502 | 503 | 504) => Duration::from_millis(200),
+                Ok(a) if matches!(a.status, 429 | 502 | 503 | 504) => {
+                    refusal(&a.status.to_string(), a.body["detail"].as_str().unwrap_or(""));
+                    Duration::from_millis(200)
+                }
                 Ok(a) => return Ok((a, refused)),
-                Err(_) => Duration::from_millis(200),
+                Err(e) => {
+                    refusal("transport", &e.to_string());
+                    Duration::from_millis(200)
+                }
             };
             refused.get_or_insert_with(Instant::now);
             ensure!(started.elapsed() < give_up, "{method} {path} refused for {give_up:?}");
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Refusals the clients met and retried, by status (and the first reason given for each).
+static REFUSALS: std::sync::Mutex<Vec<(String, u64, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn refusal(status: &str, why: &str) {
+    let mut r = REFUSALS.lock().unwrap();
+    match r.iter_mut().find(|(s, ..)| s == status) {
+        Some(e) => e.1 += 1,
+        None => r.push((status.to_string(), 1, why.chars().take(160).collect())),
+    }
+}
+
+fn refusals() -> Value {
+    let r = REFUSALS.lock().unwrap();
+    json!(r.iter().map(|(s, n, why)| json!({ "status": s, "count": n, "first_reason": why })).collect::<Vec<_>>())
 }
 
 struct Shop {
@@ -474,23 +496,46 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
         let moving = 0usize;
         let mut killed_pg: Option<String> = None;
         let mut paused: Option<String> = None;
+        let mut base = started;
         for cycle in 0..cycles {
-            let base = started + CYCLE * cycle as u32;
             // Alternate which shard loses its primary.
             let victim_shard = if cycle % 2 == 0 { "s0" } else { "s1" };
             let other_shard = if victim_shard == "s0" { "s1" } else { "s0" };
+            // A step that takes long (a move waiting for a standby) delays the rest of the cycle
+            // with it, so faults keep their spacing (a primary is never restarted before its
+            // standby could take over).
+            let mut slip = Duration::ZERO;
             for (at, fault) in SCHEDULE {
-                tokio::time::sleep_until((base + Duration::from_secs(*at)).into()).await;
+                let due = base + Duration::from_secs(*at) + slip;
+                tokio::time::sleep_until(due.into()).await;
                 let t = started.elapsed().as_secs_f64();
                 let what = match fault {
                     Fault::MoveAway | Fault::MoveBack => {
                         let from = fleet.shard_of(&shops[moving].id).await?;
                         let to = 1 - from;
-                        let (ok, out) = fleet
+                        let began = Instant::now();
+                        let (mut ok, mut out) = fleet
                             .cli(&["shard", "move", &shops[moving].id, &to.to_string(), "--cleanup-delay", "3"])
                             .await?;
-                        ensure!(ok, "the move failed: {out}");
-                        format!("store {} moved from shard {from} to shard {to}", shops[moving].slug)
+                        // A move that meets a failover stops and says why; the operator resumes it.
+                        let mut resumes = 0;
+                        while !ok && resumes < 30 {
+                            println!("[{:6.1} s] the move stopped: {}", started.elapsed().as_secs_f64(), out.trim());
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            (ok, out) = fleet.cli(&["shard", "resume", &shops[moving].id]).await?;
+                            resumes += 1;
+                        }
+                        ensure!(ok, "the move never completed: {out}");
+                        if began.elapsed() > Duration::from_secs(15) {
+                            println!("a slow move, its whole output:\n{out}");
+                        }
+                        let total = out.lines().find(|l| l.contains("total:")).unwrap_or("").trim().to_string();
+                        let pause = out.lines().find(|l| l.contains("cutover pause:")).unwrap_or("").trim().to_string();
+                        format!(
+                            "store {} moved from shard {from} to shard {to} in {:.1} s ({pause}; {total}; {resumes} resumes)",
+                            shops[moving].slug,
+                            began.elapsed().as_secs_f64()
+                        )
                     }
                     Fault::KillNode => {
                         let n = fleet.nodes.len() - 1;
@@ -540,9 +585,19 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
                     Fault::RestartPostgres => {
                         let Some(node) = killed_pg.take() else { continue };
                         let af = fleet.af.clone();
-                        let n = node.clone();
-                        tokio::task::spawn_blocking(move || af.restart(&n)).await?;
-                        format!("{node} restarted (rejoins as a standby)")
+                        let (n, f) = (node.clone(), victim_shard.to_string());
+                        // As an operator would: once the standby has taken over.
+                        let promoted = tokio::task::spawn_blocking(move || {
+                            let deadline = Instant::now() + Duration::from_secs(60);
+                            while af.primary(&f).is_none_or(|p| p == n) && Instant::now() < deadline {
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            let promoted = af.primary(&f);
+                            af.restart(&n);
+                            promoted
+                        })
+                        .await?;
+                        format!("{node} restarted (rejoins as a standby of {promoted:?})")
                     }
                     Fault::ResumeReplay => {
                         let Some(node) = paused.take() else { continue };
@@ -556,6 +611,7 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
                 };
                 println!("[{t:6.1} s] {what}");
                 faults.push((t, what));
+                slip += Instant::now().saturating_duration_since(due + Duration::from_secs(1));
             }
             // The killed primary has rejoined as a standby before the next cycle kills again.
             let af = fleet.af.clone();
@@ -564,7 +620,8 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
                 af.wait_replicating("s1");
             })
             .await?;
-            tokio::time::sleep_until((base + CYCLE).into()).await;
+            base += CYCLE + slip;
+            tokio::time::sleep_until(base.into()).await;
         }
     }
     running.store(false, Ordering::Relaxed);
@@ -577,7 +634,19 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
 
     if mode == "throughput" {
         let rate = acked.len() as f64 / load_secs;
-        let report = json!({ "mode": "throughput", "nodes": nodes, "seconds": load_secs, "orders": acked.len(), "orders_per_second": rate });
+        let mut shed = 0.0;
+        for i in 0..fleet.nodes.len() {
+            shed += fleet.metric(i, "kirana_shed_total").await.unwrap_or(0.0);
+        }
+        let report = json!({
+            "mode": "throughput",
+            "nodes": nodes,
+            "seconds": load_secs,
+            "orders": acked.len(),
+            "orders_per_second": rate,
+            "refusals_retried": refusals(),
+            "shed_by_admission": shed,
+        });
         println!("{report}");
         if let Ok(path) = std::env::var("KIRANA_FLEET_REPORT") {
             std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -789,6 +858,7 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
         "caught_up_after_s": caught_up.as_secs_f64(),
         "faults": faults.iter().map(|(t, w)| json!({ "at_s": t, "fault": w })).collect::<Vec<_>>(),
         "failovers": failover_outages,
+        "refusals_retried": refusals(),
         "violations": violations,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -798,6 +868,32 @@ async fn a_fleet_under_faults_loses_nothing_and_says_so() -> Result<()> {
     if !violations.is_empty() {
         for n in &fleet.nodes {
             eprintln!("--- {} (last lines) ---\n{}", n.name, n.tail(80));
+            let relay: Vec<String> =
+                n.log_lines().into_iter().filter(|l| l.contains("relay") || l.contains("lease")).collect();
+            eprintln!(
+                "--- {} relay and lease lines ---\n{}",
+                n.name,
+                relay[relay.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        // Each shard's outbox as the relay should see it.
+        for f in ["s0", "s1"] {
+            let af = fleet.af.clone();
+            let f = f.to_string();
+            let dump = tokio::task::spawn_blocking(move || {
+                let Some(p) = af.primary(&f) else { return format!("{f}: no primary") };
+                let q = |sql: &str| af.node_sql(&p, sql).unwrap_or_else(|e| format!("error: {e}"));
+                format!(
+                    "{f} ({p}): relay at {}; outbox min/max/count {}; first rows:\n{}\nsnapshot {}; sequence {}",
+                    q("SELECT string_agg(consumer || '/' || partition || ':' || seq, ' ') FROM consumer_positions WHERE consumer = 'relay' OR consumer LIKE 'search%'"),
+                    q("SELECT min(seq) || '/' || max(seq) || '/' || count(*) FROM outbox"),
+                    q("SELECT seq || ' ' || type || ' ' || store_id || ' ' || occurred_at || ' xmin=' || xmin FROM outbox ORDER BY seq LIMIT 8"),
+                    q("SELECT pg_current_snapshot()"),
+                    q("SELECT last_value || ' called=' || is_called FROM outbox_seq_seq"),
+                )
+            })
+            .await?;
+            eprintln!("{dump}");
         }
         bail!("{} violation(s):\n{}", violations.len(), violations.join("\n"));
     }

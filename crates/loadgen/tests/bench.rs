@@ -28,6 +28,21 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// Order-status reads the server saw, and how many carried a write token.
+static ORDER_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ORDER_READS_WITH_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn count_order_reads(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let path = req.uri().path();
+    if req.method() == axum::http::Method::GET && path.starts_with("/api/v1/storefront/") && path.contains("/orders/") {
+        ORDER_READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if req.headers().contains_key("x-kirana-write-token") {
+            ORDER_READS_WITH_TOKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    next.run(req).await
+}
+
 async fn start_server(config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     // Durability is not under test here; NORMAL keeps checkouts fast on a debug build.
@@ -35,7 +50,7 @@ async fn start_server(config: ServerConfig) -> Server {
     let storage = kirana_storage::sqlite::open(dir.path(), 1, &opts).expect("open storage");
     let notifier = Arc::new(MemoryNotifier::default());
     let state = AppState::new(storage, Arc::new(SystemClock), notifier.clone(), config);
-    let app = kirana_server::app(state);
+    let app = kirana_server::app(state).layer(axum::middleware::from_fn(count_order_reads));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
@@ -234,6 +249,11 @@ async fn a_small_bench_exercises_every_request_type_without_errors_and_the_flash
     .await
     .expect("the open-loop bench runs");
     assert_every_main_type_ran_cleanly(&open);
+    // Each shopper reads its order back with the token its checkout earned: on a fleet, the
+    // read may land on another node or a replica, and must still find the order.
+    let reads = ORDER_READS.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(reads > 0, "order status was read");
+    assert_eq!(ORDER_READS_WITH_TOKEN.load(std::sync::atomic::Ordering::SeqCst), reads, "every one with its token");
     assert_eq!(open.config.mode, "open");
     // 40 sessions/s over a 2 s window: exactly 80 start in it, whatever the server does.
     assert_eq!(open.totals.sessions, 80);

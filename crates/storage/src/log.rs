@@ -112,6 +112,10 @@ pub trait ShardLog: Send + Sync {
     /// Outbox rows after `after`, oldest first.
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<Logged>>;
     async fn outbox_stats(&self) -> Result<OutboxStats>;
+    /// Rows after position `after` and the oldest one's time, read directly (not cut at gaps
+    /// as [`ShardLog::outbox_after`] is): what a reader at `after` has yet to pass. `last_seq`
+    /// as in [`ShardLog::outbox_stats`].
+    async fn outbox_backlog(&self, after: i64) -> Result<OutboxStats>;
     /// Deletes rows up to and including `upto` (every consumer or the relay is past them).
     async fn trim_outbox(&self, upto: i64) -> Result<u64>;
 

@@ -13,6 +13,9 @@ use crate::Result;
 use crate::scope::ShardId;
 use crate::storage::{Placement, Storage};
 
+/// How long one background operation (an event batch applied, a relay's read or record) may take.
+pub const BACKGROUND_DEADLINE: Duration = Duration::from_secs(30);
+
 /// One shard's servers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +88,11 @@ pub async fn open(config: &PgConfig) -> Result<PgCluster> {
             .map(|(r, url)| PgPool::new(url, PoolRole::Replica(id, r as u32), config.pool))
             .collect::<Result<Vec<_>>>()?;
         let background_settings = PoolSettings { max_size: config.background_pool.max(1), ..config.pool };
-        let background = PgPool::new(&urls.primary, PoolRole::Background(id), background_settings)?;
+        // Background batches are longer than a request's queries, but no worker may wait for
+        // ever on a server that stopped answering (or a commit waiting on a standby that never
+        // acknowledges): past this it errs, drops the connection and tries again.
+        let background = PgPool::new(&urls.primary, PoolRole::Background(id), background_settings)?
+            .with_operation_deadline(BACKGROUND_DEADLINE);
         shards.push(Arc::new(PgShard::new(id, primary, background, replicas, config.replicas)));
     }
     // Requests wait at most the primary deadline on the control database too.

@@ -682,6 +682,7 @@ impl Move<'_> {
             .collect();
         let mut d = self.dst.get().await?;
         let dt = d.transaction().await.map_err(self.dst_err())?;
+        own_xid(&dt).await.map_err(self.dst_err())?;
         // A retried or resumed copy, or a store coming back to a shard it left (its tombstone).
         for t in tables {
             dt.execute(&format!("DELETE FROM {} WHERE store_id = $1", q(t.name)), &[&store])
@@ -790,6 +791,7 @@ impl Move<'_> {
 
         let mut d = self.dst.get().await?;
         let dt = d.transaction().await.map_err(self.dst_err())?;
+        own_xid(&dt).await.map_err(self.dst_err())?;
         let attempt = async {
             // Every delete before any insert, so rows that traded a unique value both land.
             for (t, keys, _) in &current {
@@ -943,6 +945,17 @@ impl Move<'_> {
         }
         t.commit().await.map_err(self.src_err())
     }
+}
+
+/// Gives the target's transaction its id before it takes any outbox position. The relay reads
+/// the outbox only up to a gap a running transaction may still fill, and tells such a
+/// transaction by its id being below the snapshot's `xmax` when the gap was seen
+/// (`log::Gaps`): a transaction that took a position *before* it had an id could commit that
+/// position after the relay had passed it, and the event would never be published. Every
+/// other writer gets its id from the store's fence, first; the mover writes rows whose store
+/// row it may not touch first (a catch-up round holding only new events), so it asks for one.
+async fn own_xid(t: &tokio_postgres::Transaction<'_>) -> std::result::Result<(), tokio_postgres::Error> {
+    t.execute("SELECT pg_current_xact_id()", &[]).await.map(|_| ())
 }
 
 const JOURNAL: &str =

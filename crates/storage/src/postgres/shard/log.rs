@@ -240,6 +240,22 @@ pub async fn outbox_stats<C: GenericClient>(c: &C) -> Result<OutboxStats> {
     })
 }
 
+/// Rows after `after` (not cut at gaps) and the oldest one's time; see `ShardLog::outbox_backlog`.
+pub async fn outbox_backlog<C: GenericClient>(c: &C, after: i64) -> Result<OutboxStats> {
+    let r = one(
+        c,
+        "SELECT (SELECT count(*) FROM outbox WHERE seq > $1), (SELECT min(occurred_at) FROM outbox WHERE seq > $1),
+                coalesce(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'seq')::regclass), 0)",
+        &[&after],
+    )
+    .await?;
+    Ok(OutboxStats {
+        rows: r.get(0),
+        oldest_at: r.get::<_, Option<i64>>(1).map(Timestamp::from_millis),
+        last_seq: r.get(2),
+    })
+}
+
 /// Deletes rows up to and including `upto`.
 pub async fn trim_outbox<C: GenericClient>(c: &C, upto: i64) -> Result<u64> {
     exec(c, "DELETE FROM outbox WHERE seq <= $1", &[&upto]).await

@@ -132,6 +132,27 @@ macro_rules! on_primary {
     }};
 }
 
+/// Runs `$body` (an expression over the client `$c`) on a connection of the background pool,
+/// within that pool's operation deadline: no worker waits for ever on a server that stopped
+/// answering.
+macro_rules! on_background {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        let conn = $self.background.get().await?;
+        let deadline = $self.background.operation_deadline();
+        let outcome = {
+            let $c = &conn;
+            tokio::time::timeout(deadline, $body).await
+        };
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                drop(Object::take(conn));
+                Err(StorageError::Unavailable(format!("{}: no answer within {deadline:?}", $self.background.role())))
+            }
+        }
+    }};
+}
+
 /// Runs `$body` in a transaction `$t` on the primary: the store's fence first (unless `$store`
 /// is `None`, for a store row that does not exist yet), commit if `$body` succeeded, then the
 /// write token.
@@ -607,25 +628,28 @@ impl ShardLog for PgShard {
 
     /// Only up to the commit-order safe point: see [`log::Gaps`].
     async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<Logged>> {
-        let c = self.background.get().await?;
-        let (rows, snapshot) = log::outbox_window(&c, after, limit).await?;
+        let (rows, snapshot) = on_background!(self, |c| log::outbox_window(c, after, limit))?;
         Ok(self.gaps.safe_prefix(after, rows, snapshot))
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
-        log::outbox_stats(&self.background.get().await?).await
+        on_background!(self, |c| log::outbox_stats(c))
+    }
+
+    async fn outbox_backlog(&self, after: i64) -> Result<OutboxStats> {
+        on_background!(self, |c| log::outbox_backlog(c, after))
     }
 
     async fn trim_outbox(&self, upto: i64) -> Result<u64> {
-        log::trim_outbox(&self.background.get().await?, upto).await
+        on_background!(self, |c| log::trim_outbox(c, upto))
     }
 
     async fn positions(&self, consumer: &str) -> Result<Vec<(u32, i64)>> {
-        log::positions(&self.background.get().await?, consumer).await
+        on_background!(self, |c| log::positions(c, consumer))
     }
 
     async fn all_positions(&self) -> Result<Vec<(String, u32, i64, Timestamp)>> {
-        log::all_positions(&self.background.get().await?).await
+        on_background!(self, |c| log::all_positions(c))
     }
 
     async fn apply(
@@ -667,7 +691,7 @@ impl ShardLog for PgShard {
     }
 
     async fn applied_times(&self, consumer: &str, limit: u32) -> Result<Vec<(EventId, Timestamp)>> {
-        log::applied_times(&self.background.get().await?, consumer, limit).await
+        on_background!(self, |c| log::applied_times(c, consumer, limit))
     }
 
     async fn park(
@@ -683,19 +707,19 @@ impl ShardLog for PgShard {
     }
 
     async fn dead_letters(&self, include_replayed: bool, limit: u32) -> Result<Vec<DeadLetter>> {
-        log::dead_letters(&self.background.get().await?, self.id.0, include_replayed, limit).await
+        on_background!(self, |c| log::dead_letters(c, self.id.0, include_replayed, limit))
     }
 
     async fn dead_letter(&self, id: i64) -> Result<DeadLetter> {
-        log::dead_letter(&self.background.get().await?, self.id.0, id).await
+        on_background!(self, |c| log::dead_letter(c, self.id.0, id))
     }
 
     async fn mark_replayed(&self, id: i64, now: Timestamp) -> Result<()> {
-        log::mark_replayed(&self.background.get().await?, id, now).await
+        on_background!(self, |c| log::mark_replayed(c, id, now))
     }
 
     async fn due_notifications(&self, now: Timestamp, limit: u32) -> Result<Vec<Outgoing>> {
-        log::due_notifications(&self.background.get().await?, now, limit).await
+        on_background!(self, |c| log::due_notifications(c, now, limit))
     }
 
     async fn claim_notification(
@@ -754,7 +778,7 @@ impl Webhooks for PgShard {
         limit: u32,
         skip: &[EndpointId],
     ) -> Result<Vec<DueDelivery>> {
-        webhooks::due(&self.background.get().await?, now, limit, skip).await
+        on_background!(self, |c| webhooks::due(c, now, limit, skip))
     }
 
     async fn claim_webhook_deliveries(
@@ -868,14 +892,14 @@ impl crate::payments::Payments for PgShard {
     }
 
     async fn open_payments(&self, before: Timestamp, limit: u32) -> Result<Vec<(StoreId, Payment)>> {
-        payments::open_payments(&self.background.get().await?, before, limit).await
+        on_background!(self, |c| payments::open_payments(c, before, limit))
     }
 
     async fn pending_refunds(&self, before: Timestamp, limit: u32) -> Result<Vec<(StoreId, Refund)>> {
-        payments::pending_refunds(&self.background.get().await?, before, limit).await
+        on_background!(self, |c| payments::pending_refunds(c, before, limit))
     }
 
     async fn stores_with_unpaid_lines(&self, after: Option<StoreId>, limit: u32) -> Result<Vec<StoreId>> {
-        payments::stores_with_unpaid_lines(&self.background.get().await?, after, limit).await
+        on_background!(self, |c| payments::stores_with_unpaid_lines(c, after, limit))
     }
 }

@@ -122,11 +122,25 @@ impl AutoFailover {
     }
 
     /// Waits until the formation has a primary and a secondary, both settled.
+    ///
+    /// A node rejoining may need a new base backup, which starts with a checkpoint on the
+    /// primary: a spread one by default, minutes long. Every few seconds of waiting, the primary
+    /// is asked for an immediate checkpoint, which finishes any spread one at once.
     pub fn wait_replicating(&self, formation: &str) {
+        let mut nudged = Instant::now();
         self.wait(&format!("{formation} has a primary and a secondary"), || {
             let s = self.states(formation);
             let settled = |state: &str| s.iter().any(|n| n.reported == state && n.assigned == state);
-            (settled("primary") && settled("secondary")).then_some(())
+            if settled("primary") && settled("secondary") {
+                return Some(());
+            }
+            if nudged.elapsed() > Duration::from_secs(3) {
+                nudged = Instant::now();
+                if let Some(p) = s.iter().find(|n| n.reported == n.assigned && n.reported.ends_with("primary")) {
+                    let _ = psql(p.port, "postgres", "CHECKPOINT");
+                }
+            }
+            None
         });
     }
 

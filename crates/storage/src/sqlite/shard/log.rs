@@ -155,6 +155,18 @@ impl ShardLog for SqliteShard {
         })
     }
 
+    async fn outbox_backlog(&self, after: i64) -> Result<OutboxStats> {
+        self.db.read(|c| {
+            let (rows, oldest): (i64, Option<i64>) = c
+                .prepare_cached("SELECT count(*), min(occurred_at) FROM outbox WHERE seq > ?1")?
+                .query_row([after], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let last_seq: i64 = c
+                .prepare_cached("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)")?
+                .query_row([], |r| r.get(0))?;
+            Ok(OutboxStats { rows, last_seq, oldest_at: oldest.map(Timestamp::from_millis) })
+        })
+    }
+
     async fn trim_outbox(&self, upto: i64) -> Result<u64> {
         self.db
             .write(move |c| Ok(c.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?.execute([upto])? as u64))
